@@ -1,0 +1,101 @@
+//! Virtio devices: the device-side contract ([`VirtioDevice`]) and the
+//! virtio-mmio transport that exposes a device to the guest.
+//!
+//! The transport owns the register file, the feature/status handshake and the
+//! queue configuration; a device only sees activated queues and requests.
+
+pub mod block;
+pub mod mmio;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use virtio_queue::Queue;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::GuestMemory;
+
+/// `VIRTIO_MMIO_INT_VRING`: the device used buffers.
+pub const INTERRUPT_STATUS_USED_RING: u32 = 0x1;
+/// `VIRTIO_MMIO_INT_CONFIG`: the configuration space changed.
+pub const INTERRUPT_STATUS_CONFIG_CHANGED: u32 = 0x2;
+
+/// Errors a device reports when it cannot be activated.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    /// The driver configured a different number of queues than the device has.
+    #[error("expected {expected} queues, got {got}")]
+    QueueCount { expected: usize, got: usize },
+    /// The device failed to set up its backend.
+    #[error("device backend: {0}")]
+    Backend(String),
+}
+
+/// The interrupt line of one virtio-mmio device: the InterruptStatus register
+/// and the irqfd that raises the guest interrupt.
+pub struct Interrupt {
+    status: AtomicU32,
+    irqfd: EventFd,
+}
+
+impl Interrupt {
+    /// Wraps an irqfd (registered with KVM by the VMM).
+    pub fn new(irqfd: EventFd) -> Self {
+        Interrupt { status: AtomicU32::new(0), irqfd }
+    }
+
+    /// Sets `bits` in InterruptStatus and raises the interrupt.
+    pub fn trigger(&self, bits: u32) {
+        self.status.fetch_or(bits, Ordering::SeqCst);
+        if let Err(e) = self.irqfd.write(1) {
+            tracing::warn!("virtio interrupt: irqfd write failed: {e}");
+        }
+    }
+
+    /// Current InterruptStatus.
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::SeqCst)
+    }
+
+    /// Clears `bits` (the driver's InterruptACK write).
+    pub fn ack(&self, bits: u32) {
+        self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+
+    /// Clears everything (device reset).
+    pub fn reset(&self) {
+        self.status.store(0, Ordering::SeqCst);
+    }
+
+    /// The irqfd, for registration with KVM.
+    pub fn irqfd(&self) -> &EventFd {
+        &self.irqfd
+    }
+}
+
+/// Device logic behind a virtio transport.
+pub trait VirtioDevice: Send {
+    /// Virtio device id (`virtio_ids::VIRTIO_ID_*`).
+    fn device_type(&self) -> u32;
+    /// Maximum size of each queue; the length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Feature bits offered to the driver (the transport adds `VIRTIO_F_VERSION_1`).
+    fn features(&self) -> u64;
+    /// Feature bits the driver accepted (a subset of `features()`).
+    fn ack_features(&mut self, features: u64);
+    /// Reads device configuration space; bytes past its end read as zero.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Writes device configuration space; unknown or read-only fields are ignored.
+    fn write_config(&mut self, offset: u64, data: &[u8]);
+    /// Starts the device with the driver's queues (all `is_valid`).
+    fn activate(
+        &mut self,
+        mem: Arc<GuestMemory>,
+        queues: Vec<Queue>,
+        interrupt: Arc<Interrupt>,
+    ) -> Result<(), ActivateError>;
+    /// Serves queue `index` after the driver notified it. Never panics on guest data.
+    fn process_queue(&mut self, index: usize);
+    /// Stops the device (driver wrote Status = 0); it can be activated again.
+    fn reset(&mut self);
+}
