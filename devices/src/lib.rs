@@ -27,6 +27,10 @@ pub enum ExitReason {
     GuestPanic,
     /// The guest crashed: triple fault, or a state KVM could not run.
     Crash,
+    /// The user quit from the console (Ctrl-A x).
+    UserQuit,
+    /// minivm received this signal (SIGTERM, SIGINT, SIGHUP).
+    HostSignal(i32),
 }
 
 /// Where devices report that the VM should stop.

@@ -1,1 +1,73 @@
-fn main() {}
+//! minivm: boot a Linux VM from a raw disk image on KVM.
+
+mod cli;
+mod config;
+mod cpuid;
+mod terminal;
+mod vcpu;
+mod vm;
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::Parser;
+use devices::ExitReason;
+
+use cli::{Cli, Command};
+
+/// minivm itself failed.
+const EXIT_ERROR: u8 = 1;
+/// The guest crashed (triple fault, kernel panic, unrunnable instruction).
+const EXIT_GUEST_CRASH: u8 = 3;
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}
+
+fn exit_code(reason: ExitReason) -> u8 {
+    match reason {
+        ExitReason::Reset | ExitReason::PowerOff | ExitReason::UserQuit => 0,
+        ExitReason::GuestExit(status) => status,
+        ExitReason::GuestPanic | ExitReason::Crash => EXIT_GUEST_CRASH,
+        ExitReason::HostSignal(sig) => 128u8.saturating_add(sig as u8),
+    }
+}
+
+fn main() -> ExitCode {
+    let start = Instant::now();
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    match cli.command {
+        Command::Run(args) => {
+            let config = match config::VmConfig::from_args(&args) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("minivm: {e}");
+                    return ExitCode::from(EXIT_ERROR);
+                }
+            };
+            match vm::run(&config, start) {
+                Ok(reason) => {
+                    match reason {
+                        ExitReason::GuestPanic => eprintln!("minivm: the guest kernel panicked"),
+                        ExitReason::HostSignal(s) => eprintln!("minivm: stopped by signal {s}"),
+                        r => tracing::info!("guest ended: {r:?}"),
+                    }
+                    ExitCode::from(exit_code(reason))
+                }
+                Err(e) => {
+                    eprintln!("minivm: {e}");
+                    ExitCode::from(EXIT_ERROR)
+                }
+            }
+        }
+    }
+}

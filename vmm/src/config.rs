@@ -1,0 +1,179 @@
+//! A validated VM configuration: files checked, kernel resolved, command line built.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use crate::cli::RunArgs;
+
+/// The command line a Linux guest gets unless `--cmdline` replaces it.
+/// `pci=off`: there is no PCI bus; `8250.nr_uarts=1`: one UART, no probing of absent ones;
+/// `panic=-1`: a panicking kernel restarts at once instead of hanging.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 pci=off 8250.nr_uarts=1 cryptomgr.notests";
+/// Added when a disk is attached and the command line is the default one.
+pub const ROOT_CMDLINE: &str = "root=/dev/vda rw";
+/// Makes minivm's guest kernel report panics on the panic port (see devices::harness).
+pub const PANIC_PORT_PARAM: &str = "minivm_panic_port=0xf6";
+/// Work-arounds for kvm-pvm hosts (see the README): the kernel patch's switch,
+/// plus instructions the host's emulator cannot run hidden from the guest.
+pub const PVM_CMDLINE: &str = "minivm_pvm_quirks noxsave \
+    clearcpuid=popcnt,cx16,fsgsbase,smap,pcid,invpcid,rdrand,rdseed,pku,rdtscp,clwb,clflushopt";
+
+/// Errors in the configuration; each names the file and what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// No --kernel and no default kernel built.
+    #[error(
+        "no kernel to boot: --kernel was not given and the default kernel {} does not exist.\n\
+         Build it with `kernel/build.sh` (about 10 minutes the first time), or pass --kernel PATH.",
+        .default.display()
+    )]
+    NoDefaultKernel { default: PathBuf },
+    /// A file given on the command line is missing or unreadable.
+    #[error("{what} {}: {reason}", .path.display())]
+    BadFile { what: &'static str, path: PathBuf, reason: String },
+}
+
+/// Everything needed to build the VM.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// Kernel file.
+    pub kernel: PathBuf,
+    /// Optional initrd.
+    pub initrd: Option<PathBuf>,
+    /// Optional root disk.
+    pub disk: Option<DiskConfig>,
+    /// Guest memory in bytes.
+    pub mem_size: u64,
+    /// vCPUs.
+    pub cpus: u8,
+    /// Kernel command line, without the device and host parameters minivm adds.
+    pub cmdline: String,
+}
+
+/// A virtio-blk disk.
+#[derive(Debug, Clone)]
+pub struct DiskConfig {
+    /// Raw image file.
+    pub path: PathBuf,
+    /// Attach read-only.
+    pub read_only: bool,
+}
+
+/// The default kernel directory: `${XDG_CACHE_HOME:-~/.cache}/minivm/kernel/default`.
+pub fn default_kernel_dir() -> PathBuf {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/nonexistent"));
+    cache.join("minivm/kernel/default")
+}
+
+fn resolve_kernel(explicit: Option<&Path>) -> Result<PathBuf, ConfigError> {
+    if let Some(p) = explicit {
+        check_readable("kernel", p)?;
+        return Ok(p.to_path_buf());
+    }
+    let dir = default_kernel_dir();
+    // vmlinux first: a bzImage decompresses itself inside the guest, which is slow.
+    for name in ["vmlinux", "bzImage"] {
+        let p = dir.join(name);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    Err(ConfigError::NoDefaultKernel { default: dir.join("vmlinux") })
+}
+
+fn check_readable(what: &'static str, path: &Path) -> Result<(), ConfigError> {
+    let bad = |reason: String| ConfigError::BadFile { what, path: path.to_path_buf(), reason };
+    let meta = std::fs::metadata(path).map_err(|e| bad(io_reason(&e)))?;
+    if meta.is_dir() {
+        return Err(bad("is a directory".into()));
+    }
+    File::open(path).map_err(|e| bad(io_reason(&e)))?;
+    Ok(())
+}
+
+/// A short reason for an I/O error, without Rust's "(os error N)" noise.
+pub fn io_reason(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file".into(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".into(),
+        _ => e.to_string(),
+    }
+}
+
+impl VmConfig {
+    /// Validates `run` arguments.
+    pub fn from_args(args: &RunArgs) -> Result<Self, ConfigError> {
+        let disk = match &args.image {
+            Some(p) => {
+                check_readable("disk image", p)?;
+                Some(DiskConfig { path: p.clone(), read_only: args.readonly })
+            }
+            None => None,
+        };
+        let kernel = resolve_kernel(args.kernel.as_deref())?;
+        if let Some(i) = &args.initrd {
+            check_readable("initrd", i)?;
+        }
+        let cmdline = match &args.cmdline {
+            Some(c) => c.clone(),
+            None => {
+                let mut c = DEFAULT_CMDLINE.to_string();
+                if disk.is_some() {
+                    c.push(' ');
+                    c.push_str(ROOT_CMDLINE);
+                    if args.readonly {
+                        c = c.replace(" rw", " ro");
+                    }
+                }
+                if let Some(a) = &args.append {
+                    c.push(' ');
+                    c.push_str(a);
+                }
+                c
+            }
+        };
+        Ok(VmConfig { kernel, initrd: args.initrd.clone(), disk, mem_size: args.mem, cpus: args.cpus, cmdline })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(image: Option<&str>, kernel: Option<&str>) -> RunArgs {
+        RunArgs {
+            image: image.map(PathBuf::from),
+            kernel: kernel.map(PathBuf::from),
+            initrd: None,
+            cmdline: None,
+            append: Some("quiet".into()),
+            mem: 64 << 20,
+            cpus: 1,
+            readonly: true,
+        }
+    }
+
+    #[test]
+    fn missing_files_are_named() {
+        let e = VmConfig::from_args(&args(Some("/nonexistent/disk.raw"), Some("/bin/sh"))).unwrap_err();
+        assert_eq!(e.to_string(), "disk image /nonexistent/disk.raw: no such file");
+        let e = VmConfig::from_args(&args(None, Some("/nonexistent/vmlinux"))).unwrap_err();
+        assert_eq!(e.to_string(), "kernel /nonexistent/vmlinux: no such file");
+        let e = VmConfig::from_args(&args(None, Some("/tmp"))).unwrap_err();
+        assert_eq!(e.to_string(), "kernel /tmp: is a directory");
+    }
+
+    #[test]
+    fn default_cmdline_has_root_readonly_and_append() {
+        let c = VmConfig::from_args(&args(Some("/bin/sh"), Some("/bin/sh"))).unwrap();
+        assert!(c.cmdline.starts_with("console=ttyS0 "));
+        assert!(c.cmdline.ends_with("root=/dev/vda ro quiet"), "{}", c.cmdline);
+        let mut a = args(None, Some("/bin/sh"));
+        a.cmdline = Some("custom".into());
+        assert_eq!(VmConfig::from_args(&a).unwrap().cmdline, "custom");
+    }
+}

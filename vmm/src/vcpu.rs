@@ -1,0 +1,183 @@
+//! A vCPU thread: runs KVM_RUN and turns exits into bus accesses or VM exits.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use devices::bus::Bus;
+use devices::{ExitHandle, ExitReason};
+use kvm_bindings::{kvm_lapic_state, Msrs, KVM_MAX_CPUID_ENTRIES};
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use vm_memory::GuestAddress;
+
+use crate::cpuid;
+use boot::GuestMemory;
+
+/// Errors while creating or configuring a vCPU.
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    /// A KVM ioctl failed.
+    #[error("vCPU {id}: {what}: {source}")]
+    Kvm { id: u8, what: &'static str, source: kvm_ioctls::Error },
+    /// Boot structures could not be written.
+    #[error("vCPU {id}: {source}")]
+    Boot { id: u8, source: boot::cpu::CpuSetupError },
+}
+
+/// The buses a vCPU dispatches to.
+#[derive(Clone)]
+pub struct Buses {
+    /// Port I/O.
+    pub pio: Arc<Bus>,
+    /// Memory-mapped I/O.
+    pub mmio: Arc<Bus>,
+}
+
+/// One vCPU, configured and ready to run on its own thread.
+pub struct Vcpu {
+    fd: VcpuFd,
+    id: u8,
+    buses: Buses,
+    exit: ExitHandle,
+}
+
+const APIC_LVT0: usize = 0x350;
+const APIC_LVT1: usize = 0x360;
+const APIC_MODE_EXTINT: u32 = 0x7;
+const APIC_MODE_NMI: u32 = 0x4;
+
+fn set_lvt_mode(lapic: &mut kvm_lapic_state, reg: usize, mode: u32) {
+    let bytes: [u8; 4] = [lapic.regs[reg] as u8, lapic.regs[reg + 1] as u8, lapic.regs[reg + 2] as u8, lapic.regs[reg + 3] as u8];
+    let v = (u32::from_le_bytes(bytes) & !0x700) | (mode << 8);
+    for (i, b) in v.to_le_bytes().iter().enumerate() {
+        lapic.regs[reg + i] = *b as i8;
+    }
+}
+
+impl Vcpu {
+    /// Creates vCPU `id` and sets CPUID, MSRs, LAPIC, FPU and (for the boot
+    /// vCPU) the registers for the 64-bit kernel entry at `entry`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        kvm: &Kvm,
+        vm: &VmFd,
+        mem: &GuestMemory,
+        id: u8,
+        count: u8,
+        entry: GuestAddress,
+        pvm: bool,
+        buses: Buses,
+        exit: ExitHandle,
+    ) -> Result<Self, VcpuError> {
+        let err = |what| move |source| VcpuError::Kvm { id, what, source };
+        let fd = vm.create_vcpu(u64::from(id)).map_err(err("create"))?;
+
+        let mut cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(err("get supported CPUID"))?;
+        cpuid::filter(&mut cpuid, id, count, pvm);
+        fd.set_cpuid2(&cpuid).map_err(err("set CPUID"))?;
+
+        let msrs = Msrs::from_entries(&boot::cpu::boot_msrs()).map_err(|_| VcpuError::Kvm {
+            id,
+            what: "build MSR list",
+            source: kvm_ioctls::Error::new(libc::EINVAL),
+        })?;
+        fd.set_msrs(&msrs).map_err(err("set MSRs"))?;
+
+        let mut lapic = fd.get_lapic().map_err(err("get LAPIC"))?;
+        set_lvt_mode(&mut lapic, APIC_LVT0, APIC_MODE_EXTINT);
+        set_lvt_mode(&mut lapic, APIC_LVT1, APIC_MODE_NMI);
+        fd.set_lapic(&lapic).map_err(err("set LAPIC"))?;
+
+        fd.set_fpu(&boot::cpu::boot_fpu()).map_err(err("set FPU"))?;
+        if id == 0 {
+            let sregs = fd.get_sregs().map_err(err("get special registers"))?;
+            let sregs = boot::cpu::setup_long_mode(mem, sregs).map_err(|source| VcpuError::Boot { id, source })?;
+            fd.set_sregs(&sregs).map_err(err("set special registers"))?;
+            fd.set_regs(&boot::cpu::boot_regs(entry)).map_err(err("set registers"))?;
+        }
+        Ok(Vcpu { fd, id, buses, exit })
+    }
+
+    /// Runs until the VM should stop or `stop` is set (the thread is then
+    /// kicked out of KVM_RUN with a signal).
+    pub fn run(mut self, stop: Arc<AtomicBool>) {
+        while !stop.load(Ordering::Acquire) && self.exit.reason().is_none() {
+            if let Some(reason) = self.run_once() {
+                self.exit.request(reason);
+                break;
+            }
+        }
+    }
+
+    fn run_once(&mut self) -> Option<ExitReason> {
+        match self.fd.run() {
+            Ok(VcpuExit::IoOut(port, data)) => {
+                if !self.buses.pio.write(u64::from(port), data) {
+                    tracing::trace!("unhandled port write {port:#x} {data:x?}");
+                }
+                None
+            }
+            Ok(VcpuExit::IoIn(port, data)) => {
+                if !self.buses.pio.read(u64::from(port), data) {
+                    // No device: the bus floats high.
+                    data.fill(0xff);
+                }
+                None
+            }
+            Ok(VcpuExit::MmioRead(addr, data)) => {
+                if !self.buses.mmio.read(addr, data) {
+                    tracing::debug!("unhandled MMIO read at {addr:#x}");
+                    data.fill(0xff);
+                }
+                None
+            }
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
+                if !self.buses.mmio.write(addr, data) {
+                    tracing::debug!("unhandled MMIO write at {addr:#x}");
+                }
+                None
+            }
+            Ok(VcpuExit::Shutdown) => {
+                self.report_crash("triple fault (KVM_EXIT_SHUTDOWN)");
+                Some(ExitReason::Crash)
+            }
+            Ok(VcpuExit::Hlt) => {
+                // Only without an in-kernel irqchip; with one, HLT stays in KVM.
+                self.report_crash("halted with no way to wake up");
+                Some(ExitReason::Crash)
+            }
+            Ok(VcpuExit::SystemEvent(kind, _)) => Some(match kind {
+                kvm_bindings::KVM_SYSTEM_EVENT_RESET => ExitReason::Reset,
+                kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => ExitReason::PowerOff,
+                _ => {
+                    self.report_crash(&format!("system event {kind}"));
+                    ExitReason::Crash
+                }
+            }),
+            Ok(VcpuExit::FailEntry(reason, cpu)) => {
+                self.report_crash(&format!("KVM could not enter the guest (hardware reason {reason:#x}, cpu {cpu})"));
+                Some(ExitReason::Crash)
+            }
+            Ok(VcpuExit::InternalError) => {
+                self.report_crash("KVM internal error (often an instruction the host cannot emulate)");
+                Some(ExitReason::Crash)
+            }
+            Ok(other) => {
+                tracing::debug!("vCPU {}: ignored exit {other:?}", self.id);
+                None
+            }
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                self.fd.set_kvm_immediate_exit(0);
+                None
+            }
+            Err(e) => {
+                self.report_crash(&format!("KVM_RUN failed: {e}"));
+                Some(ExitReason::Crash)
+            }
+        }
+    }
+
+    fn report_crash(&self, what: &str) {
+        let rip = self.fd.get_regs().map(|r| format!("{:#x}", r.rip)).unwrap_or_else(|_| "?".into());
+        eprintln!("minivm: guest crashed on vCPU {}: {what} at rip {rip}", self.id);
+    }
+}

@@ -1,0 +1,351 @@
+//! Building and running one VM: KVM VM with in-kernel irqchip and PIT, guest
+//! memory, devices on their buses, vCPU threads, and the device event loop.
+
+use std::fs::File;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use devices::bus::Bus;
+use devices::harness::{HarnessPorts, EXIT_PORT, HARNESS_PORTS_LEN};
+use devices::i8042::{I8042, I8042_DATA_PORT, I8042_PORTS_LEN};
+use devices::serial::{ConsoleOutput, InputEvents, SerialDevice, SERIAL_IRQ, SERIAL_PORT, SERIAL_PORTS_LEN};
+use devices::virtio::block::Block;
+use devices::virtio::mmio::MmioTransport;
+use devices::virtio::Interrupt;
+use devices::{ExitHandle, ExitReason};
+use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Cap, IoEventAddress, Kvm, VmFd};
+use vm_memory::{Address, GuestAddress, GuestMemory as _, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+use crate::config::{self, io_reason, VmConfig};
+use crate::terminal::{ExitWatcher, RawMode, StdinForwarder};
+use crate::vcpu::{Buses, Vcpu, VcpuError};
+use boot::layout::{VIRTIO_FIRST_IRQ, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE};
+use boot::GuestMemory;
+
+/// Where /dev/kvm lives.
+const KVM_DEV: &str = "/dev/kvm";
+/// virtio-mmio QueueNotify register offset (routed through ioeventfds).
+const MMIO_QUEUE_NOTIFY: u64 = 0x50;
+/// Address of the TSS KVM needs on Intel (three pages just below the BIOS area).
+const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
+
+/// Errors while building or running a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// /dev/kvm missing or not usable.
+    #[error("cannot use {KVM_DEV}: {0} (is KVM available and are you allowed to use it?)")]
+    KvmOpen(String),
+    /// The host's KVM lacks something minivm needs.
+    #[error("KVM lacks a required capability: {0}")]
+    KvmCapability(&'static str),
+    /// A VM-level KVM ioctl failed.
+    #[error("KVM: {what}: {source}")]
+    Kvm { what: &'static str, source: kvm_ioctls::Error },
+    /// Guest memory could not be allocated.
+    #[error("cannot allocate {size} bytes of guest memory: {reason}")]
+    Memory { size: u64, reason: String },
+    /// Kernel or initrd loading failed.
+    #[error(transparent)]
+    Load(#[from] boot::loader::LoadError),
+    /// Zero page or command line.
+    #[error(transparent)]
+    BootParams(#[from] boot::bootparams::BootParamsError),
+    /// vCPU set-up.
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    /// A device could not be created.
+    #[error("{what}: {reason}")]
+    Device { what: String, reason: String },
+    /// The event loop failed.
+    #[error("event loop: {0}")]
+    EventLoop(String),
+}
+
+type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+/// Signal that ended minivm, set by the handler below.
+static HOST_SIGNAL: AtomicI32 = AtomicI32::new(0);
+/// The exit event fd the handler wakes.
+static EXIT_EVENT_FD: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn on_host_signal(sig: libc::c_int) {
+    HOST_SIGNAL.store(sig, Ordering::SeqCst);
+    let fd = EXIT_EVENT_FD.load(Ordering::SeqCst);
+    if fd >= 0 {
+        let one: u64 = 1;
+        // SAFETY: write(2) is async-signal-safe; the buffer is a local u64.
+        unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
+    }
+}
+
+extern "C" fn on_vcpu_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+fn install_signal_handlers(exit: &ExitHandle) {
+    use std::os::fd::AsRawFd;
+    EXIT_EVENT_FD.store(exit.event_fd().as_raw_fd(), Ordering::SeqCst);
+    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        // SAFETY: the handler only touches atomics and calls write(2).
+        unsafe { libc::signal(sig, on_host_signal as *const () as libc::sighandler_t) };
+    }
+    // The kick signal only needs to interrupt KVM_RUN.
+    if let Err(e) = register_signal_handler(SIGRTMIN(), on_vcpu_kick) {
+        tracing::warn!("cannot install the vCPU kick handler: {e}");
+    }
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::Kvm { what, source }
+}
+
+fn create_vm(kvm: &Kvm) -> Result<VmFd, VmError> {
+    for (cap, name) in [
+        (Cap::Irqchip, "in-kernel irqchip"),
+        (Cap::Ioeventfd, "ioeventfd"),
+        (Cap::Irqfd, "irqfd"),
+        (Cap::UserMemory, "user memory"),
+        (Cap::ImmediateExit, "immediate exit"),
+    ] {
+        if !kvm.check_extension(cap) {
+            return Err(VmError::KvmCapability(name));
+        }
+    }
+    let vm = kvm.create_vm().map_err(kvm_err("create VM"))?;
+    vm.set_tss_address(KVM_TSS_ADDRESS).map_err(kvm_err("set TSS address"))?;
+    vm.create_irq_chip().map_err(kvm_err("create irqchip"))?;
+    let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
+    vm.create_pit2(pit).map_err(kvm_err("create PIT"))?;
+    Ok(vm)
+}
+
+fn create_memory(vm: &VmFd, size: u64) -> Result<Arc<GuestMemory>, VmError> {
+    let ranges: Vec<(GuestAddress, usize)> =
+        boot::layout::ram_ranges(size).into_iter().map(|(s, l)| (GuestAddress(s), l as usize)).collect();
+    let mem = GuestMemory::from_ranges(&ranges).map_err(|e| VmError::Memory { size, reason: e.to_string() })?;
+    for (slot, region) in mem.iter().enumerate() {
+        let r = kvm_userspace_memory_region {
+            slot: slot as u32,
+            flags: 0,
+            guest_phys_addr: region.start_addr().raw_value(),
+            memory_size: region.len(),
+            userspace_addr: region.as_ptr() as u64,
+        };
+        // SAFETY: the region is a live mapping owned by `mem`, which the VM
+        // keeps alive (Arc) for as long as any vCPU can run.
+        unsafe { vm.set_user_memory_region(r) }.map_err(kvm_err("register guest memory"))?;
+    }
+    Ok(Arc::new(mem))
+}
+
+/// A running VM's pieces that must outlive the vCPU threads.
+struct Devices {
+    pio: Bus,
+    mmio: Bus,
+    subscribers: Vec<Subscriber>,
+    serial: Arc<Mutex<SerialDevice>>,
+    serial_input: Arc<InputEvents>,
+    cmdline_extra: Vec<String>,
+}
+
+fn setup_devices(
+    vm: &VmFd,
+    mem: &Arc<GuestMemory>,
+    config: &VmConfig,
+    exit: &ExitHandle,
+    console: &ConsoleOutput,
+    start: Instant,
+) -> Result<Devices, VmError> {
+    let dev_err = |what: &str| {
+        let what = what.to_string();
+        move |e: std::io::Error| VmError::Device { what, reason: e.to_string() }
+    };
+    let mut pio = Bus::new();
+    let mut mmio = Bus::new();
+    let mut subscribers: Vec<Subscriber> = Vec::new();
+    let mut cmdline_extra = Vec::new();
+
+    let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(dev_err("serial irq"))?;
+    vm.register_irqfd(&serial_irq, SERIAL_IRQ).map_err(kvm_err("register serial irqfd"))?;
+    let serial_input = Arc::new(InputEvents {
+        in_buffer_empty: EventFd::new(libc::EFD_NONBLOCK).map_err(dev_err("serial input event"))?,
+    });
+    let serial = Arc::new(Mutex::new(SerialDevice::new(serial_irq, serial_input.clone(), console.writer())));
+    let bus_err = |e: devices::bus::BusError| VmError::Device { what: "bus".into(), reason: e.to_string() };
+    pio.insert(serial.clone(), u64::from(SERIAL_PORT), SERIAL_PORTS_LEN).map_err(bus_err)?;
+    pio.insert(Arc::new(Mutex::new(I8042::new(exit.clone()))), u64::from(I8042_DATA_PORT), I8042_PORTS_LEN)
+        .map_err(bus_err)?;
+    pio.insert(Arc::new(Mutex::new(HarnessPorts::new(exit.clone(), start))), u64::from(EXIT_PORT), HARNESS_PORTS_LEN)
+        .map_err(bus_err)?;
+
+    if let Some(disk) = &config.disk {
+        let what = format!("disk image {}", disk.path.display());
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(!disk.read_only)
+            .open(&disk.path)
+            .map_err(|e| VmError::Device { what: what.clone(), reason: io_reason(&e) })?;
+        lock_image(&file, disk.read_only).map_err(|reason| VmError::Device { what: what.clone(), reason })?;
+        let id = disk.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let block = Block::new(file, disk.read_only, &id)
+            .map_err(|e| VmError::Device { what: what.clone(), reason: e.to_string() })?;
+        let index = 0u64;
+        let base = VIRTIO_MMIO_BASE + index * VIRTIO_MMIO_SIZE;
+        let gsi = VIRTIO_FIRST_IRQ + index as u32;
+        let irqfd = EventFd::new(libc::EFD_NONBLOCK).map_err(dev_err("virtio-blk irq"))?;
+        vm.register_irqfd(&irqfd, gsi).map_err(kvm_err("register virtio-blk irqfd"))?;
+        let transport = MmioTransport::new(Box::new(block), mem.clone(), Arc::new(Interrupt::new(irqfd)))
+            .map_err(dev_err("virtio-blk transport"))?;
+        for (q, evt) in transport.queue_events().iter().enumerate() {
+            vm.register_ioevent(evt, &IoEventAddress::Mmio(base + MMIO_QUEUE_NOTIFY), q as u32)
+                .map_err(kvm_err("register virtio-blk ioeventfd"))?;
+        }
+        let transport = Arc::new(Mutex::new(transport));
+        mmio.insert(transport.clone(), base, VIRTIO_MMIO_SIZE).map_err(bus_err)?;
+        subscribers.push(transport);
+        cmdline_extra.push(format!("virtio_mmio.device=4K@{base:#x}:{gsi}"));
+    }
+    Ok(Devices { pio, mmio, subscribers, serial, serial_input, cmdline_extra })
+}
+
+/// Takes an advisory lock so two VMs never write one image (shared when read-only).
+fn lock_image(file: &File, read_only: bool) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    let op = if read_only { libc::LOCK_SH } else { libc::LOCK_EX };
+    // SAFETY: flock on an fd we own.
+    if unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err("in use by another VM (locked); use --readonly to share it".into());
+        }
+        return Err(format!("cannot lock: {e}"));
+    }
+    Ok(())
+}
+
+/// The final kernel command line: the configured one plus what minivm adds.
+fn full_cmdline(config: &VmConfig, extra: &[String], pvm: bool) -> String {
+    let mut c = config.cmdline.clone();
+    let mut add = |s: &str| {
+        c.push(' ');
+        c.push_str(s);
+    };
+    for e in extra {
+        add(e);
+    }
+    if !config.cmdline.contains("minivm_panic_port=") {
+        add(config::PANIC_PORT_PARAM);
+    }
+    if pvm && !config.cmdline.contains("minivm_pvm_quirks") {
+        add(config::PVM_CMDLINE);
+    }
+    c
+}
+
+/// Boots the VM described by `config` and runs it to the end.
+pub fn run(config: &VmConfig, start: Instant) -> Result<ExitReason, VmError> {
+    let kvm = Kvm::new().map_err(|e| VmError::KvmOpen(io_reason(&std::io::Error::from_raw_os_error(e.errno()))))?;
+    let vm = create_vm(&kvm)?;
+    let mem = create_memory(&vm, config.mem_size)?;
+    let pvm = crate::cpuid::is_pvm_host();
+    if pvm {
+        tracing::info!("kvm-pvm host: hiding unsupported CPU features and enabling the guest kernel's work-arounds");
+    }
+
+    let kernel = boot::loader::load_kernel(&mem, &config.kernel)?;
+    let initrd = match &config.initrd {
+        Some(p) => Some(boot::loader::load_initrd(&mem, p, &kernel)?),
+        None => None,
+    };
+
+    let exit = ExitHandle::new().map_err(|e| VmError::Device { what: "exit event".into(), reason: e.to_string() })?;
+    install_signal_handlers(&exit);
+    let console = ConsoleOutput::new(Box::new(std::io::stdout()))
+        .map_err(|e| VmError::Device { what: "console".into(), reason: e.to_string() })?;
+    let devs = setup_devices(&vm, &mem, config, &exit, &console, start)?;
+
+    let cmdline = full_cmdline(config, &devs.cmdline_extra, pvm);
+    tracing::info!("kernel {} command line: {cmdline}", config.kernel.display());
+    boot::bootparams::write_boot_params(&mem, &kernel, &cmdline, initrd.as_ref())?;
+
+    let buses = Buses { pio: Arc::new(devs.pio), mmio: Arc::new(devs.mmio) };
+    let mut vcpus = Vec::new();
+    for id in 0..config.cpus {
+        vcpus.push(Vcpu::new(&kvm, &vm, &mem, id, config.cpus, kernel.entry, pvm, buses.clone(), exit.clone())?);
+    }
+
+    let mut em: EventManager<Subscriber> =
+        EventManager::new().map_err(|e| VmError::EventLoop(e.to_string()))?;
+    for s in &devs.subscribers {
+        em.add_subscriber(s.clone());
+    }
+    em.add_subscriber(Arc::new(Mutex::new(
+        ExitWatcher::new(&exit).map_err(|e| VmError::EventLoop(e.to_string()))?,
+    )));
+    let interactive = crate::terminal::stdin_is_tty();
+    em.add_subscriber(Arc::new(Mutex::new(StdinForwarder::new(
+        devs.serial.clone(),
+        devs.serial_input.clone(),
+        exit.clone(),
+        interactive,
+    ))));
+    let raw = RawMode::enter();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut threads: Vec<JoinHandle<()>> = Vec::new();
+    for (id, vcpu) in vcpus.into_iter().enumerate() {
+        let stop = stop.clone();
+        let t = std::thread::Builder::new()
+            .name(format!("vcpu{id}"))
+            .spawn(move || vcpu.run(stop))
+            .map_err(|e| VmError::Device { what: "vCPU thread".into(), reason: e.to_string() })?;
+        threads.push(t);
+    }
+
+    let result = loop {
+        if let Some(r) = exit.reason() {
+            break Ok(r);
+        }
+        let sig = HOST_SIGNAL.load(Ordering::SeqCst);
+        if sig != 0 {
+            exit.request(ExitReason::HostSignal(sig));
+            continue;
+        }
+        if let Err(e) = em.run() {
+            if let event_manager::Error::Epoll(ref err) = e {
+                if err.errno() == libc::EINTR {
+                    continue;
+                }
+            }
+            break Err(VmError::EventLoop(e.to_string()));
+        }
+    };
+
+    stop.store(true, Ordering::Release);
+    for t in threads {
+        // Kick until the thread leaves KVM_RUN (a kick can land just before it enters).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !t.is_finished() && Instant::now() < deadline {
+            let _ = t.kill(SIGRTMIN());
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if t.is_finished() {
+            let _ = t.join();
+        } else {
+            tracing::warn!("a vCPU thread did not stop");
+        }
+    }
+    let dropped = console.dropped();
+    console.finish(Duration::from_secs(2));
+    drop(raw);
+    if dropped > 0 {
+        eprintln!("minivm: {dropped} bytes of guest console output were dropped (stdout too slow)");
+    }
+    drop(vm);
+    drop(mem);
+    result
+}
