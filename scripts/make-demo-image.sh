@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Makes a small bootable raw ext4 disk with busybox-static, without root:
 #   scripts/make-demo-image.sh OUT.raw [SIZE]
-# Its /init mounts /proc, /sys and /dev, reports "boot finished" to minivm and
+# Its /sbin/init mounts /proc, /sys and /dev, reports "boot finished" to minivm and
 # runs a shell on the console; leaving the shell reboots, which ends minivm.
 set -euo pipefail
 out=${1:?usage: make-demo-image.sh OUT.raw [SIZE]}
@@ -11,9 +11,9 @@ trap 'rm -rf "$root"' EXIT
 mkdir -p "$root"/{bin,sbin,dev,proc,sys,tmp,root,etc}
 cp /bin/busybox "$root/bin/busybox"
 for a in $("$root/bin/busybox" --list); do
-    [ "$a" = busybox ] || ln -s busybox "$root/bin/$a"
+    case "$a" in busybox|init|linuxrc) ;; *) ln -s busybox "$root/bin/$a" ;; esac
 done
-cat > "$root/init" <<'INIT'
+cat > "$root/sbin/init" <<'INIT'
 #!/bin/sh
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -28,11 +28,11 @@ setsid cttyhack /bin/sh -l
 sync
 reboot -f
 INIT
-chmod 755 "$root/init"
+chmod 755 "$root/sbin/init"
 echo 'export PS1="minivm:\w# "' > "$root/etc/profile"
 echo "root:x:0:0:root:/root:/bin/sh" > "$root/etc/passwd"
 echo "root:x:0:" > "$root/etc/group"
 rm -f "$out.tmp"
-mkfs.ext4 -q -F -L minivm-demo -E root_owner=0:0 -d "$root" "$out.tmp" "$size"
+mkfs.ext4 -q -F >/dev/null -L minivm-demo -E root_owner=0:0 -d "$root" "$out.tmp" "$size"
 mv "$out.tmp" "$out"
 echo "$out"

@@ -30,7 +30,11 @@ pub enum BootParamsError {
     CmdlineNul,
     /// Guest memory is too small for the fixed boot structures.
     #[error("cannot write {what} at guest address {addr:#x}: {source}")]
-    Write { what: &'static str, addr: u64, source: vm_memory::GuestMemoryError },
+    Write {
+        what: &'static str,
+        addr: u64,
+        source: vm_memory::GuestMemoryError,
+    },
     /// More RAM ranges than e820 entries.
     #[error("too many memory ranges for the e820 table")]
     TooManyRanges,
@@ -38,12 +42,20 @@ pub enum BootParamsError {
 
 /// The e820 map: RAM below the EBDA, then every RAM range from 1 MiB on.
 pub fn e820_entries(mem: &GuestMemory) -> Vec<boot_e820_entry> {
-    let mut out = vec![boot_e820_entry { addr: 0, size: EBDA_START, type_: E820_RAM }];
+    let mut out = vec![boot_e820_entry {
+        addr: 0,
+        size: EBDA_START,
+        type_: E820_RAM,
+    }];
     for r in mem.iter() {
         let start = r.start_addr().raw_value().max(HIMEM_START);
         let end = r.start_addr().raw_value() + r.len();
         if end > start {
-            out.push(boot_e820_entry { addr: start, size: end - start, type_: E820_RAM });
+            out.push(boot_e820_entry {
+                addr: start,
+                size: end - start,
+                type_: E820_RAM,
+            });
         }
     }
     out
@@ -57,7 +69,10 @@ pub fn write_boot_params(
     initrd: Option<&LoadedInitrd>,
 ) -> Result<(), BootParamsError> {
     if cmdline.len() >= CMDLINE_MAX_SIZE {
-        return Err(BootParamsError::CmdlineTooLong { len: cmdline.len(), max: CMDLINE_MAX_SIZE - 1 });
+        return Err(BootParamsError::CmdlineTooLong {
+            len: cmdline.len(),
+            max: CMDLINE_MAX_SIZE - 1,
+        });
     }
     if cmdline.contains('\0') {
         return Err(BootParamsError::CmdlineNul);
@@ -65,7 +80,11 @@ pub fn write_boot_params(
     let mut bytes = cmdline.as_bytes().to_vec();
     bytes.push(0);
     mem.write_slice(&bytes, GuestAddress(CMDLINE_ADDR))
-        .map_err(|source| BootParamsError::Write { what: "command line", addr: CMDLINE_ADDR, source })?;
+        .map_err(|source| BootParamsError::Write {
+            what: "command line",
+            addr: CMDLINE_ADDR,
+            source,
+        })?;
 
     let mut params = boot_params::default();
     if let KernelFormat::BzImage(hdr) = kernel.format {
@@ -95,7 +114,11 @@ pub fn write_boot_params(
     }
     params.e820_entries = e820.len() as u8;
     mem.write_obj(params, GuestAddress(ZERO_PAGE_ADDR))
-        .map_err(|source| BootParamsError::Write { what: "zero page", addr: ZERO_PAGE_ADDR, source })
+        .map_err(|source| BootParamsError::Write {
+            what: "zero page",
+            addr: ZERO_PAGE_ADDR,
+            source,
+        })
 }
 
 #[cfg(test)]
@@ -104,13 +127,20 @@ mod tests {
     use crate::layout::{MMIO_GAP_END, MMIO_GAP_START};
 
     fn kernel() -> LoadedKernel {
-        LoadedKernel { entry: GuestAddress(0x100_0000), end: 0x200_0000, format: KernelFormat::Elf }
+        LoadedKernel {
+            entry: GuestAddress(0x100_0000),
+            end: 0x200_0000,
+            format: KernelFormat::Elf,
+        }
     }
 
     #[test]
     fn zero_page_has_magic_cmdline_and_e820() {
         let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 64 << 20)]).unwrap();
-        let initrd = LoadedInitrd { addr: GuestAddress(0x300_0000), size: 1234 };
+        let initrd = LoadedInitrd {
+            addr: GuestAddress(0x300_0000),
+            size: 1234,
+        };
         write_boot_params(&mem, &kernel(), "console=ttyS0 quiet", Some(&initrd)).unwrap();
         let p: boot_params = mem.read_obj(GuestAddress(ZERO_PAGE_ADDR)).unwrap();
         assert_eq!({ p.hdr.boot_flag }, 0xaa55);
@@ -124,7 +154,8 @@ mod tests {
         assert_eq!({ p.e820_table[1].addr }, HIMEM_START);
         assert_eq!({ p.e820_table[1].size }, (64 << 20) - HIMEM_START);
         let mut buf = [0u8; 20];
-        mem.read_slice(&mut buf, GuestAddress(CMDLINE_ADDR)).unwrap();
+        mem.read_slice(&mut buf, GuestAddress(CMDLINE_ADDR))
+            .unwrap();
         assert_eq!(&buf, b"console=ttyS0 quiet\0");
     }
 
@@ -149,6 +180,9 @@ mod tests {
             write_boot_params(&mem, &kernel(), &long, None),
             Err(BootParamsError::CmdlineTooLong { .. })
         ));
-        assert!(matches!(write_boot_params(&mem, &kernel(), "a\0b", None), Err(BootParamsError::CmdlineNul)));
+        assert!(matches!(
+            write_boot_params(&mem, &kernel(), "a\0b", None),
+            Err(BootParamsError::CmdlineNul)
+        ));
     }
 }

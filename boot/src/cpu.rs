@@ -5,7 +5,8 @@ use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs};
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::layout::{
-    BOOT_STACK_POINTER, GDT_ADDR, IDENTITY_MAPPED_GIB, IDT_ADDR, PDPT_ADDR, PD_ADDR, PML4_ADDR, ZERO_PAGE_ADDR,
+    BOOT_STACK_POINTER, GDT_ADDR, IDENTITY_MAPPED_GIB, IDT_ADDR, PDPT_ADDR, PD_ADDR, PML4_ADDR,
+    ZERO_PAGE_ADDR,
 };
 use crate::GuestMemory;
 
@@ -67,12 +68,16 @@ fn write<T: vm_memory::ByteValued>(
     addr: u64,
     what: &'static str,
 ) -> Result<(), CpuSetupError> {
-    mem.write_obj(val, GuestAddress(addr)).map_err(|source| CpuSetupError { what, addr, source })
+    mem.write_obj(val, GuestAddress(addr))
+        .map_err(|source| CpuSetupError { what, addr, source })
 }
 
 /// Writes the GDT, an empty IDT and identity page tables for the first
 /// [`IDENTITY_MAPPED_GIB`] GiB, and returns the special registers for long mode.
-pub fn setup_long_mode(mem: &GuestMemory, mut sregs: kvm_sregs) -> Result<kvm_sregs, CpuSetupError> {
+pub fn setup_long_mode(
+    mem: &GuestMemory,
+    mut sregs: kvm_sregs,
+) -> Result<kvm_sregs, CpuSetupError> {
     for (i, e) in BOOT_GDT.iter().enumerate() {
         write(mem, *e, GDT_ADDR + 8 * i as u64, "GDT")?;
     }
@@ -124,7 +129,11 @@ pub fn boot_regs(entry: GuestAddress) -> kvm_regs {
 
 /// FPU state as after FNINIT, with SSE exceptions masked.
 pub fn boot_fpu() -> kvm_fpu {
-    kvm_fpu { fcw: 0x37f, mxcsr: 0x1f80, ..Default::default() }
+    kvm_fpu {
+        fcw: 0x37f,
+        mxcsr: 0x1f80,
+        ..Default::default()
+    }
 }
 
 /// MSRs Linux expects zeroed or set at entry (as Firecracker and vmm-reference do).
@@ -151,7 +160,11 @@ pub fn boot_msrs() -> Vec<kvm_msr_entry> {
         (MSR_IA32_MISC_ENABLE, MISC_ENABLE_FAST_STRING),
     ]
     .into_iter()
-    .map(|(index, data)| kvm_msr_entry { index, data, ..Default::default() })
+    .map(|(index, data)| kvm_msr_entry {
+        index,
+        data,
+        ..Default::default()
+    })
     .collect()
 }
 
@@ -162,7 +175,10 @@ mod tests {
     #[test]
     fn gdt_entries_round_trip_into_segments() {
         let cs = segment_from_gdt(BOOT_GDT[1], 1);
-        assert_eq!((cs.selector, cs.l, cs.db, cs.present, cs.s, cs.type_), (0x08, 1, 0, 1, 1, 0xb));
+        assert_eq!(
+            (cs.selector, cs.l, cs.db, cs.present, cs.s, cs.type_),
+            (0x08, 1, 0, 1, 1, 0xb)
+        );
         assert_eq!((cs.limit, cs.g, cs.unusable), (0xfffff, 1, 0));
         let ds = segment_from_gdt(BOOT_GDT[2], 2);
         assert_eq!((ds.selector, ds.l, ds.db, ds.type_), (0x10, 0, 1, 0x3));
@@ -183,8 +199,10 @@ mod tests {
         let pdpt3: u64 = mem.read_obj(GuestAddress(PDPT_ADDR + 24)).unwrap();
         assert_eq!(pdpt3 & !0xfff, PD_ADDR + 3 * 0x1000);
         // The 2 MiB page covering 3 GiB + 4 MiB.
-        let pde: u64 = mem.read_obj(GuestAddress(PD_ADDR + 3 * 0x1000 + 2 * 8)).unwrap();
-        assert_eq!(pde, (3 << 30) + (4 << 20) | 0x83);
+        let pde: u64 = mem
+            .read_obj(GuestAddress(PD_ADDR + 3 * 0x1000 + 2 * 8))
+            .unwrap();
+        assert_eq!(pde, ((3 << 30) + (4 << 20)) | 0x83);
         let gdt1: u64 = mem.read_obj(GuestAddress(GDT_ADDR + 8)).unwrap();
         assert_eq!(gdt1, BOOT_GDT[1]);
     }

@@ -38,12 +38,23 @@ pub const VIRTIO_FIRST_IRQ: u32 = 5;
 /// Last usable GSI of the in-kernel IOAPIC.
 pub const LAST_IRQ: u32 = 23;
 
+// Checked when compiling: the stack sits between the zero page and the page
+// tables, the command line below the EBDA, the devices inside the MMIO hole.
+const _: () =
+    assert!(BOOT_STACK_POINTER < PML4_ADDR && BOOT_STACK_POINTER > ZERO_PAGE_ADDR + 0x1000);
+const _: () = assert!(CMDLINE_ADDR + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
+const _: () =
+    assert!(VIRTIO_MMIO_BASE >= MMIO_GAP_START && VIRTIO_MMIO_BASE + 0x10_0000 < MMIO_GAP_END);
+
 /// The guest RAM ranges for `mem_size` bytes of memory, skipping the MMIO hole.
 pub fn ram_ranges(mem_size: u64) -> Vec<(u64, u64)> {
     if mem_size <= MMIO_GAP_START {
         vec![(0, mem_size)]
     } else {
-        vec![(0, MMIO_GAP_START), (MMIO_GAP_END, mem_size - MMIO_GAP_START)]
+        vec![
+            (0, MMIO_GAP_START),
+            (MMIO_GAP_END, mem_size - MMIO_GAP_START),
+        ]
     }
 }
 
@@ -65,11 +76,13 @@ mod tests {
         ];
         areas.sort();
         for w in areas.windows(2) {
-            assert!(w[0].0 + w[0].1 <= w[1].0, "{:x?} overlaps {:x?}", w[0], w[1]);
+            assert!(
+                w[0].0 + w[0].1 <= w[1].0,
+                "{:x?} overlaps {:x?}",
+                w[0],
+                w[1]
+            );
         }
-        assert!(BOOT_STACK_POINTER < PML4_ADDR && BOOT_STACK_POINTER > ZERO_PAGE_ADDR + 0x1000);
-        assert!(CMDLINE_ADDR + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
-        assert!(VIRTIO_MMIO_BASE >= MMIO_GAP_START && VIRTIO_MMIO_BASE < MMIO_GAP_END);
     }
 
     #[test]
@@ -77,7 +90,13 @@ mod tests {
         assert_eq!(ram_ranges(512 << 20), vec![(0, 512 << 20)]);
         assert_eq!(ram_ranges(MMIO_GAP_START), vec![(0, MMIO_GAP_START)]);
         let r = ram_ranges(4 << 30);
-        assert_eq!(r, vec![(0, MMIO_GAP_START), (MMIO_GAP_END, (4 << 30) - MMIO_GAP_START)]);
+        assert_eq!(
+            r,
+            vec![
+                (0, MMIO_GAP_START),
+                (MMIO_GAP_END, (4 << 30) - MMIO_GAP_START)
+            ]
+        );
         assert_eq!(r.iter().map(|x| x.1).sum::<u64>(), 4 << 30);
     }
 }

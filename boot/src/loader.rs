@@ -23,7 +23,10 @@ const DEFAULT_INITRD_ADDR_MAX: u64 = 0x37ff_ffff;
 pub enum LoadError {
     /// The file could not be opened or read.
     #[error("cannot read {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// Neither an ELF file nor a bzImage.
     #[error("{path} is not a Linux kernel: neither an ELF vmlinux nor a bzImage (no 'HdrS' boot header)")]
     NotAKernel { path: PathBuf },
@@ -35,13 +38,28 @@ pub enum LoadError {
     BzImage { path: PathBuf, reason: String },
     /// A bzImage without a 64-bit entry point (boot protocol < 2.12 or 32-bit only).
     #[error("{path}: bzImage has no 64-bit entry point (boot protocol {version:#x}, xloadflags {xloadflags:#x})")]
-    No64BitEntry { path: PathBuf, version: u16, xloadflags: u16 },
+    No64BitEntry {
+        path: PathBuf,
+        version: u16,
+        xloadflags: u16,
+    },
     /// The kernel (with its in-place decompression area) does not fit in guest RAM.
     #[error("{path} needs guest memory up to {needed:#x}, but RAM ends at {ram_end:#x}: use a larger --mem")]
-    TooBig { path: PathBuf, needed: u64, ram_end: u64 },
+    TooBig {
+        path: PathBuf,
+        needed: u64,
+        ram_end: u64,
+    },
     /// The initrd does not fit below the highest address the kernel accepts.
-    #[error("initrd {path} ({size} bytes) does not fit in guest memory between {low:#x} and {high:#x}")]
-    InitrdTooBig { path: PathBuf, size: u64, low: u64, high: u64 },
+    #[error(
+        "initrd {path} ({size} bytes) does not fit in guest memory between {low:#x} and {high:#x}"
+    )]
+    InitrdTooBig {
+        path: PathBuf,
+        size: u64,
+        low: u64,
+        high: u64,
+    },
 }
 
 /// How the kernel was recognised.
@@ -82,7 +100,10 @@ fn ram_end_below_4g(mem: &GuestMemory) -> u64 {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LoadError + '_ {
-    move |source| LoadError::Io { path: path.to_path_buf(), source }
+    move |source| LoadError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Loads the kernel at `path`: an ELF `vmlinux` (preferred: no in-guest
@@ -95,20 +116,36 @@ pub fn load_kernel(mem: &GuestMemory, path: &Path) -> Result<LoadedKernel, LoadE
     let ram_end = mem.last_addr().raw_value() + 1;
 
     if n == 4 && magic == *b"\x7fELF" {
-        let r = Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START))).map_err(|e| LoadError::Elf {
-            path: path.to_path_buf(),
-            reason: describe_loader_error(e, ram_end),
+        let r = Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START))).map_err(|e| {
+            LoadError::Elf {
+                path: path.to_path_buf(),
+                reason: describe_loader_error(e, ram_end),
+            }
         })?;
-        return Ok(LoadedKernel { entry: r.kernel_load, end: r.kernel_end, format: KernelFormat::Elf });
+        return Ok(LoadedKernel {
+            entry: r.kernel_load,
+            end: r.kernel_end,
+            format: KernelFormat::Elf,
+        });
     }
 
-    let r = BzImage::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START))).map_err(|e| match e {
-        linux_loader::loader::Error::Bzimage(linux_loader::loader::bzimage::Error::InvalidBzImage) => {
-            LoadError::NotAKernel { path: path.to_path_buf() }
-        }
-        e => LoadError::BzImage { path: path.to_path_buf(), reason: describe_loader_error(e, ram_end) },
+    let r =
+        BzImage::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START))).map_err(
+            |e| match e {
+                linux_loader::loader::Error::Bzimage(
+                    linux_loader::loader::bzimage::Error::InvalidBzImage,
+                ) => LoadError::NotAKernel {
+                    path: path.to_path_buf(),
+                },
+                e => LoadError::BzImage {
+                    path: path.to_path_buf(),
+                    reason: describe_loader_error(e, ram_end),
+                },
+            },
+        )?;
+    let hdr = r.setup_header.ok_or_else(|| LoadError::NotAKernel {
+        path: path.to_path_buf(),
     })?;
-    let hdr = r.setup_header.ok_or_else(|| LoadError::NotAKernel { path: path.to_path_buf() })?;
     if hdr.version < 0x20c || hdr.xloadflags & XLF_KERNEL_64 == 0 {
         return Err(LoadError::No64BitEntry {
             path: path.to_path_buf(),
@@ -117,9 +154,14 @@ pub fn load_kernel(mem: &GuestMemory, path: &Path) -> Result<LoadedKernel, LoadE
         });
     }
     // The decompressor works in place and needs init_size bytes from the load address.
-    let needed = r.kernel_load.raw_value() + u64::from(hdr.init_size).max(r.kernel_end - r.kernel_load.raw_value());
+    let needed = r.kernel_load.raw_value()
+        + u64::from(hdr.init_size).max(r.kernel_end - r.kernel_load.raw_value());
     if needed > ram_end_below_4g(mem) {
-        return Err(LoadError::TooBig { path: path.to_path_buf(), needed, ram_end: ram_end_below_4g(mem) });
+        return Err(LoadError::TooBig {
+            path: path.to_path_buf(),
+            needed,
+            ram_end: ram_end_below_4g(mem),
+        });
     }
     Ok(LoadedKernel {
         entry: r.kernel_load.unchecked_add(BZIMAGE_64BIT_ENTRY_OFFSET),
@@ -134,7 +176,9 @@ fn describe_loader_error(e: linux_loader::loader::Error, ram_end: u64) -> String
         Error::Elf(elf::Error::ReadKernelImage) | Error::MemoryOverflow => {
             format!("a segment lies outside guest memory (RAM ends at {ram_end:#x}); use a larger --mem")
         }
-        Error::Elf(elf::Error::InvalidEntryAddress) => format!("entry point below {HIMEM_START:#x}"),
+        Error::Elf(elf::Error::InvalidEntryAddress) => {
+            format!("entry point below {HIMEM_START:#x}")
+        }
         e => e.to_string(),
     }
 }
@@ -154,15 +198,26 @@ pub fn load_initrd(
     };
     let high = ram_end_below_4g(mem).min(addr_max.saturating_add(1));
     let low = kernel.end.next_multiple_of(4096);
-    let too_big = || LoadError::InitrdTooBig { path: path.to_path_buf(), size, low, high };
+    let too_big = || LoadError::InitrdTooBig {
+        path: path.to_path_buf(),
+        size,
+        low,
+        high,
+    };
     let start = high.checked_sub(size).ok_or_else(too_big)? & !0xfff;
     if start < low {
         return Err(too_big());
     }
     let size_usize = usize::try_from(size).map_err(|_| too_big())?;
     mem.read_exact_volatile_from(GuestAddress(start), &mut file, size_usize)
-        .map_err(|e| LoadError::Io { path: path.to_path_buf(), source: std::io::Error::other(e) })?;
-    Ok(LoadedInitrd { addr: GuestAddress(start), size })
+        .map_err(|e| LoadError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(e),
+        })?;
+    Ok(LoadedInitrd {
+        addr: GuestAddress(start),
+        size,
+    })
 }
 
 #[cfg(test)]
@@ -248,13 +303,20 @@ mod tests {
         img[0x214..0x218].copy_from_slice(&0x10_0000u32.to_le_bytes());
         let p = temp_file("bz32", &img);
         let err = load_kernel(&mem(8 << 20), &p).unwrap_err();
-        assert!(matches!(err, LoadError::No64BitEntry { version: 0x20b, .. }), "{err}");
+        assert!(
+            matches!(err, LoadError::No64BitEntry { version: 0x20b, .. }),
+            "{err}"
+        );
     }
 
     #[test]
     fn initrd_goes_high_and_page_aligned() {
         let m = mem(16 << 20);
-        let k = LoadedKernel { entry: GuestAddress(HIMEM_START), end: 0x20_0000, format: KernelFormat::Elf };
+        let k = LoadedKernel {
+            entry: GuestAddress(HIMEM_START),
+            end: 0x20_0000,
+            format: KernelFormat::Elf,
+        };
         let p = temp_file("initrd", &[7u8; 5000]);
         let i = load_initrd(&m, &p, &k).unwrap();
         assert_eq!(i.size, 5000);

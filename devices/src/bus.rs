@@ -38,7 +38,10 @@ impl Bus {
 
     /// Registers `device` for `[base, base + len)`.
     pub fn insert(&mut self, device: SharedDevice, base: u64, len: u64) -> Result<(), BusError> {
-        let end = base.checked_add(len).filter(|_| len > 0).ok_or(BusError::BadRange { base, len })?;
+        let end = base
+            .checked_add(len)
+            .filter(|_| len > 0)
+            .ok_or(BusError::BadRange { base, len })?;
         if let Some((&b, &(l, _))) = self.ranges.range(..end).next_back() {
             if b + l > base {
                 return Err(BusError::Overlap { base, len });
@@ -63,7 +66,9 @@ impl Bus {
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
         match self.find(addr, data.len()) {
             Some((offset, dev)) => {
-                dev.lock().unwrap_or_else(|e| e.into_inner()).read(offset, data);
+                dev.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .read(offset, data);
                 true
             }
             None => false,
@@ -74,7 +79,9 @@ impl Bus {
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
         match self.find(addr, data.len()) {
             Some((offset, dev)) => {
-                dev.lock().unwrap_or_else(|e| e.into_inner()).write(offset, data);
+                dev.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .write(offset, data);
                 true
             }
             None => false,
@@ -104,7 +111,7 @@ mod tests {
         let mut b = [0u8; 1];
         assert!(bus.read(0x3fd, &mut b));
         assert_eq!(b[0], 5);
-        assert!(bus.write(0x3f8, &[b'x']));
+        assert!(bus.write(0x3f8, b"x"));
         assert_eq!(dev.lock().unwrap().0, vec![(0, vec![b'x'])]);
         assert!(!bus.read(0x3f7, &mut b));
         assert!(!bus.read(0x400, &mut b));
@@ -118,11 +125,29 @@ mod tests {
         let dev = Arc::new(Mutex::new(Echo(vec![])));
         let mut bus = Bus::new();
         bus.insert(dev.clone(), 0x100, 0x10).unwrap();
-        assert_eq!(bus.insert(dev.clone(), 0x10f, 1), Err(BusError::Overlap { base: 0x10f, len: 1 }));
-        assert_eq!(bus.insert(dev.clone(), 0xf8, 0x10), Err(BusError::Overlap { base: 0xf8, len: 0x10 }));
+        assert_eq!(
+            bus.insert(dev.clone(), 0x10f, 1),
+            Err(BusError::Overlap {
+                base: 0x10f,
+                len: 1
+            })
+        );
+        assert_eq!(
+            bus.insert(dev.clone(), 0xf8, 0x10),
+            Err(BusError::Overlap {
+                base: 0xf8,
+                len: 0x10
+            })
+        );
         assert!(bus.insert(dev.clone(), 0x110, 1).is_ok());
         assert!(bus.insert(dev.clone(), 0xf0, 0x10).is_ok());
-        assert_eq!(bus.insert(dev.clone(), 0x200, 0), Err(BusError::BadRange { base: 0x200, len: 0 }));
+        assert_eq!(
+            bus.insert(dev.clone(), 0x200, 0),
+            Err(BusError::BadRange {
+                base: 0x200,
+                len: 0
+            })
+        );
         assert!(bus.insert(dev, u64::MAX, 2).is_err());
     }
 }

@@ -33,7 +33,11 @@ pub struct HarnessPorts {
 impl HarnessPorts {
     /// `start` is minivm's process start, the origin of the boot time it logs.
     pub fn new(exit: ExitHandle, start: Instant) -> Self {
-        HarnessPorts { exit, start, boot_marked: false }
+        HarnessPorts {
+            exit,
+            start,
+            boot_marked: false,
+        }
     }
 }
 
@@ -46,14 +50,11 @@ impl BusDevice for HarnessPorts {
         let Some(&value) = data.first() else { return };
         match offset {
             0 => self.exit.request(ExitReason::GuestExit(value)),
-            1 => {
-                // Only the first marker is a boot time; later writes are noise.
-                if !self.boot_marked {
-                    self.boot_marked = true;
-                    let ms = self.start.elapsed().as_secs_f64() * 1000.0;
-                    tracing::info!(target: "minivm::boot", "guest boot finished {ms:.1} ms after minivm started");
-                    eprintln!("minivm: guest boot finished {ms:.1} ms after start");
-                }
+            // Only the first marker is a boot time; later writes are noise.
+            1 if !self.boot_marked => {
+                self.boot_marked = true;
+                let ms = self.start.elapsed().as_secs_f64() * 1000.0;
+                eprintln!("minivm: guest boot finished {ms:.1} ms after start");
             }
             2 => self.exit.request(ExitReason::GuestPanic),
             _ => {}

@@ -32,7 +32,14 @@ impl BusDevice for I8042 {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         let value = match offset {
             0 => self.output.take().unwrap_or(0),
-            4 => STATUS_SYSTEM_FLAG | if self.output.is_some() { STATUS_OUTPUT_FULL } else { 0 },
+            4 => {
+                STATUS_SYSTEM_FLAG
+                    | if self.output.is_some() {
+                        STATUS_OUTPUT_FULL
+                    } else {
+                        0
+                    }
+            }
             _ => 0,
         };
         data.fill(0);

@@ -76,7 +76,9 @@ impl Write for ConsoleWriter {
         let n = room.min(data.len());
         st.buf.extend(&data[..n]);
         if n < data.len() {
-            self.queue.dropped.fetch_add((data.len() - n) as u64, Ordering::Relaxed);
+            self.queue
+                .dropped
+                .fetch_add((data.len() - n) as u64, Ordering::Relaxed);
         }
         // Report the whole write as done: the UART cannot wait, and losses are counted.
         Ok(data.len())
@@ -98,38 +100,48 @@ impl ConsoleOutput {
     /// Starts the output thread writing to `sink` (stdout, a file, ...).
     pub fn new(mut sink: Box<dyn Write + Send>) -> io::Result<Self> {
         let queue = Arc::new(OutQueue {
-            state: Mutex::new(OutState { buf: VecDeque::new(), closed: false }),
+            state: Mutex::new(OutState {
+                buf: VecDeque::new(),
+                closed: false,
+            }),
             cond: Condvar::new(),
             dropped: AtomicU64::new(0),
         });
         let q = queue.clone();
-        let thread = std::thread::Builder::new().name("console-out".into()).spawn(move || {
-            let mut chunk = Vec::with_capacity(64 << 10);
-            loop {
-                {
-                    let mut st = q.state.lock().unwrap_or_else(|e| e.into_inner());
-                    while st.buf.is_empty() && !st.closed {
-                        st = q.cond.wait(st).unwrap_or_else(|e| e.into_inner());
+        let thread = std::thread::Builder::new()
+            .name("console-out".into())
+            .spawn(move || {
+                let mut chunk = Vec::with_capacity(64 << 10);
+                loop {
+                    {
+                        let mut st = q.state.lock().unwrap_or_else(|e| e.into_inner());
+                        while st.buf.is_empty() && !st.closed {
+                            st = q.cond.wait(st).unwrap_or_else(|e| e.into_inner());
+                        }
+                        if st.buf.is_empty() && st.closed {
+                            return;
+                        }
+                        let n = st.buf.len().min(64 << 10);
+                        chunk.extend(st.buf.drain(..n));
                     }
-                    if st.buf.is_empty() && st.closed {
+                    // A vanished reader (closed pipe) just ends the copying.
+                    if sink.write_all(&chunk).and_then(|_| sink.flush()).is_err() {
                         return;
                     }
-                    let n = st.buf.len().min(64 << 10);
-                    chunk.extend(st.buf.drain(..n));
+                    chunk.clear();
                 }
-                // A vanished reader (closed pipe) just ends the copying.
-                if sink.write_all(&chunk).and_then(|_| sink.flush()).is_err() {
-                    return;
-                }
-                chunk.clear();
-            }
-        })?;
-        Ok(ConsoleOutput { queue, thread: Some(thread) })
+            })?;
+        Ok(ConsoleOutput {
+            queue,
+            thread: Some(thread),
+        })
     }
 
     /// A writer for the UART.
     pub fn writer(&self) -> ConsoleWriter {
-        ConsoleWriter { queue: self.queue.clone() }
+        ConsoleWriter {
+            queue: self.queue.clone(),
+        }
     }
 
     /// Bytes dropped because the sink was too slow.
@@ -164,7 +176,9 @@ pub struct SerialDevice {
 impl SerialDevice {
     /// `irq` raises IRQ 4; `events.in_buffer_empty` fires when the guest drained its input.
     pub fn new(irq: EventFd, events: Arc<InputEvents>, out: ConsoleWriter) -> Self {
-        SerialDevice { serial: Serial::with_events(IrqTrigger(irq), events, out) }
+        SerialDevice {
+            serial: Serial::with_events(IrqTrigger(irq), events, out),
+        }
     }
 
     /// Queues host input for the guest; returns how many bytes fit in the FIFO.
@@ -220,7 +234,9 @@ mod tests {
     fn device(sink: Sink) -> (SerialDevice, ConsoleOutput, EventFd, Arc<InputEvents>) {
         let out = ConsoleOutput::new(Box::new(sink)).unwrap();
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        let events = Arc::new(InputEvents { in_buffer_empty: EventFd::new(libc::EFD_NONBLOCK).unwrap() });
+        let events = Arc::new(InputEvents {
+            in_buffer_empty: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+        });
         let dev = SerialDevice::new(irq.try_clone().unwrap(), events.clone(), out.writer());
         (dev, out, irq, events)
     }

@@ -10,7 +10,11 @@ use std::time::{Duration, Instant};
 /// `MINIVM_ALLOW_NO_KVM=1` is set, in which case it returns false (and the
 /// test should stop, having printed why).
 pub fn kvm_available() -> bool {
-    let ok = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
+    let ok = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
     if ok {
         return true;
     }
@@ -28,8 +32,16 @@ pub fn minivm_bin() -> PathBuf {
     }
     // target/<profile>/deps/<test-binary> -> target/<profile>/minivm
     let exe = std::env::current_exe().expect("current_exe");
-    let p = exe.parent().and_then(Path::parent).expect("target dir").join("minivm");
-    assert!(p.is_file(), "{} does not exist: run `cargo build` before `cargo test`", p.display());
+    let p = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("minivm");
+    assert!(
+        p.is_file(),
+        "{} does not exist: run `cargo build` before `cargo test`",
+        p.display()
+    );
     p
 }
 
@@ -39,7 +51,11 @@ pub fn default_kernel() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache"));
     let p = cache.join("minivm/kernel/default/vmlinux");
-    assert!(p.is_file(), "{} does not exist: run kernel/build.sh first", p.display());
+    assert!(
+        p.is_file(),
+        "{} does not exist: run kernel/build.sh first",
+        p.display()
+    );
     p
 }
 
@@ -93,7 +109,7 @@ impl TinyGuest {
         c.extend([0x66, 0xba, 0xf8, 0x03]); // mov dx,0x3f8
         let lea_at = c.len();
         c.extend([0x48, 0x8d, 0x35, 0, 0, 0, 0]); // lea rsi,[rip+msg]
-        // loop: lodsb; test al,al; jz done; out dx,al; jmp loop
+                                                  // loop: lodsb; test al,al; jz done; out dx,al; jmp loop
         c.extend([0xac, 0x84, 0xc0, 0x74, 0x03, 0xee, 0xeb, 0xf8]);
         match self.end {
             TinyEnd::Exit(s) => c.extend([0xb0, s, 0xe6, 0xf4]), // mov al,s; out 0xf4,al
@@ -209,18 +225,30 @@ pub fn run_minivm_with(cmd: &mut Command, timeout: Duration) -> RunOutput {
     };
     let stdout = String::from_utf8_lossy(&t_out.join().unwrap()).into_owned();
     let stderr = String::from_utf8_lossy(&t_err.join().unwrap()).into_owned();
-    RunOutput { status, stdout, stderr, elapsed: start.elapsed() }
+    RunOutput {
+        status,
+        stdout,
+        stderr,
+        elapsed: start.elapsed(),
+    }
 }
 
 /// Applets linked into the test rootfs.
 const APPLETS: &[&str] = &[
-    "sh", "mount", "umount", "cat", "echo", "dd", "printf", "reboot", "poweroff", "ls", "stat", "sync", "mkdir",
-    "rm", "sleep", "uname", "grep", "test", "[", "touch", "head", "wc", "cmp", "md5sum", "true", "false", "id",
+    "sh", "mount", "umount", "cat", "echo", "dd", "printf", "reboot", "poweroff", "ls", "stat",
+    "sync", "mkdir", "rm", "sleep", "uname", "grep", "test", "[", "touch", "head", "wc", "cmp",
+    "md5sum", "true", "false", "id",
 ];
 
 /// Makes a bootable ext4 disk image (`size_mib`) holding busybox-static and
 /// `/init` = `init_script`, without root (mkfs.ext4 -d). Extra files: (path, contents).
-pub fn busybox_disk(dir: &Path, name: &str, init_script: &str, extra: &[(&str, &[u8])], size_mib: u32) -> PathBuf {
+pub fn busybox_disk(
+    dir: &Path,
+    name: &str,
+    init_script: &str,
+    extra: &[(&str, &[u8])],
+    size_mib: u32,
+) -> PathBuf {
     let root = dir.join(format!("{name}.root"));
     let _ = std::fs::remove_dir_all(&root);
     for d in ["bin", "dev", "proc", "sys", "tmp", "etc"] {
@@ -249,6 +277,7 @@ pub fn busybox_disk(dir: &Path, name: &str, init_script: &str, extra: &[(&str, &
         .arg(&root)
         .arg(&img)
         .arg(format!("{size_mib}M"))
+        .stdout(Stdio::null())
         .status()
         .expect("mkfs.ext4 (e2fsprogs) is needed");
     assert!(st.success(), "mkfs.ext4 failed");
@@ -267,5 +296,34 @@ fn write_exec(p: &Path, script: &str) {
 
 /// The shell line that exits the VM with `status` through the exit port.
 pub fn exit_port_cmd(status: u8) -> String {
-    format!("printf '\\{:03o}' | dd of=/dev/port bs=1 seek=244 count=1 2>/dev/null", status)
+    format!(
+        "printf '\\{:03o}' | dd of=/dev/port bs=1 seek=244 count=1 2>/dev/null",
+        status
+    )
+}
+
+/// Makes a gzip-less newc initramfs with busybox and `/init` (uses `cpio`).
+pub fn busybox_initramfs(dir: &Path, init_script: &str) -> PathBuf {
+    let root = dir.join("initramfs.root");
+    let _ = std::fs::remove_dir_all(&root);
+    for d in ["bin", "dev", "proc", "sys"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox-static is needed");
+    for a in APPLETS {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(a)).unwrap();
+    }
+    write_exec(&root.join("init"), init_script);
+    let out = dir.join("initramfs.cpio");
+    let st = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cd '{}' && find . | cpio -o -H newc --quiet > '{}'",
+            root.display(),
+            out.display()
+        ))
+        .status()
+        .expect("sh");
+    assert!(st.success(), "cpio failed (apt install cpio)");
+    out
 }

@@ -11,8 +11,24 @@ const T: Duration = Duration::from_secs(30);
 fn help_teaches_usage_and_exit_codes() {
     let out = run_minivm(&["run", "--help"], T);
     assert_eq!(out.code(), 0);
-    for needle in ["--image", "--kernel", "--cmdline", "--append", "--mem", "--cpus", "--readonly", "--initrd", "Ctrl-A", "0xf4", "EXIT STATUS"] {
-        assert!(out.stdout.contains(needle), "help lacks {needle}:\n{}", out.stdout);
+    for needle in [
+        "--image",
+        "--kernel",
+        "--cmdline",
+        "--append",
+        "--mem",
+        "--cpus",
+        "--readonly",
+        "--initrd",
+        "Ctrl-A",
+        "0xf4",
+        "EXIT STATUS",
+    ] {
+        assert!(
+            out.stdout.contains(needle),
+            "help lacks {needle}:\n{}",
+            out.stdout
+        );
     }
     let out = run_minivm(&["--help"], T);
     assert!(out.stdout.contains("run"));
@@ -39,28 +55,63 @@ fn usage_errors_exit_2() {
 #[test]
 fn missing_and_unreadable_files_are_named() {
     let dir = scratch_dir("cli-files");
-    let out = run_minivm(&["run", "--image", "/nonexistent/disk.raw", "--kernel", "/bin/sh"], T);
+    let out = run_minivm(
+        &[
+            "run",
+            "--image",
+            "/nonexistent/disk.raw",
+            "--kernel",
+            "/bin/sh",
+        ],
+        T,
+    );
     assert_eq!(out.code(), 1);
-    assert!(out.stderr.contains("disk image /nonexistent/disk.raw: no such file"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("disk image /nonexistent/disk.raw: no such file"),
+        "{}",
+        out.stderr
+    );
 
     let out = run_minivm(&["run", "--kernel", "/nonexistent/vmlinux"], T);
     assert_eq!(out.code(), 1);
-    assert!(out.stderr.contains("kernel /nonexistent/vmlinux: no such file"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("kernel /nonexistent/vmlinux: no such file"),
+        "{}",
+        out.stderr
+    );
 
     let out = run_minivm(&["run", "--kernel", dir.to_str().unwrap()], T);
     assert_eq!(out.code(), 1);
     assert!(out.stderr.contains("is a directory"), "{}", out.stderr);
 
-    let out = run_minivm(&["run", "--kernel", "/bin/sh", "--initrd", "/nonexistent/initrd"], T);
+    let out = run_minivm(
+        &[
+            "run",
+            "--kernel",
+            "/bin/sh",
+            "--initrd",
+            "/nonexistent/initrd",
+        ],
+        T,
+    );
     assert_eq!(out.code(), 1);
-    assert!(out.stderr.contains("initrd /nonexistent/initrd: no such file"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("initrd /nonexistent/initrd: no such file"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]
 fn missing_default_kernel_says_how_to_build_it() {
     let dir = scratch_dir("cli-nokernel");
     let out = run_minivm_with(
-        std::process::Command::new(minivm_bin()).args(["run"]).env("XDG_CACHE_HOME", &dir),
+        std::process::Command::new(minivm_bin())
+            .args(["run"])
+            .env("XDG_CACHE_HOME", &dir),
         T,
     );
     assert_eq!(out.code(), 1);
@@ -76,8 +127,15 @@ fn not_a_kernel_is_rejected() {
     let dir = scratch_dir("cli-notkernel");
     let junk = dir.join("junk.bin");
     std::fs::write(&junk, vec![0x90u8; 4096]).unwrap();
-    let out = run_minivm(&["run", "--kernel", junk.to_str().unwrap(), "--mem", "16M"], T);
+    let out = run_minivm(
+        &["run", "--kernel", junk.to_str().unwrap(), "--mem", "16M"],
+        T,
+    );
     assert_eq!(out.code(), 1);
-    assert!(out.stderr.contains("is not a Linux kernel"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("is not a Linux kernel"),
+        "{}",
+        out.stderr
+    );
     assert!(out.stderr.contains("junk.bin"), "{}", out.stderr);
 }

@@ -19,7 +19,11 @@ fn serial_output_and_exit_status() {
     if !kvm_available() {
         return;
     }
-    let g = TinyGuest { message: b"hello from the tiny guest\n".to_vec(), boot_marker: false, end: TinyEnd::Exit(7) };
+    let g = TinyGuest {
+        message: b"hello from the tiny guest\n".to_vec(),
+        boot_marker: false,
+        end: TinyEnd::Exit(7),
+    };
     let out = run_tiny(&g, "exit7", &[]);
     assert_eq!(out.code(), 7, "{out:#?}");
     assert_eq!(out.stdout, "hello from the tiny guest\n");
@@ -31,7 +35,11 @@ fn exit_status_zero_and_255() {
         return;
     }
     for status in [0u8, 255] {
-        let g = TinyGuest { message: vec![], boot_marker: false, end: TinyEnd::Exit(status) };
+        let g = TinyGuest {
+            message: vec![],
+            boot_marker: false,
+            end: TinyEnd::Exit(status),
+        };
         let out = run_tiny(&g, &format!("exit{status}"), &[]);
         assert_eq!(out.code(), i32::from(status), "{out:#?}");
         assert_eq!(out.stdout, "");
@@ -43,11 +51,22 @@ fn boot_marker_is_logged_with_time() {
     if !kvm_available() {
         return;
     }
-    let g = TinyGuest { message: b"x".to_vec(), boot_marker: true, end: TinyEnd::Exit(0) };
+    let g = TinyGuest {
+        message: b"x".to_vec(),
+        boot_marker: true,
+        end: TinyEnd::Exit(0),
+    };
     let out = run_tiny(&g, "marker", &[]);
     assert_eq!(out.code(), 0, "{out:#?}");
-    let line = out.stderr.lines().find(|l| l.contains("guest boot finished")).expect("boot marker line");
-    let ms: f64 = line.split_whitespace().find_map(|w| w.parse().ok()).expect("a time in the line");
+    let line = out
+        .stderr
+        .lines()
+        .find(|l| l.contains("guest boot finished"))
+        .expect("boot marker line");
+    let ms: f64 = line
+        .split_whitespace()
+        .find_map(|w| w.parse().ok())
+        .expect("a time in the line");
     assert!(ms > 0.0, "{line}");
 }
 
@@ -56,7 +75,11 @@ fn reset_through_i8042_exits_zero() {
     if !kvm_available() {
         return;
     }
-    let g = TinyGuest { message: b"rebooting\n".to_vec(), boot_marker: false, end: TinyEnd::Reset };
+    let g = TinyGuest {
+        message: b"rebooting\n".to_vec(),
+        boot_marker: false,
+        end: TinyEnd::Reset,
+    };
     let out = run_tiny(&g, "reset", &[]);
     assert_eq!(out.code(), 0, "{out:#?}");
     assert_eq!(out.stdout, "rebooting\n");
@@ -67,7 +90,11 @@ fn triple_fault_is_a_crash() {
     if !kvm_available() {
         return;
     }
-    let g = TinyGuest { message: b"about to fault\n".to_vec(), boot_marker: false, end: TinyEnd::TripleFault };
+    let g = TinyGuest {
+        message: b"about to fault\n".to_vec(),
+        boot_marker: false,
+        end: TinyEnd::TripleFault,
+    };
     let out = run_tiny(&g, "triple", &[]);
     assert_eq!(out.code(), 3, "{out:#?}");
     assert!(out.stderr.contains("guest crashed"), "{}", out.stderr);
@@ -80,7 +107,11 @@ fn sigterm_stops_a_spinning_guest() {
         return;
     }
     let dir = scratch_dir("sigterm");
-    let g = TinyGuest { message: b"spinning\n".to_vec(), boot_marker: false, end: TinyEnd::Spin };
+    let g = TinyGuest {
+        message: b"spinning\n".to_vec(),
+        boot_marker: false,
+        end: TinyEnd::Spin,
+    };
     let k = g.write(&dir, "guest.elf");
     let mut child = std::process::Command::new(minivm_bin())
         .args(["run", "--kernel", k.to_str().unwrap(), "--mem", "16M"])
@@ -105,7 +136,11 @@ fn large_output_is_not_lost_with_a_reading_consumer() {
         return;
     }
     let msg: Vec<u8> = (0..20_000u32).map(|i| b'a' + (i % 26) as u8).collect();
-    let g = TinyGuest { message: msg.clone(), boot_marker: false, end: TinyEnd::Exit(0) };
+    let g = TinyGuest {
+        message: msg.clone(),
+        boot_marker: false,
+        end: TinyEnd::Exit(0),
+    };
     let out = run_tiny(&g, "bigout", &[]);
     assert_eq!(out.code(), 0);
     assert_eq!(out.stdout.as_bytes(), &msg[..]);
@@ -116,7 +151,11 @@ fn kernel_beyond_memory_is_a_clear_error() {
     if !kvm_available() {
         return;
     }
-    let g = TinyGuest { message: vec![], boot_marker: false, end: TinyEnd::Exit(0) };
+    let g = TinyGuest {
+        message: vec![],
+        boot_marker: false,
+        end: TinyEnd::Exit(0),
+    };
     // The guest loads at 1 MiB, which 4 MiB of RAM holds; tell the loader to
     // put it nowhere near: a tiny RAM is fine, so use an oversized image instead.
     let dir = scratch_dir("toobig");
@@ -130,6 +169,10 @@ fn kernel_beyond_memory_is_a_clear_error() {
     std::fs::write(&k, elf).unwrap();
     let out = run_minivm(&["run", "--kernel", k.to_str().unwrap(), "--mem", "16M"], T);
     assert_eq!(out.code(), 1, "{out:#?}");
-    assert!(out.stderr.contains("outside guest memory"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("outside guest memory"),
+        "{}",
+        out.stderr
+    );
     assert!(out.stderr.contains("high.elf"), "{}", out.stderr);
 }

@@ -10,7 +10,12 @@ use clap::{Args, Parser, Subcommand};
 /// raw disk image as its root filesystem and the guest's serial console on
 /// your terminal.
 #[derive(Debug, Parser)]
-#[command(name = "minivm", version, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "minivm",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
 pub struct Cli {
     /// More log output on stderr (-v: info, -vv: debug). RUST_LOG overrides it.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -100,7 +105,9 @@ pub fn parse_size(s: &str, default_unit: u64) -> Result<u64, String> {
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     if num.is_empty() {
-        return Err(format!("'{s}' is not a size: expected a number with an optional unit (K, M, G, T)"));
+        return Err(format!(
+            "'{s}' is not a size: expected a number with an optional unit (K, M, G, T)"
+        ));
     }
     let n: u64 = num.parse().map_err(|_| format!("'{s}' is too large"))?;
     let mult = match unit.trim().to_ascii_lowercase().as_str() {
@@ -112,16 +119,23 @@ pub fn parse_size(s: &str, default_unit: u64) -> Result<u64, String> {
         "t" | "tb" | "tib" => 1 << 40,
         u => return Err(format!("'{s}': unknown unit '{u}' (use K, M, G or T)")),
     };
-    n.checked_mul(mult).ok_or_else(|| format!("'{s}' is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("'{s}' is too large"))
 }
 
 fn parse_mem_size(s: &str) -> Result<u64, String> {
     let v = parse_size(s, 1 << 20)?;
     if v < MIN_MEM {
-        return Err(format!("'{s}' is too little memory: at least {} MiB", MIN_MEM >> 20));
+        return Err(format!(
+            "'{s}' is too little memory: at least {} MiB",
+            MIN_MEM >> 20
+        ));
     }
     if v > MAX_MEM {
-        return Err(format!("'{s}' is too much memory: at most {} GiB", MAX_MEM >> 30));
+        return Err(format!(
+            "'{s}' is too much memory: at most {} GiB",
+            MAX_MEM >> 30
+        ));
     }
     if v % 4096 != 0 {
         return Err(format!("'{s}' is not a multiple of 4 KiB"));
@@ -145,7 +159,9 @@ mod tests {
         assert!(parse_mem_size("12X").unwrap_err().contains("unknown unit"));
         assert!(parse_mem_size("M").unwrap_err().contains("not a size"));
         assert!(parse_mem_size("-5M").unwrap_err().contains("not a size"));
-        assert!(parse_mem_size("99999999999999999999").unwrap_err().contains("too large"));
+        assert!(parse_mem_size("99999999999999999999")
+            .unwrap_err()
+            .contains("too large"));
         assert!(parse_mem_size("4T").unwrap_err().contains("too much"));
         assert!(parse_mem_size("4097K").unwrap_err().contains("multiple"));
     }
@@ -153,7 +169,16 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
-        let c = Cli::try_parse_from(["minivm", "run", "--image", "a.raw", "--mem", "1G", "--readonly"]).unwrap();
+        let c = Cli::try_parse_from([
+            "minivm",
+            "run",
+            "--image",
+            "a.raw",
+            "--mem",
+            "1G",
+            "--readonly",
+        ])
+        .unwrap();
         let Command::Run(r) = c.command;
         assert_eq!(r.mem, 1 << 30);
         assert!(r.readonly);

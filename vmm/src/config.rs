@@ -8,7 +8,8 @@ use crate::cli::RunArgs;
 /// The command line a Linux guest gets unless `--cmdline` replaces it.
 /// `pci=off`: there is no PCI bus; `8250.nr_uarts=1`: one UART, no probing of absent ones;
 /// `panic=-1`: a panicking kernel restarts at once instead of hanging.
-pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 pci=off 8250.nr_uarts=1 cryptomgr.notests";
+pub const DEFAULT_CMDLINE: &str =
+    "console=ttyS0 reboot=k panic=-1 pci=off 8250.nr_uarts=1 cryptomgr.notests";
 /// Added when a disk is attached and the command line is the default one.
 pub const ROOT_CMDLINE: &str = "root=/dev/vda rw";
 /// Makes minivm's guest kernel report panics on the panic port (see devices::harness).
@@ -30,7 +31,11 @@ pub enum ConfigError {
     NoDefaultKernel { default: PathBuf },
     /// A file given on the command line is missing or unreadable.
     #[error("{what} {}: {reason}", .path.display())]
-    BadFile { what: &'static str, path: PathBuf, reason: String },
+    BadFile {
+        what: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
 }
 
 /// Everything needed to build the VM.
@@ -82,11 +87,17 @@ fn resolve_kernel(explicit: Option<&Path>) -> Result<PathBuf, ConfigError> {
             return Ok(p);
         }
     }
-    Err(ConfigError::NoDefaultKernel { default: dir.join("vmlinux") })
+    Err(ConfigError::NoDefaultKernel {
+        default: dir.join("vmlinux"),
+    })
 }
 
 fn check_readable(what: &'static str, path: &Path) -> Result<(), ConfigError> {
-    let bad = |reason: String| ConfigError::BadFile { what, path: path.to_path_buf(), reason };
+    let bad = |reason: String| ConfigError::BadFile {
+        what,
+        path: path.to_path_buf(),
+        reason,
+    };
     let meta = std::fs::metadata(path).map_err(|e| bad(io_reason(&e)))?;
     if meta.is_dir() {
         return Err(bad("is a directory".into()));
@@ -110,7 +121,10 @@ impl VmConfig {
         let disk = match &args.image {
             Some(p) => {
                 check_readable("disk image", p)?;
-                Some(DiskConfig { path: p.clone(), read_only: args.readonly })
+                Some(DiskConfig {
+                    path: p.clone(),
+                    read_only: args.readonly,
+                })
             }
             None => None,
         };
@@ -136,7 +150,14 @@ impl VmConfig {
                 c
             }
         };
-        Ok(VmConfig { kernel, initrd: args.initrd.clone(), disk, mem_size: args.mem, cpus: args.cpus, cmdline })
+        Ok(VmConfig {
+            kernel,
+            initrd: args.initrd.clone(),
+            disk,
+            mem_size: args.mem,
+            cpus: args.cpus,
+            cmdline,
+        })
     }
 }
 
@@ -159,8 +180,12 @@ mod tests {
 
     #[test]
     fn missing_files_are_named() {
-        let e = VmConfig::from_args(&args(Some("/nonexistent/disk.raw"), Some("/bin/sh"))).unwrap_err();
-        assert_eq!(e.to_string(), "disk image /nonexistent/disk.raw: no such file");
+        let e =
+            VmConfig::from_args(&args(Some("/nonexistent/disk.raw"), Some("/bin/sh"))).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "disk image /nonexistent/disk.raw: no such file"
+        );
         let e = VmConfig::from_args(&args(None, Some("/nonexistent/vmlinux"))).unwrap_err();
         assert_eq!(e.to_string(), "kernel /nonexistent/vmlinux: no such file");
         let e = VmConfig::from_args(&args(None, Some("/tmp"))).unwrap_err();
@@ -171,7 +196,11 @@ mod tests {
     fn default_cmdline_has_root_readonly_and_append() {
         let c = VmConfig::from_args(&args(Some("/bin/sh"), Some("/bin/sh"))).unwrap();
         assert!(c.cmdline.starts_with("console=ttyS0 "));
-        assert!(c.cmdline.ends_with("root=/dev/vda ro quiet"), "{}", c.cmdline);
+        assert!(
+            c.cmdline.ends_with("root=/dev/vda ro quiet"),
+            "{}",
+            c.cmdline
+        );
         let mut a = args(None, Some("/bin/sh"));
         a.cmdline = Some("custom".into());
         assert_eq!(VmConfig::from_args(&a).unwrap().cmdline, "custom");

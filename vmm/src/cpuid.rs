@@ -30,7 +30,8 @@ const LEAF7_EBX_SMAP: u32 = 1 << 20;
 const LEAF7_EBX_CLFLUSHOPT: u32 = 1 << 23;
 const LEAF7_EBX_CLWB: u32 = 1 << 24;
 /// AVX-512 F, DQ, IFMA, PF, ER, CD, BW, VL.
-const LEAF7_EBX_AVX512: u32 = (1 << 16) | (1 << 17) | (1 << 21) | (1 << 26) | (1 << 27) | (1 << 28) | (1 << 30) | (1 << 31);
+const LEAF7_EBX_AVX512: u32 =
+    (1 << 16) | (1 << 17) | (1 << 21) | (1 << 26) | (1 << 27) | (1 << 28) | (1 << 30) | (1 << 31);
 const LEAF7_ECX_PKU: u32 = 1 << 3;
 const LEAF7_ECX_OSPKE: u32 = 1 << 4;
 const LEAF7_EDX_ARCH_CAPABILITIES: u32 = 1 << 29;
@@ -99,7 +100,15 @@ mod tests {
     use super::*;
 
     fn entry(function: u32, index: u32) -> kvm_cpuid_entry2 {
-        kvm_cpuid_entry2 { function, index, eax: !0, ebx: !0, ecx: !0, edx: !0, ..Default::default() }
+        kvm_cpuid_entry2 {
+            function,
+            index,
+            eax: !0,
+            ebx: !0,
+            ecx: !0,
+            edx: !0,
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -119,7 +128,10 @@ mod tests {
     fn pvm_hides_what_the_emulator_cannot_run() {
         let mut e = entry(1, 0);
         filter_entry(&mut e, 0, 1, true);
-        assert_eq!(e.ecx & (LEAF1_ECX_POPCNT | LEAF1_ECX_XSAVE | LEAF1_ECX_CX16), 0);
+        assert_eq!(
+            e.ecx & (LEAF1_ECX_POPCNT | LEAF1_ECX_XSAVE | LEAF1_ECX_CX16),
+            0
+        );
         let mut e7 = entry(7, 0);
         filter_entry(&mut e7, 0, 1, true);
         assert_eq!(e7.ebx & (LEAF7_EBX_FSGSBASE | LEAF7_EBX_SMAP), 0);

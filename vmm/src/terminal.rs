@@ -191,7 +191,11 @@ impl MutEventSubscriber for StdinForwarder {
     fn init(&mut self, ops: &mut EventOps) {
         // stdin may be /dev/null or a file, which epoll refuses: then there is no input.
         self.stdin_registered = ops.add(Self::stdin_events()).is_ok();
-        if let Err(e) = ops.add(Events::with_data(&self.drained.in_buffer_empty, FIFO_DRAINED, EventSet::IN)) {
+        if let Err(e) = ops.add(Events::with_data(
+            &self.drained.in_buffer_empty,
+            FIFO_DRAINED,
+            EventSet::IN,
+        )) {
             tracing::warn!("serial input: cannot watch the FIFO: {e}");
         }
     }
@@ -199,7 +203,9 @@ impl MutEventSubscriber for StdinForwarder {
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         match events.data() {
             STDIN_DATA => {
-                if events.event_set().intersects(EventSet::HANG_UP | EventSet::ERROR)
+                if events
+                    .event_set()
+                    .intersects(EventSet::HANG_UP | EventSet::ERROR)
                     && !events.event_set().contains(EventSet::IN)
                 {
                     let _ = ops.remove(events);
@@ -227,7 +233,9 @@ pub struct ExitWatcher {
 impl ExitWatcher {
     /// Watches `exit`'s event fd.
     pub fn new(exit: &ExitHandle) -> std::io::Result<Self> {
-        Ok(ExitWatcher { evt: exit.event_fd().try_clone()? })
+        Ok(ExitWatcher {
+            evt: exit.event_fd().try_clone()?,
+        })
     }
 }
 

@@ -17,10 +17,17 @@ use boot::GuestMemory;
 pub enum VcpuError {
     /// A KVM ioctl failed.
     #[error("vCPU {id}: {what}: {source}")]
-    Kvm { id: u8, what: &'static str, source: kvm_ioctls::Error },
+    Kvm {
+        id: u8,
+        what: &'static str,
+        source: kvm_ioctls::Error,
+    },
     /// Boot structures could not be written.
     #[error("vCPU {id}: {source}")]
-    Boot { id: u8, source: boot::cpu::CpuSetupError },
+    Boot {
+        id: u8,
+        source: boot::cpu::CpuSetupError,
+    },
 }
 
 /// The buses a vCPU dispatches to.
@@ -46,7 +53,12 @@ const APIC_MODE_EXTINT: u32 = 0x7;
 const APIC_MODE_NMI: u32 = 0x4;
 
 fn set_lvt_mode(lapic: &mut kvm_lapic_state, reg: usize, mode: u32) {
-    let bytes: [u8; 4] = [lapic.regs[reg] as u8, lapic.regs[reg + 1] as u8, lapic.regs[reg + 2] as u8, lapic.regs[reg + 3] as u8];
+    let bytes: [u8; 4] = [
+        lapic.regs[reg] as u8,
+        lapic.regs[reg + 1] as u8,
+        lapic.regs[reg + 2] as u8,
+        lapic.regs[reg + 3] as u8,
+    ];
     let v = (u32::from_le_bytes(bytes) & !0x700) | (mode << 8);
     for (i, b) in v.to_le_bytes().iter().enumerate() {
         lapic.regs[reg + i] = *b as i8;
@@ -71,7 +83,9 @@ impl Vcpu {
         let err = |what| move |source| VcpuError::Kvm { id, what, source };
         let fd = vm.create_vcpu(u64::from(id)).map_err(err("create"))?;
 
-        let mut cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(err("get supported CPUID"))?;
+        let mut cpuid = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(err("get supported CPUID"))?;
         cpuid::filter(&mut cpuid, id, count, pvm);
         fd.set_cpuid2(&cpuid).map_err(err("set CPUID"))?;
 
@@ -90,11 +104,18 @@ impl Vcpu {
         fd.set_fpu(&boot::cpu::boot_fpu()).map_err(err("set FPU"))?;
         if id == 0 {
             let sregs = fd.get_sregs().map_err(err("get special registers"))?;
-            let sregs = boot::cpu::setup_long_mode(mem, sregs).map_err(|source| VcpuError::Boot { id, source })?;
+            let sregs = boot::cpu::setup_long_mode(mem, sregs)
+                .map_err(|source| VcpuError::Boot { id, source })?;
             fd.set_sregs(&sregs).map_err(err("set special registers"))?;
-            fd.set_regs(&boot::cpu::boot_regs(entry)).map_err(err("set registers"))?;
+            fd.set_regs(&boot::cpu::boot_regs(entry))
+                .map_err(err("set registers"))?;
         }
-        Ok(Vcpu { fd, id, buses, exit })
+        Ok(Vcpu {
+            fd,
+            id,
+            buses,
+            exit,
+        })
     }
 
     /// Runs until the VM should stop or `stop` is set (the thread is then
@@ -154,11 +175,15 @@ impl Vcpu {
                 }
             }),
             Ok(VcpuExit::FailEntry(reason, cpu)) => {
-                self.report_crash(&format!("KVM could not enter the guest (hardware reason {reason:#x}, cpu {cpu})"));
+                self.report_crash(&format!(
+                    "KVM could not enter the guest (hardware reason {reason:#x}, cpu {cpu})"
+                ));
                 Some(ExitReason::Crash)
             }
             Ok(VcpuExit::InternalError) => {
-                self.report_crash("KVM internal error (often an instruction the host cannot emulate)");
+                self.report_crash(
+                    "KVM internal error (often an instruction the host cannot emulate)",
+                );
                 Some(ExitReason::Crash)
             }
             Ok(other) => {
@@ -177,7 +202,14 @@ impl Vcpu {
     }
 
     fn report_crash(&self, what: &str) {
-        let rip = self.fd.get_regs().map(|r| format!("{:#x}", r.rip)).unwrap_or_else(|_| "?".into());
-        eprintln!("minivm: guest crashed on vCPU {}: {what} at rip {rip}", self.id);
+        let rip = self
+            .fd
+            .get_regs()
+            .map(|r| format!("{:#x}", r.rip))
+            .unwrap_or_else(|_| "?".into());
+        eprintln!(
+            "minivm: guest crashed on vCPU {}: {what} at rip {rip}",
+            self.id
+        );
     }
 }

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use devices::bus::Bus;
 use devices::harness::{HarnessPorts, EXIT_PORT, HARNESS_PORTS_LEN};
 use devices::i8042::{I8042, I8042_DATA_PORT, I8042_PORTS_LEN};
-use devices::serial::{ConsoleOutput, InputEvents, SerialDevice, SERIAL_IRQ, SERIAL_PORT, SERIAL_PORTS_LEN};
+use devices::serial::{
+    ConsoleOutput, InputEvents, SerialDevice, SERIAL_IRQ, SERIAL_PORT, SERIAL_PORTS_LEN,
+};
 use devices::virtio::block::Block;
 use devices::virtio::mmio::MmioTransport;
 use devices::virtio::Interrupt;
@@ -46,7 +48,10 @@ pub enum VmError {
     KvmCapability(&'static str),
     /// A VM-level KVM ioctl failed.
     #[error("KVM: {what}: {source}")]
-    Kvm { what: &'static str, source: kvm_ioctls::Error },
+    Kvm {
+        what: &'static str,
+        source: kvm_ioctls::Error,
+    },
     /// Guest memory could not be allocated.
     #[error("cannot allocate {size} bytes of guest memory: {reason}")]
     Memory { size: u64, reason: String },
@@ -116,17 +121,26 @@ fn create_vm(kvm: &Kvm) -> Result<VmFd, VmError> {
         }
     }
     let vm = kvm.create_vm().map_err(kvm_err("create VM"))?;
-    vm.set_tss_address(KVM_TSS_ADDRESS).map_err(kvm_err("set TSS address"))?;
+    vm.set_tss_address(KVM_TSS_ADDRESS)
+        .map_err(kvm_err("set TSS address"))?;
     vm.create_irq_chip().map_err(kvm_err("create irqchip"))?;
-    let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
     vm.create_pit2(pit).map_err(kvm_err("create PIT"))?;
     Ok(vm)
 }
 
 fn create_memory(vm: &VmFd, size: u64) -> Result<Arc<GuestMemory>, VmError> {
-    let ranges: Vec<(GuestAddress, usize)> =
-        boot::layout::ram_ranges(size).into_iter().map(|(s, l)| (GuestAddress(s), l as usize)).collect();
-    let mem = GuestMemory::from_ranges(&ranges).map_err(|e| VmError::Memory { size, reason: e.to_string() })?;
+    let ranges: Vec<(GuestAddress, usize)> = boot::layout::ram_ranges(size)
+        .into_iter()
+        .map(|(s, l)| (GuestAddress(s), l as usize))
+        .collect();
+    let mem = GuestMemory::from_ranges(&ranges).map_err(|e| VmError::Memory {
+        size,
+        reason: e.to_string(),
+    })?;
     for (slot, region) in mem.iter().enumerate() {
         let r = kvm_userspace_memory_region {
             slot: slot as u32,
@@ -162,7 +176,10 @@ fn setup_devices(
 ) -> Result<Devices, VmError> {
     let dev_err = |what: &str| {
         let what = what.to_string();
-        move |e: std::io::Error| VmError::Device { what, reason: e.to_string() }
+        move |e: std::io::Error| VmError::Device {
+            what,
+            reason: e.to_string(),
+        }
     };
     let mut pio = Bus::new();
     let mut mmio = Bus::new();
@@ -170,17 +187,34 @@ fn setup_devices(
     let mut cmdline_extra = Vec::new();
 
     let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(dev_err("serial irq"))?;
-    vm.register_irqfd(&serial_irq, SERIAL_IRQ).map_err(kvm_err("register serial irqfd"))?;
+    vm.register_irqfd(&serial_irq, SERIAL_IRQ)
+        .map_err(kvm_err("register serial irqfd"))?;
     let serial_input = Arc::new(InputEvents {
         in_buffer_empty: EventFd::new(libc::EFD_NONBLOCK).map_err(dev_err("serial input event"))?,
     });
-    let serial = Arc::new(Mutex::new(SerialDevice::new(serial_irq, serial_input.clone(), console.writer())));
-    let bus_err = |e: devices::bus::BusError| VmError::Device { what: "bus".into(), reason: e.to_string() };
-    pio.insert(serial.clone(), u64::from(SERIAL_PORT), SERIAL_PORTS_LEN).map_err(bus_err)?;
-    pio.insert(Arc::new(Mutex::new(I8042::new(exit.clone()))), u64::from(I8042_DATA_PORT), I8042_PORTS_LEN)
+    let serial = Arc::new(Mutex::new(SerialDevice::new(
+        serial_irq,
+        serial_input.clone(),
+        console.writer(),
+    )));
+    let bus_err = |e: devices::bus::BusError| VmError::Device {
+        what: "bus".into(),
+        reason: e.to_string(),
+    };
+    pio.insert(serial.clone(), u64::from(SERIAL_PORT), SERIAL_PORTS_LEN)
         .map_err(bus_err)?;
-    pio.insert(Arc::new(Mutex::new(HarnessPorts::new(exit.clone(), start))), u64::from(EXIT_PORT), HARNESS_PORTS_LEN)
-        .map_err(bus_err)?;
+    pio.insert(
+        Arc::new(Mutex::new(I8042::new(exit.clone()))),
+        u64::from(I8042_DATA_PORT),
+        I8042_PORTS_LEN,
+    )
+    .map_err(bus_err)?;
+    pio.insert(
+        Arc::new(Mutex::new(HarnessPorts::new(exit.clone(), start))),
+        u64::from(EXIT_PORT),
+        HARNESS_PORTS_LEN,
+    )
+    .map_err(bus_err)?;
 
     if let Some(disk) = &config.disk {
         let what = format!("disk image {}", disk.path.display());
@@ -188,34 +222,67 @@ fn setup_devices(
             .read(true)
             .write(!disk.read_only)
             .open(&disk.path)
-            .map_err(|e| VmError::Device { what: what.clone(), reason: io_reason(&e) })?;
-        lock_image(&file, disk.read_only).map_err(|reason| VmError::Device { what: what.clone(), reason })?;
-        let id = disk.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let block = Block::new(file, disk.read_only, &id)
-            .map_err(|e| VmError::Device { what: what.clone(), reason: e.to_string() })?;
+            .map_err(|e| VmError::Device {
+                what: what.clone(),
+                reason: io_reason(&e),
+            })?;
+        lock_image(&file, disk.read_only).map_err(|reason| VmError::Device {
+            what: what.clone(),
+            reason,
+        })?;
+        let id = disk
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let block = Block::new(file, disk.read_only, &id).map_err(|e| VmError::Device {
+            what: what.clone(),
+            reason: e.to_string(),
+        })?;
         let index = 0u64;
         let base = VIRTIO_MMIO_BASE + index * VIRTIO_MMIO_SIZE;
         let gsi = VIRTIO_FIRST_IRQ + index as u32;
         let irqfd = EventFd::new(libc::EFD_NONBLOCK).map_err(dev_err("virtio-blk irq"))?;
-        vm.register_irqfd(&irqfd, gsi).map_err(kvm_err("register virtio-blk irqfd"))?;
-        let transport = MmioTransport::new(Box::new(block), mem.clone(), Arc::new(Interrupt::new(irqfd)))
-            .map_err(dev_err("virtio-blk transport"))?;
+        vm.register_irqfd(&irqfd, gsi)
+            .map_err(kvm_err("register virtio-blk irqfd"))?;
+        let transport = MmioTransport::new(
+            Box::new(block),
+            mem.clone(),
+            Arc::new(Interrupt::new(irqfd)),
+        )
+        .map_err(dev_err("virtio-blk transport"))?;
         for (q, evt) in transport.queue_events().iter().enumerate() {
-            vm.register_ioevent(evt, &IoEventAddress::Mmio(base + MMIO_QUEUE_NOTIFY), q as u32)
-                .map_err(kvm_err("register virtio-blk ioeventfd"))?;
+            vm.register_ioevent(
+                evt,
+                &IoEventAddress::Mmio(base + MMIO_QUEUE_NOTIFY),
+                q as u32,
+            )
+            .map_err(kvm_err("register virtio-blk ioeventfd"))?;
         }
         let transport = Arc::new(Mutex::new(transport));
-        mmio.insert(transport.clone(), base, VIRTIO_MMIO_SIZE).map_err(bus_err)?;
+        mmio.insert(transport.clone(), base, VIRTIO_MMIO_SIZE)
+            .map_err(bus_err)?;
         subscribers.push(transport);
         cmdline_extra.push(format!("virtio_mmio.device=4K@{base:#x}:{gsi}"));
     }
-    Ok(Devices { pio, mmio, subscribers, serial, serial_input, cmdline_extra })
+    Ok(Devices {
+        pio,
+        mmio,
+        subscribers,
+        serial,
+        serial_input,
+        cmdline_extra,
+    })
 }
 
 /// Takes an advisory lock so two VMs never write one image (shared when read-only).
 fn lock_image(file: &File, read_only: bool) -> Result<(), String> {
     use std::os::fd::AsRawFd;
-    let op = if read_only { libc::LOCK_SH } else { libc::LOCK_EX };
+    let op = if read_only {
+        libc::LOCK_SH
+    } else {
+        libc::LOCK_EX
+    };
     // SAFETY: flock on an fd we own.
     if unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) } != 0 {
         let e = std::io::Error::last_os_error();
@@ -248,7 +315,8 @@ fn full_cmdline(config: &VmConfig, extra: &[String], pvm: bool) -> String {
 
 /// Boots the VM described by `config` and runs it to the end.
 pub fn run(config: &VmConfig, start: Instant) -> Result<ExitReason, VmError> {
-    let kvm = Kvm::new().map_err(|e| VmError::KvmOpen(io_reason(&std::io::Error::from_raw_os_error(e.errno()))))?;
+    let kvm = Kvm::new()
+        .map_err(|e| VmError::KvmOpen(io_reason(&std::io::Error::from_raw_os_error(e.errno()))))?;
     let vm = create_vm(&kvm)?;
     let mem = create_memory(&vm, config.mem_size)?;
     let pvm = crate::cpuid::is_pvm_host();
@@ -262,20 +330,38 @@ pub fn run(config: &VmConfig, start: Instant) -> Result<ExitReason, VmError> {
         None => None,
     };
 
-    let exit = ExitHandle::new().map_err(|e| VmError::Device { what: "exit event".into(), reason: e.to_string() })?;
+    let exit = ExitHandle::new().map_err(|e| VmError::Device {
+        what: "exit event".into(),
+        reason: e.to_string(),
+    })?;
     install_signal_handlers(&exit);
-    let console = ConsoleOutput::new(Box::new(std::io::stdout()))
-        .map_err(|e| VmError::Device { what: "console".into(), reason: e.to_string() })?;
+    let console = ConsoleOutput::new(Box::new(std::io::stdout())).map_err(|e| VmError::Device {
+        what: "console".into(),
+        reason: e.to_string(),
+    })?;
     let devs = setup_devices(&vm, &mem, config, &exit, &console, start)?;
 
     let cmdline = full_cmdline(config, &devs.cmdline_extra, pvm);
     tracing::info!("kernel {} command line: {cmdline}", config.kernel.display());
     boot::bootparams::write_boot_params(&mem, &kernel, &cmdline, initrd.as_ref())?;
 
-    let buses = Buses { pio: Arc::new(devs.pio), mmio: Arc::new(devs.mmio) };
+    let buses = Buses {
+        pio: Arc::new(devs.pio),
+        mmio: Arc::new(devs.mmio),
+    };
     let mut vcpus = Vec::new();
     for id in 0..config.cpus {
-        vcpus.push(Vcpu::new(&kvm, &vm, &mem, id, config.cpus, kernel.entry, pvm, buses.clone(), exit.clone())?);
+        vcpus.push(Vcpu::new(
+            &kvm,
+            &vm,
+            &mem,
+            id,
+            config.cpus,
+            kernel.entry,
+            pvm,
+            buses.clone(),
+            exit.clone(),
+        )?);
     }
 
     let mut em: EventManager<Subscriber> =
@@ -302,7 +388,10 @@ pub fn run(config: &VmConfig, start: Instant) -> Result<ExitReason, VmError> {
         let t = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
             .spawn(move || vcpu.run(stop))
-            .map_err(|e| VmError::Device { what: "vCPU thread".into(), reason: e.to_string() })?;
+            .map_err(|e| VmError::Device {
+                what: "vCPU thread".into(),
+                reason: e.to_string(),
+            })?;
         threads.push(t);
     }
 

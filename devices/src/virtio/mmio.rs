@@ -82,7 +82,10 @@ impl MmioTransport {
         let mut queue_evts = Vec::with_capacity(max_sizes.len());
         for &max in max_sizes {
             let q = Queue::new(max).map_err(|e| {
-                io::Error::new(io::ErrorKind::InvalidInput, format!("queue size {max}: {e}"))
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("queue size {max}: {e}"),
+                )
             })?;
             queues.push(q);
             queue_evts.push(EventFd::new(EFD_NONBLOCK)?);
@@ -163,7 +166,10 @@ impl MmioTransport {
     /// The selected queue, if the driver may still change its configuration.
     fn configurable_queue(&mut self) -> Option<&mut Queue> {
         if self.status & FEATURES_OK == 0 || self.status & (DRIVER_OK | FAILED) != 0 {
-            tracing::warn!("virtio-mmio: queue setup in status {:#x} ignored", self.status);
+            tracing::warn!(
+                "virtio-mmio: queue setup in status {:#x} ignored",
+                self.status
+            );
             return None;
         }
         let sel = self.queue_sel;
@@ -228,43 +234,66 @@ impl MmioTransport {
             }
             VIRTIO_MMIO_QUEUE_READY => {
                 if self.status & FEATURES_OK == 0 || self.status & (DRIVER_OK | FAILED) != 0 {
-                    tracing::warn!("virtio-mmio: QueueReady in status {:#x} ignored", self.status);
+                    tracing::warn!(
+                        "virtio-mmio: QueueReady in status {:#x} ignored",
+                        self.status
+                    );
                 } else if let Some(q) = self.selected_queue() {
                     q.set_ready(v == 1);
                 } else {
                     tracing::warn!("virtio-mmio: QueueReady of non-existent queue ignored");
                 }
             }
-            VIRTIO_MMIO_QUEUE_DESC_LOW => self.set_queue_addr(|q| q.set_desc_table_address(Some(v), None)),
-            VIRTIO_MMIO_QUEUE_DESC_HIGH => self.set_queue_addr(|q| q.set_desc_table_address(None, Some(v))),
-            VIRTIO_MMIO_QUEUE_AVAIL_LOW => self.set_queue_addr(|q| q.set_avail_ring_address(Some(v), None)),
-            VIRTIO_MMIO_QUEUE_AVAIL_HIGH => self.set_queue_addr(|q| q.set_avail_ring_address(None, Some(v))),
-            VIRTIO_MMIO_QUEUE_USED_LOW => self.set_queue_addr(|q| q.set_used_ring_address(Some(v), None)),
-            VIRTIO_MMIO_QUEUE_USED_HIGH => self.set_queue_addr(|q| q.set_used_ring_address(None, Some(v))),
+            VIRTIO_MMIO_QUEUE_DESC_LOW..=VIRTIO_MMIO_QUEUE_USED_HIGH => {
+                self.write_queue_addr(reg, v)
+            }
             VIRTIO_MMIO_QUEUE_NOTIFY => self.notify(v as usize),
             VIRTIO_MMIO_INTERRUPT_ACK => self.interrupt.ack(v),
             VIRTIO_MMIO_STATUS => self.write_status(v),
-            _ => tracing::warn!("virtio-mmio: write {v:#x} to read-only or unknown register {reg:#x} ignored"),
+            _ => tracing::warn!(
+                "virtio-mmio: write {v:#x} to read-only or unknown register {reg:#x} ignored"
+            ),
         }
     }
 
-    fn set_queue_addr(&mut self, set: impl FnOnce(&mut Queue)) {
+    /// Queue{Desc,Driver,Device}{Low,High}: each 64-bit address is two registers.
+    fn write_queue_addr(&mut self, reg: u32, v: u32) {
+        type Setter = fn(&mut Queue, Option<u32>, Option<u32>);
+        let set: Setter = match reg & !4 {
+            VIRTIO_MMIO_QUEUE_DESC_LOW => Queue::set_desc_table_address,
+            VIRTIO_MMIO_QUEUE_AVAIL_LOW => Queue::set_avail_ring_address,
+            VIRTIO_MMIO_QUEUE_USED_LOW => Queue::set_used_ring_address,
+            _ => {
+                tracing::warn!("virtio-mmio: write to unknown register {reg:#x} ignored");
+                return;
+            }
+        };
+        let (low, high) = if reg & 4 == 0 {
+            (Some(v), None)
+        } else {
+            (None, Some(v))
+        };
         // Misaligned addresses are rejected (and logged) inside virtio-queue.
         if let Some(q) = self.configurable_queue() {
-            set(q);
+            set(q, low, high);
         }
     }
 
     fn write_driver_features(&mut self, v: u32) {
         if self.status & DRIVER == 0 || self.status & (FEATURES_OK | FAILED) != 0 {
-            tracing::warn!("virtio-mmio: DriverFeatures in status {:#x} ignored", self.status);
+            tracing::warn!(
+                "virtio-mmio: DriverFeatures in status {:#x} ignored",
+                self.status
+            );
             return;
         }
         match self.driver_features_sel {
             0 => self.driver_features = (self.driver_features & !0xffff_ffff) | u64::from(v),
             1 => self.driver_features = (self.driver_features & 0xffff_ffff) | (u64::from(v) << 32),
             // No features exist above bit 63; a set bit there could never be a subset.
-            sel if v != 0 => tracing::warn!("virtio-mmio: driver features {v:#x} in word {sel} ignored"),
+            sel if v != 0 => {
+                tracing::warn!("virtio-mmio: driver features {v:#x} in word {sel} ignored")
+            }
             _ => {}
         }
     }
@@ -279,7 +308,9 @@ impl MmioTransport {
         let old = self.status & !NEEDS_RESET;
         let new = value & !NEEDS_RESET;
         if new & old != old || (old & FAILED != 0 && new != old) {
-            tracing::warn!("virtio-mmio: status {old:#x} -> {new:#x} ignored: only reset may clear bits");
+            tracing::warn!(
+                "virtio-mmio: status {old:#x} -> {new:#x} ignored: only reset may clear bits"
+            );
             return;
         }
         if !INIT_STEPS.contains(&(new & !FAILED)) {
@@ -302,11 +333,16 @@ impl MmioTransport {
         let offered = self.device_features();
         let wanted = self.driver_features;
         if wanted & (1u64 << VIRTIO_F_VERSION_1) == 0 {
-            tracing::warn!("virtio-mmio: driver did not accept VIRTIO_F_VERSION_1 (legacy driver?)");
+            tracing::warn!(
+                "virtio-mmio: driver did not accept VIRTIO_F_VERSION_1 (legacy driver?)"
+            );
             return false;
         }
         if wanted & !offered != 0 {
-            tracing::warn!("virtio-mmio: driver accepted features {:#x} never offered", wanted & !offered);
+            tracing::warn!(
+                "virtio-mmio: driver accepted features {:#x} never offered",
+                wanted & !offered
+            );
             return false;
         }
         self.device.ack_features(wanted & self.device.features());
@@ -315,24 +351,38 @@ impl MmioTransport {
 
     fn activate(&mut self) {
         let mem = &*self.mem;
-        if let Some(i) = self.queues.iter().position(|q| !q.ready() || !q.is_valid(mem)) {
+        if let Some(i) = self
+            .queues
+            .iter()
+            .position(|q| !q.ready() || !q.is_valid(mem))
+        {
             self.fail_activation(&format!("queue {i} is not ready or not valid"));
             return;
         }
         let event_idx = self.driver_features & (1u64 << VIRTIO_RING_F_EVENT_IDX) != 0;
-        let queues: Result<Vec<Queue>, _> = self.queues.iter().map(|q| copy_queue(q, event_idx)).collect();
+        let queues: Result<Vec<Queue>, _> = self
+            .queues
+            .iter()
+            .map(|q| copy_queue(q, event_idx))
+            .collect();
         let queues = match queues {
             Ok(q) => q,
             Err(e) => return self.fail_activation(&format!("copying queues: {e}")),
         };
-        match self.device.activate(self.mem.clone(), queues, self.interrupt.clone()) {
+        match self
+            .device
+            .activate(self.mem.clone(), queues, self.interrupt.clone())
+        {
             Ok(()) => self.activated = true,
             Err(e) => self.fail_activation(&e.to_string()),
         }
     }
 
     fn fail_activation(&mut self, why: &str) {
-        tracing::warn!("virtio-mmio: activation of device type {} failed: {why}", self.device.device_type());
+        tracing::warn!(
+            "virtio-mmio: activation of device type {} failed: {why}",
+            self.device.device_type()
+        );
         self.status |= NEEDS_RESET;
         self.interrupt.trigger(INTERRUPT_STATUS_CONFIG_CHANGED);
     }
@@ -368,12 +418,16 @@ fn copy_queue(q: &Queue, event_idx: bool) -> Result<Queue, virtio_queue::Error> 
 impl BusDevice for MmioTransport {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         if offset >= u64::from(VIRTIO_MMIO_CONFIG) {
-            self.device.read_config(offset - u64::from(VIRTIO_MMIO_CONFIG), data);
+            self.device
+                .read_config(offset - u64::from(VIRTIO_MMIO_CONFIG), data);
             return;
         }
         data.fill(0);
         if data.len() != 4 {
-            tracing::warn!("virtio-mmio: {}-byte read at {offset:#x} ignored", data.len());
+            tracing::warn!(
+                "virtio-mmio: {}-byte read at {offset:#x} ignored",
+                data.len()
+            );
             return;
         }
         let v = self.read_reg(offset as u32);
@@ -382,11 +436,15 @@ impl BusDevice for MmioTransport {
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         if offset >= u64::from(VIRTIO_MMIO_CONFIG) {
-            self.device.write_config(offset - u64::from(VIRTIO_MMIO_CONFIG), data);
+            self.device
+                .write_config(offset - u64::from(VIRTIO_MMIO_CONFIG), data);
             return;
         }
         let Ok(bytes) = <[u8; 4]>::try_from(data) else {
-            tracing::warn!("virtio-mmio: {}-byte write at {offset:#x} ignored", data.len());
+            tracing::warn!(
+                "virtio-mmio: {}-byte write at {offset:#x} ignored",
+                data.len()
+            );
             return;
         };
         self.write_reg(offset as u32, u32::from_le_bytes(bytes));
@@ -417,3 +475,6 @@ impl MutEventSubscriber for MmioTransport {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

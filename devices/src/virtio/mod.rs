@@ -41,7 +41,10 @@ pub struct Interrupt {
 impl Interrupt {
     /// Wraps an irqfd (registered with KVM by the VMM).
     pub fn new(irqfd: EventFd) -> Self {
-        Interrupt { status: AtomicU32::new(0), irqfd }
+        Interrupt {
+            status: AtomicU32::new(0),
+            irqfd,
+        }
     }
 
     /// Sets `bits` in InterruptStatus and raises the interrupt.

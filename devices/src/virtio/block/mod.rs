@@ -75,8 +75,7 @@ impl Block {
         serial[..id.len()].copy_from_slice(id.as_bytes());
         // Seeking to the end also works for block devices, whose metadata length is 0.
         let size = (&file).seek(SeekFrom::End(0)).map_err(BlockError::Size)?;
-        let size = size / SECTOR_SIZE * SECTOR_SIZE;
-        if size == 0 {
+        if size < SECTOR_SIZE {
             return Err(BlockError::TooSmall(size));
         }
         let disk = Disk::new(file, size, read_only, serial);
@@ -137,7 +136,9 @@ impl VirtioDevice for Block {
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         data.fill(0);
-        let Ok(start) = usize::try_from(offset) else { return };
+        let Ok(start) = usize::try_from(offset) else {
+            return;
+        };
         if let Some(src) = self.config.get(start..) {
             let n = src.len().min(data.len());
             data[..n].copy_from_slice(&src[..n]);
@@ -146,7 +147,10 @@ impl VirtioDevice for Block {
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
         // Only writeback mode (VIRTIO_BLK_F_CONFIG_WCE) is writable, and it is not offered.
-        tracing::debug!("virtio-blk: config write of {} bytes at {offset:#x} ignored", data.len());
+        tracing::debug!(
+            "virtio-blk: config write of {} bytes at {offset:#x} ignored",
+            data.len()
+        );
     }
 
     fn activate(
@@ -156,10 +160,18 @@ impl VirtioDevice for Block {
         interrupt: Arc<Interrupt>,
     ) -> Result<(), ActivateError> {
         if queues.len() != 1 {
-            return Err(ActivateError::QueueCount { expected: 1, got: queues.len() });
+            return Err(ActivateError::QueueCount {
+                expected: 1,
+                got: queues.len(),
+            });
         }
         let queue = queues.remove(0);
-        self.active = Some(Active { mem, queue, interrupt, broken: false });
+        self.active = Some(Active {
+            mem,
+            queue,
+            interrupt,
+            broken: false,
+        });
         Ok(())
     }
 
@@ -214,7 +226,9 @@ impl Active {
                 match self.queue.add_used(mem, head, len) {
                     Ok(()) => *used = true,
                     // E.g. a head index beyond the queue: skip it, the ring moved on.
-                    Err(e) => tracing::warn!("virtio-blk: adding chain {head} to the used ring: {e}"),
+                    Err(e) => {
+                        tracing::warn!("virtio-blk: adding chain {head} to the used ring: {e}")
+                    }
                 }
             }
             if !self.queue.enable_notification(mem)? {

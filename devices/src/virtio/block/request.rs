@@ -16,8 +16,7 @@ use virtio_bindings::virtio_blk::{
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::DescriptorChain;
 use vm_memory::{
-    Address, Bytes, GuestAddress, GuestMemory as _, ReadVolatile, VolatileMemoryError,
-    WriteVolatile,
+    Address, Bytes, GuestMemory as _, ReadVolatile, VolatileMemoryError, WriteVolatile,
 };
 
 use crate::GuestMemory;
@@ -45,7 +44,12 @@ pub struct Disk {
 impl Disk {
     /// Wraps an open image of `size` bytes (already a multiple of [`SECTOR_SIZE`]).
     pub fn new(file: File, size: u64, read_only: bool, id: [u8; ID_BYTES]) -> Self {
-        Disk { file, size, read_only, id }
+        Disk {
+            file,
+            size,
+            read_only,
+            id,
+        }
     }
 
     /// Capacity in sectors.
@@ -136,7 +140,8 @@ impl<'d> Request<'d> {
             return Err(Error::BadHeader);
         }
         let mut raw = [0u8; HEADER_LEN as usize];
-        mem.read_slice(&mut raw, header.addr()).map_err(Error::Header)?;
+        mem.read_slice(&mut raw, header.addr())
+            .map_err(Error::Header)?;
         let type_ = u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]);
         let kind = RequestType::from(type_);
         let mut sector = [0u8; 8];
@@ -154,24 +159,35 @@ impl<'d> Request<'d> {
                 return Err(Error::DataDirection(type_));
             }
             if !mem.check_range(d.addr(), d.len() as usize) {
-                return Err(Error::DataOutOfMemory { addr: d.addr().raw_value(), len: d.len() });
+                return Err(Error::DataOutOfMemory {
+                    addr: d.addr().raw_value(),
+                    len: d.len(),
+                });
             }
             // Cannot overflow: virtio-queue caps a chain at 2^32 bytes.
             data_len += u64::from(d.len());
         }
-        Ok(Request { kind, sector, data, data_len })
+        Ok(Request {
+            kind,
+            sector,
+            data,
+            data_len,
+        })
     }
 
     /// Checks that the transfer lies within the disk and returns its byte offset.
     fn disk_offset(&self, disk: &Disk) -> Result<u64, Error> {
-        if self.data_len % SECTOR_SIZE != 0 {
+        // A mask, not `%`: clippy wants is_multiple_of, which is newer than our MSRV 1.85.
+        if self.data_len & (SECTOR_SIZE - 1) != 0 {
             return Err(Error::UnalignedLength(self.data_len));
         }
-        let out_of_range = Error::OutOfRange { sector: self.sector, len: self.data_len };
-        let offset = self.sector.checked_mul(SECTOR_SIZE).ok_or_else(|| Error::OutOfRange {
+        let out_of_range = Error::OutOfRange {
             sector: self.sector,
             len: self.data_len,
-        })?;
+        };
+        let Some(offset) = self.sector.checked_mul(SECTOR_SIZE) else {
+            return Err(out_of_range);
+        };
         match offset.checked_add(self.data_len) {
             Some(end) if end <= disk.size => Ok(offset),
             _ => Err(out_of_range),
@@ -240,7 +256,7 @@ pub fn process_chain(chain: DescriptorChain<&GuestMemory>, disk: &mut Disk) -> (
     let descs: Vec<Descriptor> = chain.clone().take(MAX_DESCRIPTORS + 1).collect();
 
     let Some((status, rest)) = descs.split_last() else {
-        tracing::warn!("virtio-blk: chain {head} has no readable descriptor; dropped");
+        tracing::warn!("virtio-blk: chain {head} is empty (bad head or table); dropped");
         return (head, 0);
     };
     if descs.len() > MAX_DESCRIPTORS {
@@ -281,18 +297,24 @@ pub fn process_chain(chain: DescriptorChain<&GuestMemory>, disk: &mut Disk) -> (
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::virtio::block::tests::{raw_descs, temp_image, TestMem, DATA, HDR, QUEUE_SIZE, STATUS};
+    use crate::virtio::block::tests::{
+        raw_descs, temp_image, TestMem, DATA, HDR, QUEUE_SIZE, STATUS,
+    };
+    use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
-    use virtio_queue::{Queue, QueueOwnedT, QueueT};
-    use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use virtio_queue::{Queue, QueueOwnedT};
+    use vm_memory::GuestAddress;
 
     const W: u16 = VRING_DESC_F_WRITE as u16;
 
     fn disk(img: &[u8], read_only: bool) -> (Disk, std::path::PathBuf) {
         let (file, path) = temp_image(img);
         let id = *b"minivm-test-serial-0";
-        (Disk::new(file, img.len() as u64 / 512 * 512, read_only, id), path)
+        (
+            Disk::new(file, img.len() as u64 / 512 * 512, read_only, id),
+            path,
+        )
     }
 
     /// Runs one chain built from `(addr, len, flags)` and returns (used len, status byte).
@@ -343,7 +365,16 @@ mod tests {
         assert_eq!((len, st), (1, VIRTIO_BLK_S_OK as u8));
 
         t.header(VIRTIO_BLK_T_GET_ID, 0);
-        let (len, st) = run(&t, &mut d, &[(HDR, 16, 0), (DATA, 8, W), (DATA + 8, 64, W), (STATUS, 1, W)]);
+        let (len, st) = run(
+            &t,
+            &mut d,
+            &[
+                (HDR, 16, 0),
+                (DATA, 8, W),
+                (DATA + 8, 64, W),
+                (STATUS, 1, W),
+            ],
+        );
         assert_eq!((len, st), (21, VIRTIO_BLK_S_OK as u8));
         let mut id = [0u8; 20];
         t.mem.read_slice(&mut id, GuestAddress(DATA)).unwrap();
@@ -358,12 +389,23 @@ mod tests {
         let t = TestMem::new();
         t.header(VIRTIO_BLK_T_IN, 0);
         // 100 + 924 bytes: each segment need not be sector sized, only the total.
-        let (len, st) = run(&t, &mut d, &[(HDR, 16, 0), (DATA, 100, W), (DATA + 0x1000, 924, W), (STATUS, 1, W)]);
+        let (len, st) = run(
+            &t,
+            &mut d,
+            &[
+                (HDR, 16, 0),
+                (DATA, 100, W),
+                (DATA + 0x1000, 924, W),
+                (STATUS, 1, W),
+            ],
+        );
         assert_eq!((len, st), (1025, VIRTIO_BLK_S_OK as u8));
         let mut a = vec![0u8; 100];
         let mut b = vec![0u8; 924];
         t.mem.read_slice(&mut a, GuestAddress(DATA)).unwrap();
-        t.mem.read_slice(&mut b, GuestAddress(DATA + 0x1000)).unwrap();
+        t.mem
+            .read_slice(&mut b, GuestAddress(DATA + 0x1000))
+            .unwrap();
         assert_eq!(&a[..], &img[..100]);
         assert_eq!(&b[..], &img[100..1024]);
         std::fs::remove_file(path).unwrap();
@@ -379,34 +421,81 @@ mod tests {
         // Write to a read-only disk: IOERR and the file is untouched.
         t.header(VIRTIO_BLK_T_OUT, 0);
         t.mem.write_slice(&[1u8; 512], GuestAddress(DATA)).unwrap();
-        assert_eq!(run(&t, &mut d, &[(HDR, 16, 0), (DATA, 512, 0), (STATUS, 1, W)]), (1, ioerr));
+        assert_eq!(
+            run(&t, &mut d, &[(HDR, 16, 0), (DATA, 512, 0), (STATUS, 1, W)]),
+            (1, ioerr)
+        );
         assert_eq!(std::fs::read(&path).unwrap(), img);
 
         t.header(12345, 0);
         let unsupp = VIRTIO_BLK_S_UNSUPP as u8;
-        assert_eq!(run(&t, &mut d, &[(HDR, 16, 0), (STATUS, 1, W)]), (1, unsupp));
+        assert_eq!(
+            run(&t, &mut d, &[(HDR, 16, 0), (STATUS, 1, W)]),
+            (1, unsupp)
+        );
 
         // The last sector is readable, one past it is not, nor is a wrapping sector.
         t.header(VIRTIO_BLK_T_IN, 3);
         let ok = VIRTIO_BLK_S_OK as u8;
-        assert_eq!(run(&t, &mut d, &[(HDR, 16, 0), (DATA, 512, W), (STATUS, 1, W)]), (513, ok));
+        assert_eq!(
+            run(&t, &mut d, &[(HDR, 16, 0), (DATA, 512, W), (STATUS, 1, W)]),
+            (513, ok)
+        );
         t.header(VIRTIO_BLK_T_IN, 4);
-        assert_eq!(run(&t, &mut d, &[(HDR, 16, 0), (DATA, 512, W), (STATUS, 1, W)]), (1, ioerr));
+        assert_eq!(
+            run(&t, &mut d, &[(HDR, 16, 0), (DATA, 512, W), (STATUS, 1, W)]),
+            (1, ioerr)
+        );
         t.header(VIRTIO_BLK_T_IN, 3);
-        assert_eq!(run(&t, &mut d, &[(HDR, 16, 0), (DATA, 1024, W), (STATUS, 1, W)]), (1, ioerr));
+        assert_eq!(
+            run(&t, &mut d, &[(HDR, 16, 0), (DATA, 1024, W), (STATUS, 1, W)]),
+            (1, ioerr)
+        );
         t.header(VIRTIO_BLK_T_IN, u64::MAX / 256);
-        assert_eq!(run(&t, &mut d, &[(HDR, 16, 0), (DATA, 512, W), (STATUS, 1, W)]), (1, ioerr));
+        assert_eq!(
+            run(&t, &mut d, &[(HDR, 16, 0), (DATA, 512, W), (STATUS, 1, W)]),
+            (1, ioerr)
+        );
 
         // Unaligned length, wrong direction, header problems, buffer outside memory.
         t.header(VIRTIO_BLK_T_IN, 0);
-        assert_eq!(run(&t, &mut d, &[(HDR, 16, 0), (DATA, 511, W), (STATUS, 1, W)]), (1, ioerr));
-        assert_eq!(run(&t, &mut d, &[(HDR, 16, 0), (DATA, 512, 0), (STATUS, 1, W)]), (1, ioerr));
-        assert_eq!(run(&t, &mut d, &[(HDR, 16, W), (DATA, 512, W), (STATUS, 1, W)]), (1, ioerr));
-        assert_eq!(run(&t, &mut d, &[(HDR, 8, 0), (DATA, 512, W), (STATUS, 1, W)]), (1, ioerr));
-        assert_eq!(run(&t, &mut d, &[(1 << 40, 16, 0), (DATA, 512, W), (STATUS, 1, W)]), (1, ioerr));
-        assert_eq!(run(&t, &mut d, &[(HDR, 16, 0), (1 << 40, 512, W), (STATUS, 1, W)]), (1, ioerr));
+        assert_eq!(
+            run(&t, &mut d, &[(HDR, 16, 0), (DATA, 511, W), (STATUS, 1, W)]),
+            (1, ioerr)
+        );
+        assert_eq!(
+            run(&t, &mut d, &[(HDR, 16, 0), (DATA, 512, 0), (STATUS, 1, W)]),
+            (1, ioerr)
+        );
+        assert_eq!(
+            run(&t, &mut d, &[(HDR, 16, W), (DATA, 512, W), (STATUS, 1, W)]),
+            (1, ioerr)
+        );
+        assert_eq!(
+            run(&t, &mut d, &[(HDR, 8, 0), (DATA, 512, W), (STATUS, 1, W)]),
+            (1, ioerr)
+        );
+        assert_eq!(
+            run(
+                &t,
+                &mut d,
+                &[(1 << 40, 16, 0), (DATA, 512, W), (STATUS, 1, W)]
+            ),
+            (1, ioerr)
+        );
+        assert_eq!(
+            run(
+                &t,
+                &mut d,
+                &[(HDR, 16, 0), (1 << 40, 512, W), (STATUS, 1, W)]
+            ),
+            (1, ioerr)
+        );
         let end = t.mem.last_addr().raw_value() - 255;
-        assert_eq!(run(&t, &mut d, &[(HDR, 16, 0), (end, 512, W), (STATUS, 1, W)]), (1, ioerr));
+        assert_eq!(
+            run(&t, &mut d, &[(HDR, 16, 0), (end, 512, W), (STATUS, 1, W)]),
+            (1, ioerr)
+        );
         // Only a status descriptor.
         assert_eq!(run(&t, &mut d, &[(STATUS, 1, W)]), (1, ioerr));
         std::fs::remove_file(path).unwrap();
@@ -420,10 +509,20 @@ mod tests {
         t.header(VIRTIO_BLK_T_IN, 0);
         t.mem.write_obj(0x55u8, GuestAddress(STATUS)).unwrap();
         // Read-only status, empty status, status outside memory, no status at all.
-        assert_eq!(run(&t, &mut d, &[(HDR, 16, 0), (DATA, 512, W), (STATUS, 1, 0)]), (0, 0x55));
-        assert_eq!(run(&t, &mut d, &[(HDR, 16, 0), (DATA, 512, W), (STATUS, 0, W)]), (0, 0x55));
-        assert_eq!(run(&t, &mut d, &[(HDR, 16, 0), (DATA, 512, W), (1 << 40, 1, W)]), (0, 0x55));
-        assert_eq!(run(&t, &mut d, &[(HDR, 16, 0), (DATA, 512, W)]), (0, 0x55));
+        assert_eq!(
+            run(&t, &mut d, &[(HDR, 16, 0), (DATA, 512, W), (STATUS, 1, 0)]),
+            (0, 0x55)
+        );
+        assert_eq!(
+            run(&t, &mut d, &[(HDR, 16, 0), (DATA, 512, W), (STATUS, 0, W)]),
+            (0, 0x55)
+        );
+        assert_eq!(
+            run(&t, &mut d, &[(HDR, 16, 0), (DATA, 512, W), (1 << 40, 1, W)]),
+            (0, 0x55)
+        );
+        assert_eq!(run(&t, &mut d, &[(HDR, 16, 0)]), (0, 0x55));
+        assert_eq!(run(&t, &mut d, &[(HDR, 16, 0), (DATA, 512, 0)]), (0, 0x55));
         // Too many segments.
         let mut many = vec![(HDR, 16, 0)];
         many.extend((0..SEG_MAX as u64 + 1).map(|i| (DATA + i * 512, 512, W)));
@@ -440,10 +539,24 @@ mod tests {
         t.header(VIRTIO_BLK_T_IN, 0);
         t.mem.write_obj(0x55u8, GuestAddress(STATUS)).unwrap();
         // 0 -> 1 -> 2 -> 1 -> ...: virtio-queue's TTL ends the walk.
-        assert_eq!(run_raw(&t, &mut d, &[(HDR, 16, 0, 1), (DATA, 512, W, 2), (STATUS, 1, W, 1)]), (0, 0));
+        assert_eq!(
+            run_raw(
+                &t,
+                &mut d,
+                &[(HDR, 16, 0, 1), (DATA, 512, W, 2), (STATUS, 1, W, 1)]
+            ),
+            (0, 0)
+        );
         assert_eq!(t.mem.read_obj::<u8>(GuestAddress(STATUS)).unwrap(), 0x55);
         // A next index past the table also ends the walk early.
-        assert_eq!(run_raw(&t, &mut d, &[(HDR, 16, 0, 1), (DATA, 512, W, 2), (STATUS, 1, W, 999)]), (0, 0));
+        assert_eq!(
+            run_raw(
+                &t,
+                &mut d,
+                &[(HDR, 16, 0, 1), (DATA, 512, W, 2), (STATUS, 1, W, 999)]
+            ),
+            (0, 0)
+        );
         // A chain pointing back at its own head.
         assert_eq!(run_raw(&t, &mut d, &[(HDR, 16, 0, 0)]), (0, 0));
         assert_eq!(t.mem.read_obj::<u8>(GuestAddress(STATUS)).unwrap(), 0x55);

@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Boot benchmarks, minivm against QEMU (-M microvm, KVM) in one run:
+#  (a) VMM overhead: process start -> tiny guest's exit (a few instructions that
+#      print a line and leave through an exit port), median of N_TINY (20);
+#  (b) process start -> busybox init's marker on the console, same kernel
+#      (vmlinux) and disk for both, median of N_LINUX (3).
+# Prints the medians and minivm/QEMU ratios. Needs qemu-system-x86 and a built kernel.
+#   bench/boot.sh [--tiny-only]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup-debian.sh
+kernel_dir=$(kernel/build.sh)
+cargo build --release -q
+work=target/bench
+mkdir -p "$work"
+exec python3 - "$kernel_dir" "$work" "${1:-}" <<'PY'
+import os, statistics, struct, subprocess, sys, time, select
+
+kernel_dir, work, mode = sys.argv[1], sys.argv[2], sys.argv[3]
+minivm = os.path.abspath("target/release/minivm")
+pvm = os.path.exists("/sys/module/kvm_pvm")
+N_TINY = int(os.environ.get("N_TINY", "20"))
+N_LINUX = int(os.environ.get("N_LINUX", "3"))
+
+def tiny_guest(path):
+    # Code valid in both 32-bit protected mode (QEMU's PVH entry) and 64-bit
+    # mode (minivm's entry): mov dx,0x3f8; (mov al,c; out dx,al)*; mov al,0; out 0xf4,al; hlt.
+    code = b"\x66\xba\xf8\x03"
+    for c in b"tiny guest says hi\n":
+        code += bytes([0xb0, c, 0xee])
+    code += b"\xb0\x00\xe6\xf4\xf4\xeb\xfd"
+    addr = 0x100000
+    note = struct.pack("<III", 4, 4, 18) + b"Xen\0" + struct.pack("<I", addr)  # XEN_ELFNOTE_PHYS32_ENTRY
+    ehdr_size, phdr_size = 64, 56
+    note_off = ehdr_size + 2 * phdr_size
+    code_off = note_off + len(note)
+    ehdr = b"\x7fELF" + bytes([2, 1, 1]) + bytes(9)
+    ehdr += struct.pack("<HHIQQQIHHHHHH", 2, 62, 1, addr, ehdr_size, 0, 0, ehdr_size, phdr_size, 2, 0, 0, 0)
+    load = struct.pack("<IIQQQQQQ", 1, 5, code_off, addr, addr, len(code), len(code), 0x1000)
+    notep = struct.pack("<IIQQQQQQ", 4, 4, note_off, 0, 0, len(note), len(note), 4)
+    with open(path, "wb") as f:
+        f.write(ehdr + load + notep + note + code)
+
+def run_to_exit(cmd):
+    t = time.perf_counter()
+    p = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    dt = time.perf_counter() - t
+    if b"tiny guest says hi" not in p.stdout:
+        sys.exit(f"unexpected output from {cmd[0]}: rc={p.returncode} {p.stdout[-500:]!r} {p.stderr[-500:]!r}")
+    return dt
+
+def run_to_marker(cmd, marker=b"BENCH-INIT-MARKER", timeout=1200):
+    t = time.perf_counter()
+    p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    buf = b""
+    try:
+        while time.perf_counter() - t < timeout:
+            r, _, _ = select.select([p.stdout], [], [], 1.0)
+            if r:
+                chunk = os.read(p.stdout.fileno(), 65536)
+                if not chunk:
+                    break
+                buf += chunk
+                if marker in buf:
+                    return time.perf_counter() - t
+        sys.exit(f"no marker from {cmd[0]} (rc={p.poll()}): {buf[-800:]!r}")
+    finally:
+        p.kill()
+        p.wait()
+
+def report(name, a, b, n):
+    ma, mb = statistics.median(a), statistics.median(b)
+    print(f"{name}: minivm {ma*1000:.1f} ms, QEMU {mb*1000:.1f} ms, ratio minivm/QEMU {ma/mb:.3f} (median of {n})", flush=True)
+
+qemu_base = ["qemu-system-x86_64", "-M", "microvm", "-enable-kvm", "-cpu", "host,-arch-capabilities",
+             "-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio"]
+
+guest = os.path.join(work, "tiny-guest.elf")
+tiny_guest(guest)
+a = [run_to_exit([minivm, "run", "--kernel", guest, "--mem", "16M"]) for _ in range(N_TINY)]
+b = [run_to_exit(qemu_base + ["-m", "16M", "-device", "isa-debug-exit,iobase=0xf4,iosize=1", "-kernel", guest])
+     for _ in range(N_TINY)]
+report("(a) VMM overhead, start -> tiny guest exit", a, b, N_TINY)
+if mode == "--tiny-only":
+    sys.exit(0)
+
+disk = os.path.join(work, "busybox.raw")
+if not os.path.exists(disk):
+    root = os.path.join(work, "busybox.root")
+    subprocess.run(["rm", "-rf", root], check=True)
+    for d in ("bin", "dev", "proc", "sys"):
+        os.makedirs(os.path.join(root, d))
+    subprocess.run(["cp", "/bin/busybox", os.path.join(root, "bin/busybox")], check=True)
+    for app in ("sh", "echo", "mount", "sleep"):
+        os.symlink("busybox", os.path.join(root, "bin", app))
+    with open(os.path.join(root, "init"), "w") as f:
+        f.write("#!/bin/sh\necho BENCH-INIT-MARKER\nexec sleep 1000\n")
+    os.chmod(os.path.join(root, "init"), 0o755)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-E", "root_owner=0:0", "-d", root, disk + ".tmp", "32M"],
+                   check=True, stdout=subprocess.DEVNULL)
+    os.rename(disk + ".tmp", disk)
+
+vmlinux = os.path.join(kernel_dir, "vmlinux")
+cmdline = "console=ttyS0 reboot=k panic=-1 pci=off 8250.nr_uarts=1 quiet root=/dev/vda rw init=/init"
+qemu_cmdline = cmdline + " minivm_panic_port=0xf6"
+if pvm:
+    qemu_cmdline += (" minivm_pvm_quirks noxsave clearcpuid=popcnt,cx16,fsgsbase,smap,pcid,invpcid,"
+                     "rdrand,rdseed,pku,rdtscp,clwb,clflushopt")
+a, b = [], []
+for i in range(N_LINUX):
+    a.append(run_to_marker([minivm, "run", "--kernel", vmlinux, "--image", disk, "--readonly", "--mem", "512M",
+                            "--cmdline", cmdline]))
+    b.append(run_to_marker(qemu_base + ["-m", "512M", "-kernel", vmlinux, "-append", qemu_cmdline,
+                                        "-global", "virtio-mmio.force-legacy=false",
+                                        "-drive", f"id=d,file={disk},format=raw,if=none,readonly=on",
+                                        "-device", "virtio-blk-device,drive=d"]))
+    print(f"  run {i+1}: minivm {a[-1]:.1f} s, QEMU {b[-1]:.1f} s", flush=True)
+report("(b) start -> busybox init marker", a, b, N_LINUX)
+PY
