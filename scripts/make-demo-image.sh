@@ -25,7 +25,7 @@ printf '\001' | dd of=/dev/port bs=1 seek=245 count=1 2>/dev/null
 echo
 echo "Welcome to a minivm guest ($(uname -sr)). Leave the shell to reboot; Ctrl-A x quits minivm."
 setsid cttyhack /bin/sh -l
-sync
+mount -o remount,ro / 2>/dev/null; sync
 reboot -f
 INIT
 chmod 755 "$root/sbin/init"

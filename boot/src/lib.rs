@@ -7,6 +7,7 @@
 //! -> [`bootparams::write_boot_params`] (zero page, e820, command line) ->
 //! [`cpu`] (GDT, identity page tables, registers for the 64-bit entry).
 
+pub mod acpi;
 pub mod bootparams;
 pub mod cpu;
 pub mod layout;

@@ -5,6 +5,7 @@
 //! touched through vm-memory's checked accessors, and nothing a guest writes
 //! may panic the VMM: bad input gets an error status or is ignored.
 
+pub mod acpi;
 pub mod bus;
 pub mod harness;
 pub mod i8042;

@@ -27,6 +27,8 @@ dd if=/dev/zero bs=4096 count=48 2>/dev/null | tr '\0' 'z' > /big.bin
 md5sum /big.bin > /big.md5
 sync
 echo "MARKER boot1 wrote files"
+# A clean unmount: the read-only boot cannot replay a journal.
+mount -o remount,ro /
 reboot -f
 "#;
 
@@ -178,7 +180,7 @@ fn initrd_cmdline_and_memory() {
     }
     let dir = scratch_dir("linux-initrd");
     let init = format!(
-        "#!/bin/sh\nmount -t proc proc /proc\necho \"MARKER initrd\"\necho \"cmdline=$(cat /proc/cmdline)\"\n\
+        "#!/bin/sh\nmount -t proc proc /proc\nmount -t devtmpfs dev /dev\necho \"MARKER initrd\"\necho \"cmdline=$(cat /proc/cmdline)\"\n\
          grep MemTotal /proc/meminfo\n{}\n",
         exit_port_cmd(9)
     );

@@ -1,0 +1,8 @@
+//! OCI images for minivm: from an image reference to a bootable filesystem.
+//!
+//! - [`tree`]: the merged filesystem tree that layers are flattened into;
+//! - [`ext4`]: writes a tree as an ext4 filesystem image, itself, streaming
+//!   file data as it arrives, without root, mounting or mkfs.
+
+pub mod ext4;
+pub mod tree;
