@@ -4,5 +4,11 @@
 //! - [`ext4`]: writes a tree as an ext4 filesystem image, itself, streaming
 //!   file data as it arrives, without root, mounting or mkfs.
 
+pub mod digest;
 pub mod ext4;
+pub mod flatten;
+pub mod layer;
+pub mod reference;
+pub mod source;
+pub mod testutil;
 pub mod tree;
