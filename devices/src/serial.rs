@@ -94,6 +94,7 @@ impl Write for ConsoleWriter {
 pub struct ConsoleOutput {
     queue: Arc<OutQueue>,
     thread: Option<JoinHandle<()>>,
+    done: std::sync::mpsc::Receiver<()>,
 }
 
 impl ConsoleOutput {
@@ -108,9 +109,12 @@ impl ConsoleOutput {
             dropped: AtomicU64::new(0),
         });
         let q = queue.clone();
+        let (done_tx, done) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("console-out".into())
             .spawn(move || {
+                // Dropped on every return: tells finish() the thread is done.
+                let _done = done_tx;
                 let mut chunk = Vec::with_capacity(64 << 10);
                 loop {
                     {
@@ -134,6 +138,7 @@ impl ConsoleOutput {
         Ok(ConsoleOutput {
             queue,
             thread: Some(thread),
+            done,
         })
     }
 
@@ -157,11 +162,10 @@ impl ConsoleOutput {
         }
         self.queue.cond.notify_one();
         if let Some(t) = self.thread.take() {
-            let deadline = std::time::Instant::now() + timeout;
-            while !t.is_finished() && std::time::Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            if t.is_finished() {
+            // The sender is dropped when the thread returns; a stalled sink is left behind.
+            if let Err(std::sync::mpsc::RecvTimeoutError::Disconnected) =
+                self.done.recv_timeout(timeout)
+            {
                 let _ = t.join();
             }
         }

@@ -30,28 +30,56 @@ pub trait DataSink {
 pub enum FlattenError {
     /// The tar stream is corrupt or truncated, or its blob failed verification.
     #[error("layer {layer}: cannot read the tar stream: {source}")]
-    Tar { layer: String, source: std::io::Error },
+    Tar {
+        layer: String,
+        source: std::io::Error,
+    },
     /// An entry path is absolute, contains `..`, or is otherwise unusable.
     #[error("layer {layer}: entry {path:?}: {problem}")]
-    BadPath { layer: String, path: String, problem: &'static str },
+    BadPath {
+        layer: String,
+        path: String,
+        problem: &'static str,
+    },
     /// An entry would be written through a symlink of the image.
     #[error("layer {layer}: entry {path:?} would be written through the symlink {symlink:?}")]
-    ThroughSymlink { layer: String, path: String, symlink: String },
+    ThroughSymlink {
+        layer: String,
+        path: String,
+        symlink: String,
+    },
     /// A path component is a file, not a directory.
     #[error("layer {layer}: entry {path:?}: {component:?} is not a directory")]
-    NotADirectory { layer: String, path: String, component: String },
+    NotADirectory {
+        layer: String,
+        path: String,
+        component: String,
+    },
     /// A hardlink whose target is missing, a directory, or outside the image.
     #[error("layer {layer}: hardlink {path:?} -> {target:?}: {problem}")]
-    Hardlink { layer: String, path: String, target: String, problem: &'static str },
+    Hardlink {
+        layer: String,
+        path: String,
+        target: String,
+        problem: &'static str,
+    },
     /// More entries than the limit (a tar bomb of tiny files).
     #[error("layer {layer}: more than {limit} entries")]
     TooManyEntries { layer: String, limit: u64 },
     /// The data sink failed (e.g. the disk is full).
     #[error("layer {layer}: {path:?}: {source}")]
-    Data { layer: String, path: String, source: SinkError },
+    Data {
+        layer: String,
+        path: String,
+        source: SinkError,
+    },
     /// An entry type minivm does not support (e.g. GNU sparse files).
     #[error("layer {layer}: entry {path:?}: unsupported tar entry type {kind}")]
-    Unsupported { layer: String, path: String, kind: String },
+    Unsupported {
+        layer: String,
+        path: String,
+        kind: String,
+    },
 }
 
 impl FlattenError {
@@ -150,7 +178,10 @@ impl<'s> Flattener<'s> {
             let mut entry = entry.map_err(|source| self.tar_err(source))?;
             self.stats.entries += 1;
             if self.stats.entries > self.max_entries {
-                return Err(FlattenError::TooManyEntries { layer: self.layer.clone(), limit: self.max_entries });
+                return Err(FlattenError::TooManyEntries {
+                    layer: self.layer.clone(),
+                    limit: self.max_entries,
+                });
             }
             self.apply_entry(&mut entry)?;
         }
@@ -158,18 +189,31 @@ impl<'s> Flattener<'s> {
     }
 
     fn tar_err(&self, source: std::io::Error) -> FlattenError {
-        FlattenError::Tar { layer: self.layer.clone(), source }
+        FlattenError::Tar {
+            layer: self.layer.clone(),
+            source,
+        }
     }
 
     fn bad_path(&self, path: &[u8], problem: &'static str) -> FlattenError {
-        FlattenError::BadPath { layer: self.layer.clone(), path: show(path), problem }
+        FlattenError::BadPath {
+            layer: self.layer.clone(),
+            path: show(path),
+            problem,
+        }
     }
 
-    fn apply_entry(&mut self, entry: &mut tar::Entry<'_, &mut dyn Read>) -> Result<(), FlattenError> {
+    fn apply_entry(
+        &mut self,
+        entry: &mut tar::Entry<'_, &mut dyn Read>,
+    ) -> Result<(), FlattenError> {
         use tar::EntryType as T;
         let raw_path = entry.path_bytes().into_owned();
         let kind = entry.header().entry_type();
-        if matches!(kind, T::XGlobalHeader | T::XHeader | T::GNULongName | T::GNULongLink) {
+        if matches!(
+            kind,
+            T::XGlobalHeader | T::XHeader | T::GNULongName | T::GNULongLink
+        ) {
             return Ok(());
         }
         let comps = normalize(&raw_path).map_err(|p| self.bad_path(&raw_path, p))?;
@@ -188,10 +232,16 @@ impl<'s> Flattener<'s> {
         }
 
         let meta = self.metadata(entry)?;
-        let parent = self.parent_dir(&raw_path, parents, true)?.expect("created when missing");
+        let parent = self
+            .parent_dir(&raw_path, parents, true)?
+            .expect("created when missing");
         let node_kind = match kind {
             T::Directory => {
-                let existing = self.tree.children(parent).and_then(|c| c.get(name)).copied();
+                let existing = self
+                    .tree
+                    .children(parent)
+                    .and_then(|c| c.get(name))
+                    .copied();
                 if let Some(id) = existing {
                     if matches!(self.tree.nodes[id].kind, NodeKind::Dir(_)) {
                         // A directory over a directory merges: only its metadata changes.
@@ -209,17 +259,23 @@ impl<'s> Flattener<'s> {
                 let data = if size == 0 {
                     None
                 } else {
-                    let id = self.sink.write_data(entry, size).map_err(|source| FlattenError::Data {
-                        layer: self.layer.clone(),
-                        path: show(&raw_path),
-                        source,
-                    })?;
+                    let id =
+                        self.sink
+                            .write_data(entry, size)
+                            .map_err(|source| FlattenError::Data {
+                                layer: self.layer.clone(),
+                                path: show(&raw_path),
+                                source,
+                            })?;
                     Some(id)
                 };
                 NodeKind::File { size, data }
             }
             T::Symlink => {
-                let target = entry.link_name_bytes().map(|c| c.into_owned()).unwrap_or_default();
+                let target = entry
+                    .link_name_bytes()
+                    .map(|c| c.into_owned())
+                    .unwrap_or_default();
                 if target.is_empty() {
                     return Err(self.bad_path(&raw_path, "symlink with an empty target"));
                 }
@@ -246,7 +302,10 @@ impl<'s> Flattener<'s> {
             }
         };
         self.unlink(parent, name);
-        let id = self.tree.add(Node { kind: node_kind, meta });
+        let id = self.tree.add(Node {
+            kind: node_kind,
+            meta,
+        });
         self.refs.push(0);
         self.link(parent, name, id);
         self.created.insert(full);
@@ -261,7 +320,10 @@ impl<'s> Flattener<'s> {
         name: &[u8],
         full: Vec<u8>,
     ) -> Result<(), FlattenError> {
-        let target_raw = entry.link_name_bytes().map(|c| c.into_owned()).unwrap_or_default();
+        let target_raw = entry
+            .link_name_bytes()
+            .map(|c| c.into_owned())
+            .unwrap_or_default();
         let layer = self.layer.clone();
         let err = |problem| FlattenError::Hardlink {
             layer: layer.clone(),
@@ -269,11 +331,14 @@ impl<'s> Flattener<'s> {
             target: show(&target_raw),
             problem,
         };
-        let target_comps = normalize(&target_raw).map_err(|_| err("target is outside the image"))?;
+        let target_comps =
+            normalize(&target_raw).map_err(|_| err("target is outside the image"))?;
         let Some((&tname, tparents)) = target_comps.split_last() else {
             return Err(err("target is the root directory"));
         };
-        let tparent = self.parent_dir(&target_raw, tparents, false)?.ok_or_else(|| err("target not (yet) in the image"))?;
+        let tparent = self
+            .parent_dir(&target_raw, tparents, false)?
+            .ok_or_else(|| err("target not (yet) in the image"))?;
         let target = self
             .tree
             .children(tparent)
@@ -283,7 +348,11 @@ impl<'s> Flattener<'s> {
         if matches!(self.tree.nodes[target].kind, NodeKind::Dir(_)) {
             return Err(err("target is a directory"));
         }
-        let existing = self.tree.children(parent).and_then(|c| c.get(name)).copied();
+        let existing = self
+            .tree
+            .children(parent)
+            .and_then(|c| c.get(name))
+            .copied();
         if existing != Some(target) {
             // Link before unlinking: the old entry may hold the target's only other reference.
             self.refs[target] += 1;
@@ -295,9 +364,16 @@ impl<'s> Flattener<'s> {
         Ok(())
     }
 
-    fn whiteout(&mut self, raw_path: &[u8], parents: &[&[u8]], name: &[u8]) -> Result<(), FlattenError> {
+    fn whiteout(
+        &mut self,
+        raw_path: &[u8],
+        parents: &[&[u8]],
+        name: &[u8],
+    ) -> Result<(), FlattenError> {
         if name == OPAQUE_MARKER {
-            let dir = self.parent_dir(raw_path, parents, true)?.expect("created when missing");
+            let dir = self
+                .parent_dir(raw_path, parents, true)?
+                .expect("created when missing");
             let prefix = parents.join(&b'/');
             self.prune_lower(dir, &prefix);
             return Ok(());
@@ -306,8 +382,8 @@ impl<'s> Flattener<'s> {
             return Ok(());
         }
         let target = &name[WHITEOUT_PREFIX.len()..];
-        if target.is_empty() {
-            return Err(self.bad_path(raw_path, "whiteout without a name"));
+        if target.is_empty() || target == b"." || target == b".." {
+            return Err(self.bad_path(raw_path, "whiteout of an empty, '.' or '..' name"));
         }
         let mut full = parents.join(&b'/');
         if !full.is_empty() {
@@ -326,8 +402,11 @@ impl<'s> Flattener<'s> {
 
     /// Removes everything under `dir` that this layer did not create.
     fn prune_lower(&mut self, dir: NodeId, prefix: &[u8]) {
-        let children: Vec<(Vec<u8>, NodeId)> =
-            self.tree.children(dir).map(|c| c.iter().map(|(k, v)| (k.clone(), *v)).collect()).unwrap_or_default();
+        let children: Vec<(Vec<u8>, NodeId)> = self
+            .tree
+            .children(dir)
+            .map(|c| c.iter().map(|(k, v)| (k.clone(), *v)).collect())
+            .unwrap_or_default();
         for (name, id) in children {
             let mut full = prefix.to_vec();
             if !full.is_empty() {
@@ -344,7 +423,12 @@ impl<'s> Flattener<'s> {
 
     /// Finds (or, with `create`, makes) the directory holding an entry.
     /// Returns None when it does not exist and `create` is false.
-    fn parent_dir(&mut self, raw_path: &[u8], parents: &[&[u8]], create: bool) -> Result<Option<NodeId>, FlattenError> {
+    fn parent_dir(
+        &mut self,
+        raw_path: &[u8],
+        parents: &[&[u8]],
+        create: bool,
+    ) -> Result<Option<NodeId>, FlattenError> {
         let mut dir = self.tree.root;
         for (i, &c) in parents.iter().enumerate() {
             let next = self.tree.children(dir).and_then(|ch| ch.get(c)).copied();
@@ -368,8 +452,14 @@ impl<'s> Flattener<'s> {
                 },
                 None if create => {
                     // Parents missing from the tar are made as docker does: 0755 root.
-                    let meta = Metadata { perm: 0o755, ..Default::default() };
-                    let id = self.tree.add(Node { kind: NodeKind::Dir(BTreeMap::new()), meta });
+                    let meta = Metadata {
+                        perm: 0o755,
+                        ..Default::default()
+                    };
+                    let id = self.tree.add(Node {
+                        kind: NodeKind::Dir(BTreeMap::new()),
+                        meta,
+                    });
                     self.refs.push(0);
                     self.link(dir, c, id);
                     self.created.insert(parents[..=i].join(&b'/'));
@@ -415,19 +505,27 @@ impl<'s> Flattener<'s> {
         }
     }
 
-    fn metadata(&self, entry: &mut tar::Entry<'_, &mut dyn Read>) -> Result<Metadata, FlattenError> {
+    fn metadata(
+        &self,
+        entry: &mut tar::Entry<'_, &mut dyn Read>,
+    ) -> Result<Metadata, FlattenError> {
         let h = entry.header();
         let path = entry.path_bytes().into_owned();
         let bad = |what: &'static str| self.bad_path(&path, what);
         let mut meta = Metadata {
             perm: (h.mode().map_err(|_| bad("unreadable mode"))? & 0o7777) as u16,
-            uid: u32::try_from(h.uid().map_err(|_| bad("unreadable uid"))?).map_err(|_| bad("uid out of range"))?,
-            gid: u32::try_from(h.gid().map_err(|_| bad("unreadable gid"))?).map_err(|_| bad("gid out of range"))?,
+            uid: u32::try_from(h.uid().map_err(|_| bad("unreadable uid"))?)
+                .map_err(|_| bad("uid out of range"))?,
+            gid: u32::try_from(h.gid().map_err(|_| bad("unreadable gid"))?)
+                .map_err(|_| bad("gid out of range"))?,
             mtime: h.mtime().map(|t| t as i64).unwrap_or(0),
             mtime_nsec: 0,
             xattrs: BTreeMap::new(),
         };
-        if let Some(exts) = entry.pax_extensions().map_err(|source| self.tar_err(source))? {
+        if let Some(exts) = entry
+            .pax_extensions()
+            .map_err(|source| self.tar_err(source))?
+        {
             for ext in exts {
                 let ext = ext.map_err(|source| self.tar_err(source))?;
                 let key = ext.key_bytes();

@@ -104,32 +104,64 @@ fn file_data(t: &Tree, s: &MemSink, path: &str) -> Option<Vec<u8>> {
 
 #[test]
 fn layers_merge_with_metadata() {
-    let l0 = tar_of(&[E::Dir("etc/", 0o755), E::File("etc/a", b"one"), E::Sym("etc/l", "a")]);
-    let l1 = tar_of(&[E::File("etc/a", b"two"), E::File("usr/bin/x", b"x"), E::Dir("etc/", 0o700)]);
+    let l0 = tar_of(&[
+        E::Dir("etc/", 0o755),
+        E::File("etc/a", b"one"),
+        E::Sym("etc/l", "a"),
+    ]);
+    let l1 = tar_of(&[
+        E::File("etc/a", b"two"),
+        E::File("usr/bin/x", b"x"),
+        E::Dir("etc/", 0o700),
+    ]);
     let (t, s) = flatten(&[l0, l1]).unwrap();
     assert_eq!(file_data(&t, &s, "etc/a").unwrap(), b"two");
     assert_eq!(file_data(&t, &s, "usr/bin/x").unwrap(), b"x");
     let etc = &t.nodes[lookup(&t, "etc").unwrap()];
-    assert_eq!((etc.meta.perm, etc.meta.uid, etc.meta.gid, etc.meta.mtime), (0o700, 1000, 100, 1_700_000_000));
+    assert_eq!(
+        (etc.meta.perm, etc.meta.uid, etc.meta.gid, etc.meta.mtime),
+        (0o700, 1000, 100, 1_700_000_000)
+    );
     // Implicit parents: root-owned 0755.
     let usr = &t.nodes[lookup(&t, "usr").unwrap()];
     assert_eq!((usr.meta.perm, usr.meta.uid), (0o755, 0));
-    assert_eq!(t.nodes[lookup(&t, "etc/l").unwrap()].kind, NodeKind::Symlink(b"a".to_vec()));
+    assert_eq!(
+        t.nodes[lookup(&t, "etc/l").unwrap()].kind,
+        NodeKind::Symlink(b"a".to_vec())
+    );
     // The replaced file's data was given back.
     assert_eq!(s.freed, vec![1]);
 }
 
 #[test]
 fn whiteouts_hide_lower_but_not_same_layer_entries() {
-    let l0 = tar_of(&[E::File("a", b"a"), E::File("b", b"b"), E::File("c", b"c"), E::Dir("d/", 0o755), E::File("d/x", b"x")]);
+    let l0 = tar_of(&[
+        E::File("a", b"a"),
+        E::File("b", b"b"),
+        E::File("c", b"c"),
+        E::Dir("d/", 0o755),
+        E::File("d/x", b"x"),
+    ]);
     // Whiteout before and after a same-layer entry of that name; a whiteout of a dir.
-    let l1 = tar_of(&[E::File(".wh.a", b""), E::File("b", b"B"), E::File(".wh.b", b""), E::File(".wh.c", b""), E::File("c", b"C"), E::File(".wh.d", b""), E::File(".wh.nothing", b"")]);
+    let l1 = tar_of(&[
+        E::File(".wh.a", b""),
+        E::File("b", b"B"),
+        E::File(".wh.b", b""),
+        E::File(".wh.c", b""),
+        E::File("c", b"C"),
+        E::File(".wh.d", b""),
+        E::File(".wh.nothing", b""),
+    ]);
     let (t, s) = flatten(&[l0, l1]).unwrap();
     assert!(lookup(&t, "a").is_none());
     assert_eq!(file_data(&t, &s, "b").unwrap(), b"B");
     assert_eq!(file_data(&t, &s, "c").unwrap(), b"C");
     assert!(lookup(&t, "d").is_none());
-    assert!(t.reachable().iter().all(|(id, _)| !matches!(&t.nodes[*id].kind, NodeKind::File{..}) || lookup(&t, "b") == Some(*id) || lookup(&t, "c") == Some(*id)));
+    assert!(t.reachable().iter().all(|(id, _)| !matches!(
+        &t.nodes[*id].kind,
+        NodeKind::File { .. }
+    ) || lookup(&t, "b") == Some(*id)
+        || lookup(&t, "c") == Some(*id)));
     // a, b, c (old), d/x freed; nothing leaked.
     assert_eq!(s.data.len(), 2);
     // No .wh. name anywhere.
@@ -142,11 +174,30 @@ fn whiteouts_hide_lower_but_not_same_layer_entries() {
 
 #[test]
 fn opaque_directory_keeps_only_this_layers_entries() {
-    let l0 = tar_of(&[E::Dir("d/", 0o755), E::File("d/old", b"o"), E::Dir("d/sub/", 0o755), E::File("d/sub/deep", b"d"), E::File("keep", b"k")]);
-    let l1 = tar_of(&[E::File("d/new1", b"1"), E::Dir("d/sub/", 0o750), E::File("d/.wh..wh..opq", b""), E::File("d/new2", b"2")]);
+    let l0 = tar_of(&[
+        E::Dir("d/", 0o755),
+        E::File("d/old", b"o"),
+        E::Dir("d/sub/", 0o755),
+        E::File("d/sub/deep", b"d"),
+        E::File("keep", b"k"),
+    ]);
+    let l1 = tar_of(&[
+        E::File("d/new1", b"1"),
+        E::Dir("d/sub/", 0o750),
+        E::File("d/.wh..wh..opq", b""),
+        E::File("d/new2", b"2"),
+    ]);
     let (t, s) = flatten(&[l0, l1]).unwrap();
-    let names: Vec<_> = t.children(lookup(&t, "d").unwrap()).unwrap().keys().cloned().collect();
-    assert_eq!(names, vec![b"new1".to_vec(), b"new2".to_vec(), b"sub".to_vec()]);
+    let names: Vec<_> = t
+        .children(lookup(&t, "d").unwrap())
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    assert_eq!(
+        names,
+        vec![b"new1".to_vec(), b"new2".to_vec(), b"sub".to_vec()]
+    );
     // The merged sub/ lost its lower content too.
     assert!(t.children(lookup(&t, "d/sub").unwrap()).unwrap().is_empty());
     assert_eq!(t.nodes[lookup(&t, "d/sub").unwrap()].meta.perm, 0o750);
@@ -170,9 +221,14 @@ fn file_replaced_by_directory_and_back() {
 
 #[test]
 fn hardlinks_share_nodes_and_free_last() {
-    let l0 = tar_of(&[E::File("a", b"data"), E::Link("b", "a"), E::Dir("d/", 0o755), E::Link("d/c", "./a")]);
+    let l0 = tar_of(&[
+        E::File("a", b"data"),
+        E::Link("b", "a"),
+        E::Dir("d/", 0o755),
+        E::Link("d/c", "./a"),
+    ]);
     let l1 = tar_of(&[E::File(".wh.a", b""), E::Link("e", "b")]);
-    let (t, s) = flatten(&[l0.clone()]).unwrap();
+    let (t, s) = flatten(std::slice::from_ref(&l0)).unwrap();
     let a = lookup(&t, "a").unwrap();
     assert_eq!(lookup(&t, "b"), Some(a));
     assert_eq!(lookup(&t, "d/c"), Some(a));
@@ -186,11 +242,21 @@ fn hardlinks_share_nodes_and_free_last() {
 
 #[test]
 fn devices_fifos_and_root_entry() {
-    let l0 = tar_of(&[E::Dir("./", 0o700), E::Chr("dev/null", 1, 3), E::Fifo("run/fifo")]);
+    let l0 = tar_of(&[
+        E::Dir("./", 0o700),
+        E::Chr("dev/null", 1, 3),
+        E::Fifo("run/fifo"),
+    ]);
     let (t, _) = flatten(&[l0]).unwrap();
     assert_eq!(t.nodes[t.root].meta.perm, 0o700);
-    assert_eq!(t.nodes[lookup(&t, "dev/null").unwrap()].kind, NodeKind::CharDev { major: 1, minor: 3 });
-    assert_eq!(t.nodes[lookup(&t, "run/fifo").unwrap()].kind, NodeKind::Fifo);
+    assert_eq!(
+        t.nodes[lookup(&t, "dev/null").unwrap()].kind,
+        NodeKind::CharDev { major: 1, minor: 3 }
+    );
+    assert_eq!(
+        t.nodes[lookup(&t, "run/fifo").unwrap()].kind,
+        NodeKind::Fifo
+    );
 }
 
 #[test]
@@ -199,23 +265,44 @@ fn hostile_paths_are_refused() {
         (vec![E::File("../escape", b"x")], "'..'"),
         (vec![E::File("a/../../escape", b"x")], "'..'"),
         (vec![E::File("/etc/passwd", b"x")], "absolute"),
-        (vec![E::Sym("link", "/etc"), E::File("link/passwd", b"x")], "through the symlink"),
-        (vec![E::Sym("link", "../.."), E::Dir("link/sub/", 0o755)], "through the symlink"),
-        (vec![E::File("f", b"x"), E::File("f/child", b"y")], "not a directory"),
+        (
+            vec![E::Sym("link", "/etc"), E::File("link/passwd", b"x")],
+            "through the symlink",
+        ),
+        (
+            vec![E::Sym("link", "../.."), E::Dir("link/sub/", 0o755)],
+            "through the symlink",
+        ),
+        (
+            vec![E::File("f", b"x"), E::File("f/child", b"y")],
+            "not a directory",
+        ),
         (vec![E::Link("h", "missing")], "not (yet) in the image"),
         (vec![E::Link("h", "../../etc/shadow")], "outside the image"),
         (vec![E::Link("h", "/etc/shadow")], "outside the image"),
-        (vec![E::Dir("d/", 0o755), E::Link("h", "d")], "is a directory"),
-        (vec![E::Sym("s", "x"), E::Link("h", "s/y")], "through the symlink"),
+        (
+            vec![E::Dir("d/", 0o755), E::Link("h", "d")],
+            "is a directory",
+        ),
+        (
+            vec![E::Sym("s", "x"), E::Link("h", "s/y")],
+            "through the symlink",
+        ),
         (vec![E::Sym("empty", "")], "empty target"),
+        (vec![E::File("a/.wh...", b"")], "'..' name"),
     ];
     for (entries, want) in cases {
-        let err = flatten(&[tar_of(&entries)]).map(|_| ()).unwrap_err().to_string();
+        let err = flatten(&[tar_of(&entries)])
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(want), "{err} should mention {want}");
         assert!(err.contains("layer0"), "{err}");
     }
     // A hardlink to a file that only appears later in the same layer is "not yet seen".
-    let err = flatten(&[tar_of(&[E::Link("h", "later"), E::File("later", b"x")])]).map(|_| ()).unwrap_err();
+    let err = flatten(&[tar_of(&[E::Link("h", "later"), E::File("later", b"x")])])
+        .map(|_| ())
+        .unwrap_err();
     assert!(matches!(err, FlattenError::Hardlink { .. }));
 }
 
@@ -228,7 +315,10 @@ fn pax_names_xattrs_times_and_ids() {
     h.set_mode(0o4755);
     h.set_entry_type(tar::EntryType::Regular);
     b.append_pax_extensions([
-        ("SCHILY.xattr.security.capability", &b"\x01\x00\x00\x02\x00\x20\x00\x00"[..]),
+        (
+            "SCHILY.xattr.security.capability",
+            &b"\x01\x00\x00\x02\x00\x20\x00\x00"[..],
+        ),
         ("SCHILY.xattr.user.note", b"hi"),
         ("mtime", b"1700000000.123456789"),
         ("uid", b"100000"),
@@ -239,7 +329,10 @@ fn pax_names_xattrs_times_and_ids() {
     let (t, s) = flatten(&[b.into_inner().unwrap()]).unwrap();
     let id = lookup(&t, &long).expect("long non-ASCII name");
     let m = &t.nodes[id].meta;
-    assert_eq!((m.perm, m.uid, m.gid, m.mtime, m.mtime_nsec), (0o4755, 100000, 200000, 1_700_000_000, 123_456_789));
+    assert_eq!(
+        (m.perm, m.uid, m.gid, m.mtime, m.mtime_nsec),
+        (0o4755, 100000, 200000, 1_700_000_000, 123_456_789)
+    );
     assert_eq!(m.xattrs[&b"user.note"[..]], b"hi");
     assert_eq!(m.xattrs[&b"security.capability"[..]].len(), 8);
     assert_eq!(file_data(&t, &s, &long).unwrap(), b"ok");
@@ -251,7 +344,10 @@ fn entry_limit_and_corrupt_tar() {
     let mut sink = MemSink::default();
     let mut f = Flattener::new(&mut sink).with_max_entries(2);
     let err = f.apply_layer("l", &mut &l0[..]).unwrap_err();
-    assert!(matches!(err, FlattenError::TooManyEntries { limit: 2, .. }), "{err}");
+    assert!(
+        matches!(err, FlattenError::TooManyEntries { limit: 2, .. }),
+        "{err}"
+    );
 
     let mut bad = tar_of(&[E::File("a", b"0123456789")]);
     bad[148..156].copy_from_slice(b"0000000\0"); // break the header checksum

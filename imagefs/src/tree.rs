@@ -75,8 +75,17 @@ impl Default for Tree {
 impl Tree {
     /// A tree with an empty root directory owned by root, mode 0755.
     pub fn new() -> Self {
-        let root = Node { kind: NodeKind::Dir(BTreeMap::new()), meta: Metadata { perm: 0o755, ..Default::default() } };
-        Tree { nodes: vec![root], root: 0 }
+        let root = Node {
+            kind: NodeKind::Dir(BTreeMap::new()),
+            meta: Metadata {
+                perm: 0o755,
+                ..Default::default()
+            },
+        };
+        Tree {
+            nodes: vec![root],
+            root: 0,
+        }
     }
 
     /// Adds a node (not yet linked anywhere) and returns its id.
@@ -134,9 +143,21 @@ mod tests {
     #[test]
     fn reachable_counts_hardlinks_and_skips_orphans() {
         let mut t = Tree::new();
-        let f = t.add(Node { kind: NodeKind::File { size: 0, data: None }, meta: Metadata::default() });
-        let d = t.add(Node { kind: NodeKind::Dir(BTreeMap::new()), meta: Metadata::default() });
-        let orphan = t.add(Node { kind: NodeKind::Fifo, meta: Metadata::default() });
+        let f = t.add(Node {
+            kind: NodeKind::File {
+                size: 0,
+                data: None,
+            },
+            meta: Metadata::default(),
+        });
+        let d = t.add(Node {
+            kind: NodeKind::Dir(BTreeMap::new()),
+            meta: Metadata::default(),
+        });
+        let orphan = t.add(Node {
+            kind: NodeKind::Fifo,
+            meta: Metadata::default(),
+        });
         t.children_mut(t.root).unwrap().insert(b"a".to_vec(), f);
         t.children_mut(t.root).unwrap().insert(b"d".to_vec(), d);
         t.children_mut(d).unwrap().insert(b"b".to_vec(), f);

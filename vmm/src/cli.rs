@@ -27,9 +27,86 @@ pub struct Cli {
 /// What to do.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Boot a virtual machine.
+    /// Boot a virtual machine from a raw disk (--image) or an OCI image (--oci).
     #[command(after_long_help = RUN_HELP)]
     Run(RunArgs),
+    /// Convert an OCI image into a bootable raw ext4 disk.
+    #[command(after_long_help = REF_HELP)]
+    Convert(ConvertArgs),
+    /// Fetch and convert an OCI image into the cache, ready for `run --oci`.
+    #[command(after_long_help = REF_HELP)]
+    Pull(PullArgs),
+    /// List the converted disks in the cache.
+    Images,
+    /// Remove cached disks by reference or key (prefix of at least 4 characters).
+    Rm {
+        /// References (as given to pull/run) or keys shown by `minivm images`.
+        #[arg(required = true, value_name = "REF|KEY")]
+        targets: Vec<String>,
+    },
+    /// Remove leftovers of interrupted conversions and disks unused for a while.
+    Gc {
+        /// Remove disks not used for this many days (default 30).
+        #[arg(
+            long,
+            value_name = "DAYS",
+            default_value_t = 30,
+            conflicts_with = "all"
+        )]
+        unused_days: u64,
+        /// Remove every cached disk.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+const REF_HELP: &str = "\
+IMAGE REFERENCES (skopeo's conventions):
+  oci:DIR[:TAG]                       an OCI image layout directory
+  oci-archive:FILE[:TAG]              a tar of an OCI image layout
+  docker-archive:FILE[:REPO:TAG]      what `docker save` writes
+  docker://HOST[:PORT]/REPO[:TAG|@DIGEST]   a registry (OCI distribution API);
+                                      credentials from MINIVM_REGISTRY_USER/_PASSWORD
+
+Converted disks are cached under ${XDG_CACHE_HOME:-~/.cache}/minivm/disks, keyed by the image's
+manifest digest and the disk size: converting or running the same image again reads no layer.
+";
+
+/// How to reach and size an image.
+#[derive(Debug, Args, Clone)]
+pub struct ImageOpts {
+    /// Disk size, e.g. 2G; by default the content plus headroom (at least 1 GiB free).
+    #[arg(long, value_name = "SIZE", value_parser = parse_disk_size)]
+    pub size: Option<u64>,
+    /// Verify TLS for registries; `--tls-verify=false` also allows plain HTTP.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub tls_verify: bool,
+    /// No progress output.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+/// Options of `minivm convert`.
+#[derive(Debug, Args)]
+pub struct ConvertArgs {
+    /// The image (see below).
+    #[arg(value_name = "REF")]
+    pub reference: String,
+    /// Where to write the raw disk (replaced atomically).
+    #[arg(short, long, value_name = "OUT.raw")]
+    pub output: PathBuf,
+    #[command(flatten)]
+    pub image: ImageOpts,
+}
+
+/// Options of `minivm pull`.
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// The image (see below).
+    #[arg(value_name = "REF")]
+    pub reference: String,
+    #[command(flatten)]
+    pub image: ImageOpts,
 }
 
 const RUN_HELP: &str = "\
@@ -37,6 +114,14 @@ EXAMPLES:
   minivm run --image debian.raw                  boot a raw ext4 disk with the default kernel
   minivm run --image disk.raw --readonly --append 'init=/bin/sh'
   minivm run --kernel ./vmlinux --mem 1G --image disk.raw
+  minivm run --oci oci:./layout:latest           boot an OCI image (converted once, then cached)
+  minivm run --oci docker://localhost:5000/app --tls-verify=false --persist app.raw
+
+OCI IMAGES:
+  --oci REF converts the image to an ext4 disk in the cache (see `minivm convert --help` for
+  references) and boots a private copy-on-write view of it: the cached disk never changes and
+  VMs never see each other's writes. --persist PATH keeps the VM's disk in PATH (created from
+  the image the first time, booted as it is afterwards).
 
 CONSOLE:
   The guest's serial console (ttyS0) is this terminal. When stdin is a terminal it is put
@@ -62,8 +147,19 @@ KERNEL:
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Raw disk image attached as the first virtio-blk disk (/dev/vda) and used as root.
-    #[arg(long, value_name = "DISK.raw")]
+    #[arg(long, value_name = "DISK.raw", conflicts_with = "oci")]
     pub image: Option<PathBuf>,
+
+    /// Boot an OCI image: converted to a cached ext4 disk, booted copy-on-write.
+    #[arg(long, value_name = "REF")]
+    pub oci: Option<String>,
+
+    /// With --oci: keep the VM's disk in this file (made from the image if missing).
+    #[arg(long, value_name = "PATH", requires = "oci")]
+    pub persist: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub image_opts: ImageOpts,
 
     /// Kernel to boot: an uncompressed ELF vmlinux (fastest) or a bzImage.
     #[arg(long, value_name = "PATH")]
@@ -98,6 +194,17 @@ pub struct RunArgs {
 pub const MIN_MEM: u64 = 4 << 20;
 /// Largest guest memory accepted.
 pub const MAX_MEM: u64 = 1 << 40;
+
+fn parse_disk_size(s: &str) -> Result<u64, String> {
+    let v = parse_size(s, 1 << 20)?;
+    if v < 8 << 20 {
+        return Err(format!("'{s}' is too small for a disk: at least 8 MiB"));
+    }
+    if v > 16 << 40 {
+        return Err(format!("'{s}' is too large for a disk: at most 16 TiB"));
+    }
+    Ok(v)
+}
 
 /// Parses sizes like `512M`, `2G`, `2GiB`, `1048576K`; a bare number is MiB.
 pub fn parse_size(s: &str, default_unit: u64) -> Result<u64, String> {
@@ -179,10 +286,31 @@ mod tests {
             "--readonly",
         ])
         .unwrap();
-        let Command::Run(r) = c.command;
+        let Command::Run(r) = c.command else { panic!() };
         assert_eq!(r.mem, 1 << 30);
         assert!(r.readonly);
         assert!(Cli::try_parse_from(["minivm", "run", "--cmdline", "a", "--append", "b"]).is_err());
         assert!(Cli::try_parse_from(["minivm", "run", "--cpus", "0"]).is_err());
+        assert!(Cli::try_parse_from(["minivm", "run", "--image", "a", "--oci", "oci:x"]).is_err());
+        assert!(Cli::try_parse_from(["minivm", "run", "--persist", "p.raw"]).is_err());
+        let c = Cli::try_parse_from([
+            "minivm",
+            "convert",
+            "oci:x",
+            "-o",
+            "o.raw",
+            "--size",
+            "2G",
+            "--tls-verify=false",
+        ])
+        .unwrap();
+        let Command::Convert(a) = c.command else {
+            panic!()
+        };
+        assert_eq!((a.image.size, a.image.tls_verify), (Some(2 << 30), false));
+        assert!(
+            Cli::try_parse_from(["minivm", "convert", "oci:x", "-o", "o.raw", "--size", "1M"])
+                .is_err()
+        );
     }
 }

@@ -62,6 +62,8 @@ pub struct DiskConfig {
     pub path: PathBuf,
     /// Attach read-only.
     pub read_only: bool,
+    /// Never write the file: the VM writes to a private copy-on-write layer.
+    pub copy_on_write: bool,
 }
 
 /// The default kernel directory: `${XDG_CACHE_HOME:-~/.cache}/minivm/kernel/default`.
@@ -74,7 +76,7 @@ pub fn default_kernel_dir() -> PathBuf {
     cache.join("minivm/kernel/default")
 }
 
-fn resolve_kernel(explicit: Option<&Path>) -> Result<PathBuf, ConfigError> {
+pub fn resolve_kernel(explicit: Option<&Path>) -> Result<PathBuf, ConfigError> {
     if let Some(p) = explicit {
         check_readable("kernel", p)?;
         return Ok(p.to_path_buf());
@@ -116,17 +118,25 @@ pub fn io_reason(e: &std::io::Error) -> String {
 }
 
 impl VmConfig {
-    /// Validates `run` arguments.
-    pub fn from_args(args: &RunArgs) -> Result<Self, ConfigError> {
-        let disk = match &args.image {
-            Some(p) => {
+    /// Validates `run` arguments; `oci_disk` is the disk prepared for `--oci`.
+    pub fn from_args(args: &RunArgs, oci_disk: Option<DiskConfig>) -> Result<Self, ConfigError> {
+        let disk = match (&args.image, oci_disk) {
+            (Some(p), _) => {
                 check_readable("disk image", p)?;
                 Some(DiskConfig {
                     path: p.clone(),
                     read_only: args.readonly,
+                    copy_on_write: false,
                 })
             }
-            None => None,
+            (None, Some(mut d)) => {
+                if args.readonly {
+                    d.read_only = true;
+                    d.copy_on_write = false;
+                }
+                Some(d)
+            }
+            (None, None) => None,
         };
         let kernel = resolve_kernel(args.kernel.as_deref())?;
         if let Some(i) = &args.initrd {
@@ -169,7 +179,21 @@ mod tests {
         RunArgs {
             image: image.map(PathBuf::from),
             kernel: kernel.map(PathBuf::from),
+            oci: None,
+            persist: None,
+            image_opts: crate::cli::ImageOpts {
+                size: None,
+                tls_verify: true,
+                quiet: true,
+            },
             initrd: None,
+            oci: None,
+            persist: None,
+            image_opts: crate::cli::ImageOpts {
+                size: None,
+                tls_verify: true,
+                quiet: true,
+            },
             cmdline: None,
             append: Some("quiet".into()),
             mem: 64 << 20,
@@ -180,21 +204,21 @@ mod tests {
 
     #[test]
     fn missing_files_are_named() {
-        let e =
-            VmConfig::from_args(&args(Some("/nonexistent/disk.raw"), Some("/bin/sh"))).unwrap_err();
+        let e = VmConfig::from_args(&args(Some("/nonexistent/disk.raw"), Some("/bin/sh")), None)
+            .unwrap_err();
         assert_eq!(
             e.to_string(),
             "disk image /nonexistent/disk.raw: no such file"
         );
-        let e = VmConfig::from_args(&args(None, Some("/nonexistent/vmlinux"))).unwrap_err();
+        let e = VmConfig::from_args(&args(None, Some("/nonexistent/vmlinux")), None).unwrap_err();
         assert_eq!(e.to_string(), "kernel /nonexistent/vmlinux: no such file");
-        let e = VmConfig::from_args(&args(None, Some("/tmp"))).unwrap_err();
+        let e = VmConfig::from_args(&args(None, Some("/tmp")), None).unwrap_err();
         assert_eq!(e.to_string(), "kernel /tmp: is a directory");
     }
 
     #[test]
     fn default_cmdline_has_root_readonly_and_append() {
-        let c = VmConfig::from_args(&args(Some("/bin/sh"), Some("/bin/sh"))).unwrap();
+        let c = VmConfig::from_args(&args(Some("/bin/sh"), Some("/bin/sh")), None).unwrap();
         assert!(c.cmdline.starts_with("console=ttyS0 "));
         assert!(
             c.cmdline.ends_with("root=/dev/vda ro quiet"),
@@ -203,6 +227,6 @@ mod tests {
         );
         let mut a = args(None, Some("/bin/sh"));
         a.cmdline = Some("custom".into());
-        assert_eq!(VmConfig::from_args(&a).unwrap().cmdline, "custom");
+        assert_eq!(VmConfig::from_args(&a, None).unwrap().cmdline, "custom");
     }
 }

@@ -3,6 +3,7 @@
 mod cli;
 mod config;
 mod cpuid;
+mod images;
 mod terminal;
 mod vcpu;
 mod vm;
@@ -49,29 +50,61 @@ fn main() -> ExitCode {
     let start = Instant::now();
     let cli = Cli::parse();
     init_logging(cli.verbose);
-    match cli.command {
-        Command::Run(args) => {
-            let config = match config::VmConfig::from_args(&args) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("minivm: {e}");
-                    return ExitCode::from(EXIT_ERROR);
-                }
-            };
-            match vm::run(&config, start) {
-                Ok(reason) => {
-                    match reason {
-                        ExitReason::GuestPanic => eprintln!("minivm: the guest kernel panicked"),
-                        ExitReason::HostSignal(s) => eprintln!("minivm: stopped by signal {s}"),
-                        r => tracing::info!("guest ended: {r:?}"),
-                    }
-                    ExitCode::from(exit_code(reason))
-                }
-                Err(e) => {
-                    eprintln!("minivm: {e}");
-                    ExitCode::from(EXIT_ERROR)
-                }
+    let result = match cli.command {
+        Command::Run(args) => return run(&args, start),
+        Command::Convert(a) => images::convert_cmd(&a.reference, &a.output, &a.image),
+        Command::Pull(a) => images::pull_cmd(&a.reference, &a.image),
+        Command::Images => {
+            images::images_cmd();
+            Ok(())
+        }
+        Command::Rm { targets } => images::rm_cmd(&targets),
+        Command::Gc { unused_days, all } => images::gc_cmd(unused_days, all),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("minivm: {e}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+fn run(args: &cli::RunArgs, start: Instant) -> ExitCode {
+    // A missing kernel is reported before a possibly long image conversion.
+    if let Err(e) = config::resolve_kernel(args.kernel.as_deref()) {
+        eprintln!("minivm: {e}");
+        return ExitCode::from(EXIT_ERROR);
+    }
+    let oci_disk = match &args.oci {
+        Some(r) => match images::disk_for_run(r, args.persist.as_deref(), &args.image_opts) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                eprintln!("minivm: {e}");
+                return ExitCode::from(EXIT_ERROR);
             }
+        },
+        None => None,
+    };
+    let config = match config::VmConfig::from_args(args, oci_disk) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("minivm: {e}");
+            return ExitCode::from(EXIT_ERROR);
+        }
+    };
+    match vm::run(&config, start) {
+        Ok(reason) => {
+            match reason {
+                ExitReason::GuestPanic => eprintln!("minivm: the guest kernel panicked"),
+                ExitReason::HostSignal(s) => eprintln!("minivm: stopped by signal {s}"),
+                r => tracing::info!("guest ended: {r:?}"),
+            }
+            ExitCode::from(exit_code(reason))
+        }
+        Err(e) => {
+            eprintln!("minivm: {e}");
+            ExitCode::from(EXIT_ERROR)
         }
     }
 }

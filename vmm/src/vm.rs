@@ -218,26 +218,15 @@ fn setup_devices(
 
     if let Some(disk) = &config.disk {
         let what = format!("disk image {}", disk.path.display());
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(!disk.read_only)
-            .open(&disk.path)
-            .map_err(|e| VmError::Device {
-                what: what.clone(),
-                reason: io_reason(&e),
-            })?;
-        lock_image(&file, disk.read_only).map_err(|reason| VmError::Device {
-            what: what.clone(),
-            reason,
-        })?;
         let id = disk
             .path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let block = Block::new(file, disk.read_only, &id).map_err(|e| VmError::Device {
+        let id: String = id.chars().take(20).collect();
+        let block = open_disk(disk, &id).map_err(|reason| VmError::Device {
             what: what.clone(),
-            reason: e.to_string(),
+            reason,
         })?;
         let index = 0u64;
         let base = VIRTIO_MMIO_BASE + index * VIRTIO_MMIO_SIZE;
@@ -273,6 +262,42 @@ fn setup_devices(
         serial_input,
         cmdline_extra,
     })
+}
+
+/// Opens the disk: the file itself, or a private copy-on-write view of it
+/// (a reflink where the filesystem has them, else an overlay in the block backend).
+fn open_disk(disk: &config::DiskConfig, id: &str) -> Result<Block, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let writable = !disk.read_only && !disk.copy_on_write;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(writable)
+        .open(&disk.path)
+        .map_err(|e| io_reason(&e))?;
+    lock_image(&file, !writable)?;
+    if !disk.copy_on_write {
+        return Block::new(file, disk.read_only, id).map_err(|e| e.to_string());
+    }
+    // A nameless file beside the image: nothing is left behind, even after kill -9.
+    let dir = disk.path.parent().unwrap_or(std::path::Path::new("."));
+    let private = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_TMPFILE)
+        .open(dir)
+        .map_err(|e| {
+            format!(
+                "cannot create a private layer in {}: {}",
+                dir.display(),
+                io_reason(&e)
+            )
+        })?;
+    if imagefs::sparse::reflink(&file, &private).is_ok() {
+        tracing::info!("disk {}: private reflink copy", disk.path.display());
+        return Block::new(private, false, id).map_err(|e| e.to_string());
+    }
+    tracing::info!("disk {}: copy-on-write overlay", disk.path.display());
+    Block::new_overlay(file, private, id).map_err(|e| e.to_string())
 }
 
 /// Takes an advisory lock so two VMs never write one image (shared when read-only).
@@ -383,11 +408,16 @@ pub fn run(config: &VmConfig, start: Instant) -> Result<ExitReason, VmError> {
 
     let stop = Arc::new(AtomicBool::new(false));
     let mut threads: Vec<JoinHandle<()>> = Vec::new();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     for (id, vcpu) in vcpus.into_iter().enumerate() {
         let stop = stop.clone();
+        let done = done_tx.clone();
         let t = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
-            .spawn(move || vcpu.run(stop))
+            .spawn(move || {
+                vcpu.run(stop);
+                let _ = done.send(());
+            })
             .map_err(|e| VmError::Device {
                 what: "vCPU thread".into(),
                 reason: e.to_string(),
@@ -415,13 +445,22 @@ pub fn run(config: &VmConfig, start: Instant) -> Result<ExitReason, VmError> {
     };
 
     stop.store(true, Ordering::Release);
-    for t in threads {
-        // Kick until the thread leaves KVM_RUN (a kick can land just before it enters).
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !t.is_finished() && Instant::now() < deadline {
+    drop(done_tx);
+    // Kick the vCPUs out of KVM_RUN until all have stopped (a kick can land
+    // just before a thread enters KVM_RUN, hence the repeats).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut running = threads.len();
+    while running > 0 && Instant::now() < deadline {
+        for t in threads.iter().filter(|t| !t.is_finished()) {
             let _ = t.kill(SIGRTMIN());
-            std::thread::sleep(Duration::from_millis(1));
         }
+        match done_rx.recv_timeout(Duration::from_millis(2)) {
+            Ok(()) => running -= 1,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => running = 0,
+        }
+    }
+    for t in threads {
         if t.is_finished() {
             let _ = t.join();
         } else {

@@ -3,6 +3,7 @@
 //! [`Block`] is the device half (features, configuration space, queue
 //! servicing); [`request`] parses and executes individual requests.
 
+pub mod backend;
 pub mod request;
 #[cfg(test)]
 pub(crate) mod tests;
@@ -19,6 +20,7 @@ use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 
+use self::backend::{Backend, Overlay};
 use self::request::{Disk, ID_BYTES, SECTOR_SIZE, SEG_MAX};
 use super::{ActivateError, Interrupt, VirtioDevice, INTERRUPT_STATUS_USED_RING};
 use crate::GuestMemory;
@@ -68,17 +70,35 @@ impl Block {
     /// serial the guest reads with GET_ID (at most 20 bytes). A read-only device
     /// offers `VIRTIO_BLK_F_RO` and fails writes with `VIRTIO_BLK_S_IOERR`.
     pub fn new(file: File, read_only: bool, id: &str) -> Result<Block, BlockError> {
+        // Seeking to the end also works for block devices, whose metadata length is 0.
+        let size = (&file).seek(SeekFrom::End(0)).map_err(BlockError::Size)?;
+        Self::with_backend(Backend::Raw(file), size, read_only, id)
+    }
+
+    /// Creates a writable device over `base` that never writes to it: writes
+    /// go to `upper` (an empty private file, e.g. already unlinked), so many
+    /// VMs can share one base image without copying it.
+    pub fn new_overlay(base: File, upper: File, id: &str) -> Result<Block, BlockError> {
+        let size = (&base).seek(SeekFrom::End(0)).map_err(BlockError::Size)?;
+        let overlay = Overlay::new(base, upper, size).map_err(BlockError::Size)?;
+        Self::with_backend(Backend::Overlay(overlay), size, false, id)
+    }
+
+    fn with_backend(
+        backend: Backend,
+        size: u64,
+        read_only: bool,
+        id: &str,
+    ) -> Result<Block, BlockError> {
         if id.len() > ID_BYTES {
             return Err(BlockError::SerialTooLong(id.to_string()));
         }
         let mut serial = [0u8; ID_BYTES];
         serial[..id.len()].copy_from_slice(id.as_bytes());
-        // Seeking to the end also works for block devices, whose metadata length is 0.
-        let size = (&file).seek(SeekFrom::End(0)).map_err(BlockError::Size)?;
         if size < SECTOR_SIZE {
             return Err(BlockError::TooSmall(size));
         }
-        let disk = Disk::new(file, size, read_only, serial);
+        let disk = Disk::new(backend, size / SECTOR_SIZE * SECTOR_SIZE, read_only, serial);
 
         let mut avail_features = (1u64 << VIRTIO_F_VERSION_1)
             | (1u64 << VIRTIO_BLK_F_FLUSH)

@@ -6,8 +6,7 @@
 //! index checks), every length and sector is checked with checked arithmetic,
 //! and all guest memory is reached through vm-memory's checked accessors.
 
-use std::fs::File;
-use std::io::{Seek, SeekFrom};
+use super::backend::Backend;
 
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
@@ -15,9 +14,7 @@ use virtio_bindings::virtio_blk::{
 };
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::DescriptorChain;
-use vm_memory::{
-    Address, Bytes, GuestMemory as _, ReadVolatile, VolatileMemoryError, WriteVolatile,
-};
+use vm_memory::{Address, Bytes, GuestMemory as _, VolatileMemoryError};
 
 use crate::GuestMemory;
 
@@ -34,7 +31,7 @@ pub const ID_BYTES: usize = VIRTIO_BLK_ID_BYTES as usize;
 
 /// The backing image as requests see it.
 pub struct Disk {
-    file: File,
+    backend: Backend,
     /// Size in bytes, rounded down to whole sectors.
     size: u64,
     read_only: bool,
@@ -42,10 +39,10 @@ pub struct Disk {
 }
 
 impl Disk {
-    /// Wraps an open image of `size` bytes (already a multiple of [`SECTOR_SIZE`]).
-    pub fn new(file: File, size: u64, read_only: bool, id: [u8; ID_BYTES]) -> Self {
+    /// Wraps storage of `size` bytes (already a multiple of [`SECTOR_SIZE`]).
+    pub fn new(backend: Backend, size: u64, read_only: bool, id: [u8; ID_BYTES]) -> Self {
         Disk {
-            file,
+            backend,
             size,
             read_only,
             id,
@@ -198,12 +195,12 @@ impl<'d> Request<'d> {
     fn execute(&self, mem: &GuestMemory, disk: &mut Disk) -> Result<u32, Error> {
         match self.kind {
             RequestType::In => {
-                let offset = self.disk_offset(disk)?;
-                let mut file = &disk.file;
-                file.seek(SeekFrom::Start(offset))?;
+                let mut offset = self.disk_offset(disk)?;
                 for d in self.data {
                     for slice in mem.get_slices(d.addr(), d.len() as usize) {
-                        file.read_exact_volatile(&mut slice?)?;
+                        let slice = slice?;
+                        disk.backend.read_into(slice, offset)?;
+                        offset += slice.len() as u64;
                     }
                 }
                 // At most 2^32 - 512: a multiple of 512 within a chain capped at 2^32 bytes.
@@ -213,18 +210,18 @@ impl<'d> Request<'d> {
                 if disk.read_only {
                     return Err(Error::ReadOnly);
                 }
-                let offset = self.disk_offset(disk)?;
-                let mut file = &disk.file;
-                file.seek(SeekFrom::Start(offset))?;
+                let mut offset = self.disk_offset(disk)?;
                 for d in self.data {
                     for slice in mem.get_slices(d.addr(), d.len() as usize) {
-                        file.write_all_volatile(&slice?)?;
+                        let slice = slice?;
+                        disk.backend.write_from(slice, offset)?;
+                        offset += slice.len() as u64;
                     }
                 }
                 Ok(0)
             }
             RequestType::Flush => {
-                disk.file.sync_data()?;
+                disk.backend.flush()?;
                 Ok(0)
             }
             RequestType::GetId => {
@@ -312,7 +309,12 @@ mod tests {
         let (file, path) = temp_image(img);
         let id = *b"minivm-test-serial-0";
         (
-            Disk::new(file, img.len() as u64 / 512 * 512, read_only, id),
+            Disk::new(
+                crate::virtio::block::backend::Backend::Raw(file),
+                img.len() as u64 / 512 * 512,
+                read_only,
+                id,
+            ),
             path,
         )
     }

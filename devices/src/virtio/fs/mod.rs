@@ -1,0 +1,288 @@
+//! virtio-fs with an in-process FUSE server (fuse-backend-rs 0.14, no DAX).
+//!
+//! [`Fs`] is the virtio device: queue 0 is the high-priority queue (FORGET,
+//! INTERRUPT), queue 1 the single request queue. Each descriptor chain is one
+//! FUSE request that [`fuse_backend_rs::api::server::Server`] decodes and runs
+//! against an [`Arc<Vfs>`]; requests are served on a worker thread of the
+//! device (see `worker.rs`) so a slow host file system never stalls the VMM's
+//! event loop. [`passthrough`] and [`disk_cap`] build that `Vfs` for one host
+//! directory, wrapped in [`GuardFs`] which adds read-only mode, the size cap
+//! and the containment checks below. An overlay of image layers can be served
+//! the same way: `mount_vfs(GuardFs::new(overlay, policy))`.
+//!
+//! # Containment: how the guest is kept inside the shared directory
+//!
+//! Checked against the fuse-backend-rs 0.14.0 sources (`passthrough/`,
+//! `api/vfs/`, `api/server/`):
+//!
+//! * **Inodes are fds, not paths.** Every inode the guest holds is an
+//!   `O_PATH | O_NOFOLLOW` fd, obtained with `openat(parent_fd, name)` on a
+//!   single path component; the root is opened once at setup (we canonicalize
+//!   the path first so the root itself is never a symlink). Nothing is ever
+//!   resolved by path from `/`, and the guest cannot name a host path.
+//! * **Names.** The Vfs rejects `/`, `.` and `..` in every creating or
+//!   removing op (`validate_path_component`). LOOKUP allows `.`/`..` upstream
+//!   (for NFS export, which we do not offer); PassthroughFs only maps `..` at
+//!   its root inode to `.`. [`GuardFs`] is stricter, like virtiofsd: LOOKUP of
+//!   `""`, `.`, `..`, or any name containing `/` fails with EINVAL at every
+//!   inode, so `..` can never climb, not even from a directory that a host
+//!   process moved out of the share.
+//! * **Symlinks are data.** LOOKUP opens the final component with `O_NOFOLLOW`,
+//!   so a symlink yields an inode for the link itself; READLINK returns its
+//!   target bytes with `readlinkat(fd, "")`, and the *guest* kernel resolves
+//!   them in the guest's namespace (`/etc/passwd` means the guest's). Using a
+//!   symlink inode as a directory fails (`openat` on a non-directory fd:
+//!   ENOTDIR). OPEN refuses anything but regular files and directories
+//!   (`is_safe_inode`, EBADF), so a symlink or device node is never opened.
+//!   CREATE uses `O_CREAT | O_EXCL` (does not follow) and falls back to the
+//!   fd-based open above. Path-based xattr calls and `fchmodat`/`utimensat`
+//!   go through `/proc/self/fd/N`, which lands on the fd's object itself (a
+//!   magic link is not followed a second time).
+//! * **Swaps between lookup and open** cannot redirect anything: OPEN reopens
+//!   the inode's own `O_PATH` fd through `/proc/self/fd/N`, so a name that was
+//!   renamed or replaced by a symlink after LOOKUP is never re-resolved.
+//! * **Hard links and renames** take both ends from inodes the guest already
+//!   holds (`linkat(fd, "", AT_EMPTY_PATH)`, `renameat2` between two directory
+//!   fds), so they cannot reach a file outside the share. A hard link that the
+//!   *host* placed inside the share does expose that file (host's choice).
+//! * **File handles are off**: `inode_file_handles = false`, so
+//!   `name_to_handle_at`/`open_by_handle_at` are never called and no FUSE
+//!   request carries a host handle. Unknown node ids fail (EBADF / ENOENT).
+//! * **Device nodes**: [`GuardFs`] refuses MKNOD of block and character
+//!   devices (EPERM), except the 0:0 character device that overlayfs uses as
+//!   a whiteout; FIFOs and sockets are allowed (useless to the host).
+//! * **Resource bounds**: message length is capped by the server (1 MiB + 4
+//!   KiB), READ/READDIR by the guest's own buffers, and [`GuardFs`] clamps
+//!   GETXATTR/LISTXATTR sizes to 64 KiB (upstream would allocate what the
+//!   guest asks for, up to 4 GiB).
+//!
+//! Known gaps (not fixable in a wrapper):
+//! * Each inode the guest looked up and did not FORGET keeps one host fd
+//!   open, bounded only by `RLIMIT_NOFILE` (virtiofsd's CVE-2020-10717 class).
+//! * If a *host* process moves a directory out of the share while the guest
+//!   holds it, the guest keeps reaching that tree through its fd (the `..`
+//!   refusal only stops climbing further).
+//! * A guest running as root on a root VMM can create setuid-root
+//!   executables and set `security.capability` on host files: keep shares on
+//!   a `nosuid` mount, or run the VMM unprivileged.
+//! * There is no seccomp filter or mount namespace around the server
+//!   (virtiofsd's sandbox), so a bug in fuse-backend-rs runs with the VMM's
+//!   privileges. The worker thread is the natural place to add one.
+//!
+//! PassthroughFs needs a umask of 0 (it applies the guest's own), but sets it
+//! process-wide in `import()`; we import on a helper thread and serve on a
+//! worker thread that both `unshare(CLONE_FS)`, so the VMM keeps its umask.
+
+mod cap;
+mod guard;
+mod passthrough;
+mod worker;
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
+use fuse_backend_rs::api::server::Server;
+use fuse_backend_rs::api::Vfs;
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ids::VIRTIO_ID_FS;
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+use virtio_queue::Queue;
+
+pub use self::cap::{disk_usage, SizeCap};
+pub use self::guard::{GuardFs, Policy};
+pub use self::passthrough::{disk_cap, mount_vfs, passthrough};
+use self::worker::Worker;
+use super::{ActivateError, Interrupt, VirtioDevice};
+use crate::GuestMemory;
+
+/// Size of each queue (virtiofsd uses the same).
+pub const QUEUE_SIZE: u16 = 1024;
+/// Request queues besides the high-priority queue.
+const NUM_REQUEST_QUEUES: u32 = 1;
+/// Longest tag `struct virtio_fs_config` can hold.
+pub const TAG_MAX_LEN: usize = 36;
+/// `sizeof(struct virtio_fs_config)`: `u8 tag[36]; le32 num_request_queues`.
+const CONFIG_LEN: usize = TAG_MAX_LEN + 4;
+
+/// The FUSE server the device runs requests through.
+pub type FuseServer = Server<Arc<Vfs>>;
+
+/// Why a virtio-fs device or its file system could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    /// The tag is empty or longer than the config space allows.
+    #[error("tag {0:?} is {n} bytes; a virtio-fs tag must be 1 to 36 bytes", n = .0.len())]
+    TagLength(String),
+    /// The tag contains a NUL byte, which would truncate it in the guest.
+    #[error("tag {0:?} contains a NUL byte")]
+    TagNul(String),
+    /// The shared directory cannot be resolved or is not a directory.
+    #[error("shared directory {path}: {source}")]
+    Root {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The shared directory's path is not UTF-8 (fuse-backend-rs takes a String).
+    #[error("shared directory {0}: path is not valid UTF-8")]
+    RootNotUtf8(std::path::PathBuf),
+    /// fuse-backend-rs failed to create or import the passthrough file system.
+    #[error("passthrough file system: {0}")]
+    Passthrough(#[source] std::io::Error),
+    /// Mounting the file system into the Vfs failed.
+    #[error("mounting into the FUSE vfs: {0}")]
+    Mount(#[source] fuse_backend_rs::api::vfs::VfsError),
+    /// Measuring the existing usage for the size cap failed.
+    #[error("measuring disk usage under {path}: {source}")]
+    Usage {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A virtio-fs device serving one [`Vfs`] under one tag.
+pub struct Fs {
+    tag: String,
+    vfs: Arc<Vfs>,
+    server: Arc<FuseServer>,
+    avail_features: u64,
+    acked_features: u64,
+    config: [u8; CONFIG_LEN],
+    queue_sizes: [u16; 1 + NUM_REQUEST_QUEUES as usize],
+    worker: Option<Worker>,
+}
+
+impl Fs {
+    /// Creates a device exporting `vfs` under `tag` (what the guest mounts:
+    /// `mount -t virtiofs TAG /mnt`, or `root=TAG rootfstype=virtiofs`).
+    ///
+    /// The tag must be 1 to 36 bytes without NUL.
+    pub fn new(tag: &str, vfs: Arc<Vfs>) -> Result<Fs, FsError> {
+        if tag.is_empty() || tag.len() > TAG_MAX_LEN {
+            return Err(FsError::TagLength(tag.to_string()));
+        }
+        if tag.contains('\0') {
+            return Err(FsError::TagNul(tag.to_string()));
+        }
+        let mut config = [0u8; CONFIG_LEN];
+        config[..tag.len()].copy_from_slice(tag.as_bytes());
+        config[TAG_MAX_LEN..].copy_from_slice(&NUM_REQUEST_QUEUES.to_le_bytes());
+        Ok(Fs {
+            tag: tag.to_string(),
+            server: Arc::new(Server::new(vfs.clone())),
+            vfs,
+            // EVENT_IDX is honoured through virtio-queue's needs_notification;
+            // indirect chains are walked by virtio-queue's descriptor iterator.
+            avail_features: (1u64 << VIRTIO_F_VERSION_1)
+                | (1u64 << VIRTIO_RING_F_EVENT_IDX)
+                | (1u64 << VIRTIO_RING_F_INDIRECT_DESC),
+            acked_features: 0,
+            config,
+            queue_sizes: [QUEUE_SIZE; 1 + NUM_REQUEST_QUEUES as usize],
+            worker: None,
+        })
+    }
+
+    /// The tag the guest mounts.
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+
+    /// Features the driver accepted in the last negotiation.
+    pub fn acked_features(&self) -> u64 {
+        self.acked_features
+    }
+
+    /// Waits until the worker has handled every notification sent so far.
+    #[cfg(test)]
+    pub(crate) fn wait_idle(&self) {
+        if let Some(w) = &self.worker {
+            w.wait_idle();
+        }
+    }
+}
+
+impl VirtioDevice for Fs {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_FS
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_sizes
+    }
+
+    fn features(&self) -> u64 {
+        self.avail_features
+    }
+
+    fn ack_features(&mut self, features: u64) {
+        self.acked_features = features & self.avail_features;
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        let Ok(start) = usize::try_from(offset) else {
+            return;
+        };
+        if let Some(src) = self.config.get(start..) {
+            let n = src.len().min(data.len());
+            data[..n].copy_from_slice(&src[..n]);
+        }
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        // Both fields are read-only for the driver (virtio 1.2, 5.11.4).
+        tracing::debug!(
+            "virtio-fs: config write of {} bytes at {offset:#x} ignored",
+            data.len()
+        );
+    }
+
+    fn activate(
+        &mut self,
+        mem: Arc<GuestMemory>,
+        queues: Vec<Queue>,
+        interrupt: Arc<Interrupt>,
+    ) -> Result<(), ActivateError> {
+        if queues.len() != self.queue_sizes.len() {
+            return Err(ActivateError::QueueCount {
+                expected: self.queue_sizes.len(),
+                got: queues.len(),
+            });
+        }
+        // A previous session that was never reset still owns its worker.
+        self.worker = None;
+        let worker = Worker::spawn(
+            &self.tag,
+            self.server.clone(),
+            self.vfs.clone(),
+            mem,
+            queues,
+            interrupt,
+        )
+        .map_err(|e| ActivateError::Backend(format!("virtio-fs worker thread: {e}")))?;
+        self.worker = Some(worker);
+        Ok(())
+    }
+
+    fn process_queue(&mut self, index: usize) {
+        if index >= self.queue_sizes.len() {
+            tracing::warn!("virtio-fs: notify of non-existent queue {index}");
+            return;
+        }
+        match &self.worker {
+            Some(w) => w.kick(index),
+            None => tracing::debug!("virtio-fs: notify before activation ignored"),
+        }
+    }
+
+    fn reset(&mut self) {
+        // Dropping the worker joins it; it ends the FUSE session on the way out
+        // so the next driver can send FUSE_INIT again.
+        self.worker = None;
+        self.acked_features = 0;
+    }
+}

@@ -1,0 +1,237 @@
+//! The image commands (`convert`, `pull`, `images`, `rm`, `gc`) and the disk
+//! behind `run --oci`.
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::time::Duration;
+
+use imagefs::cache::{self, Cache};
+use imagefs::convert::{self, human, ConvertOptions, Converted, Progress};
+use imagefs::reference::ImageRef;
+use imagefs::source::SourceOptions;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::cli::ImageOpts;
+use crate::config::DiskConfig;
+
+/// Progress on stderr: a bar per layer on a terminal, plain lines otherwise.
+struct CliProgress {
+    quiet: bool,
+    tty: bool,
+    bar: std::sync::Mutex<Option<ProgressBar>>,
+}
+
+impl CliProgress {
+    fn new(quiet: bool) -> Self {
+        CliProgress {
+            quiet,
+            tty: std::io::stderr().is_terminal(),
+            bar: Default::default(),
+        }
+    }
+}
+
+impl Progress for CliProgress {
+    fn layer(&self, what: &str, index: usize, count: usize, digest: &str, bytes: u64) {
+        if self.quiet {
+            return;
+        }
+        let short = digest
+            .strip_prefix("sha256:")
+            .unwrap_or(digest)
+            .get(..12)
+            .unwrap_or(digest);
+        let msg = format!("{what} layer {}/{count} {short}", index + 1);
+        if self.tty {
+            let bar = ProgressBar::new(bytes);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            bar.set_message(msg);
+            *self.bar.lock().unwrap_or_else(|e| e.into_inner()) = Some(bar);
+        } else {
+            eprintln!("minivm: {msg} ({})", human(bytes));
+        }
+    }
+
+    fn advance(&self, n: u64) {
+        if let Some(b) = self.bar.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            b.inc(n);
+        }
+    }
+
+    fn layer_done(&self) {
+        if let Some(b) = self.bar.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            b.finish_and_clear();
+        }
+    }
+
+    fn note(&self, msg: &str) {
+        if !self.quiet {
+            eprintln!("minivm: {msg}");
+        }
+    }
+}
+
+fn source_options(opts: &ImageOpts) -> SourceOptions {
+    SourceOptions {
+        tls_verify: opts.tls_verify,
+        credentials: None,
+    }
+}
+
+/// Converts `reference` into the cache (or finds it there).
+pub fn ensure(reference: &str, opts: &ImageOpts) -> Result<Converted, String> {
+    let r: ImageRef = reference.parse().map_err(|e| format!("{e}"))?;
+    let progress = CliProgress::new(opts.quiet);
+    let copts = ConvertOptions {
+        size: opts.size,
+        max_auto_size: convert::DEFAULT_MAX_AUTO_SIZE,
+        source: source_options(opts),
+        progress: &progress,
+    };
+    let cache = Cache::new(cache::default_root());
+    let started = std::time::Instant::now();
+    let c = convert::ensure_cached(&cache, &r, reference, &copts).map_err(|e| e.to_string())?;
+    if !c.was_cached {
+        progress.note(&format!(
+            "converted {reference} into a {} disk in {:.1} s",
+            human(c.entry.meta.size),
+            started.elapsed().as_secs_f64()
+        ));
+    }
+    Ok(c)
+}
+
+/// `minivm convert REF -o OUT`.
+pub fn convert_cmd(reference: &str, out: &Path, opts: &ImageOpts) -> Result<(), String> {
+    let c = ensure(reference, opts)?;
+    convert::copy_disk(&c.entry.disk(), out).map_err(|e| e.to_string())?;
+    if !opts.quiet {
+        eprintln!(
+            "minivm: wrote {} ({} disk)",
+            out.display(),
+            human(c.entry.meta.size)
+        );
+    }
+    Ok(())
+}
+
+/// `minivm pull REF`.
+pub fn pull_cmd(reference: &str, opts: &ImageOpts) -> Result<(), String> {
+    let c = ensure(reference, opts)?;
+    println!("{} {}", c.entry.key, c.entry.disk().display());
+    Ok(())
+}
+
+/// `minivm images`.
+pub fn images_cmd() {
+    let cache = Cache::new(cache::default_root());
+    let entries = cache.list();
+    println!(
+        "{:<12}  {:>9}  {:>9}  {:<19}  REFERENCE",
+        "KEY", "SIZE", "ON DISK", "MANIFEST"
+    );
+    for e in entries {
+        let digest = e
+            .meta
+            .manifest_digest
+            .strip_prefix("sha256:")
+            .unwrap_or(&e.meta.manifest_digest);
+        println!(
+            "{:<12}  {:>9}  {:>9}  sha256:{:<12}  {}",
+            &e.key[..12.min(e.key.len())],
+            human(e.meta.size),
+            human(e.disk_usage()),
+            &digest[..12.min(digest.len())],
+            e.meta.reference
+        );
+    }
+}
+
+/// `minivm rm TARGET...`.
+pub fn rm_cmd(targets: &[String]) -> Result<(), String> {
+    let cache = Cache::new(cache::default_root());
+    let mut failed = Vec::new();
+    for t in targets {
+        match cache.remove(t) {
+            Ok(removed) => {
+                for e in removed {
+                    println!(
+                        "removed {} {}",
+                        &e.key[..12.min(e.key.len())],
+                        e.meta.reference
+                    );
+                }
+            }
+            Err(e) => failed.push(e.to_string()),
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(failed.join("\n"))
+    }
+}
+
+/// `minivm gc`.
+pub fn gc_cmd(unused_days: u64, all: bool) -> Result<(), String> {
+    let cache = Cache::new(cache::default_root());
+    let age = if all {
+        None
+    } else {
+        Some(Duration::from_secs(unused_days * 86400))
+    };
+    let (tmp, removed) = cache.gc(age).map_err(|e| e.to_string())?;
+    for e in &removed {
+        println!(
+            "removed {} {}",
+            &e.key[..12.min(e.key.len())],
+            e.meta.reference
+        );
+    }
+    println!(
+        "removed {} cached disk(s) and {tmp} leftover(s) of interrupted conversions",
+        removed.len()
+    );
+    Ok(())
+}
+
+/// The disk for `run --oci`: the cached image, copy-on-write, or the
+/// persistent copy in `persist`.
+pub fn disk_for_run(
+    reference: &str,
+    persist: Option<&Path>,
+    opts: &ImageOpts,
+) -> Result<DiskConfig, String> {
+    let c = ensure(reference, opts)?;
+    match persist {
+        Some(p) if p.exists() => {
+            if !p.is_file() {
+                return Err(format!("--persist {}: not a regular file", p.display()));
+            }
+            Ok(DiskConfig {
+                path: p.to_path_buf(),
+                read_only: false,
+                copy_on_write: false,
+            })
+        }
+        Some(p) => {
+            convert::copy_disk(&c.entry.disk(), p).map_err(|e| e.to_string())?;
+            Ok(DiskConfig {
+                path: p.to_path_buf(),
+                read_only: false,
+                copy_on_write: false,
+            })
+        }
+        None => Ok(DiskConfig {
+            path: c.entry.disk(),
+            read_only: false,
+            copy_on_write: true,
+        }),
+    }
+}
