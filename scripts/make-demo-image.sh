@@ -2,7 +2,7 @@
 # Makes a small bootable raw ext4 disk with busybox-static, without root:
 #   scripts/make-demo-image.sh OUT.raw [SIZE]
 # Its /sbin/init mounts /proc, /sys and /dev, reports "boot finished" to minivm and
-# runs a shell on the console; leaving the shell reboots, which ends minivm.
+# runs a shell on the console; leaving the shell powers off, which ends minivm.
 set -euo pipefail
 out=${1:?usage: make-demo-image.sh OUT.raw [SIZE]}
 size=${2:-32M}
@@ -23,10 +23,10 @@ hostname minivm
 # Tell minivm that boot finished (port 0xf5; see minivm run --help).
 printf '\001' | dd of=/dev/port bs=1 seek=245 count=1 2>/dev/null
 echo
-echo "Welcome to a minivm guest ($(uname -sr)). Leave the shell to reboot; Ctrl-A x quits minivm."
+echo "Welcome to a minivm guest ($(uname -sr)). Leave the shell to power off; Ctrl-A x quits minivm."
 setsid cttyhack /bin/sh -l
 mount -o remount,ro / 2>/dev/null; sync
-reboot -f
+poweroff -f
 INIT
 chmod 755 "$root/sbin/init"
 echo 'export PS1="minivm:\w# "' > "$root/etc/profile"

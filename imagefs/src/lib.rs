@@ -11,6 +11,7 @@ pub mod ext4;
 pub mod ext4b;
 pub mod flatten;
 pub mod layer;
+pub mod layerstore;
 pub mod reference;
 pub mod source;
 pub mod sparse;

@@ -116,6 +116,7 @@ EXAMPLES:
   minivm run --kernel ./vmlinux --mem 1G --image disk.raw
   minivm run --oci oci:./layout:latest           boot an OCI image (converted once, then cached)
   minivm run --oci docker://localhost:5000/app --tls-verify=false --persist app.raw
+  minivm run --rootfs ./rootfs --share /srv/data:data:ro   a host directory as root, plus a share
 
 OCI IMAGES:
   --oci REF converts the image to an ext4 disk in the cache (see `minivm convert --help` for
@@ -182,18 +183,68 @@ pub struct RunArgs {
     pub mem: u64,
 
     /// Number of vCPUs.
-    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=1))]
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=i64::from(MAX_CPUS)))]
     pub cpus: u8,
 
-    /// Attach the disk read-only: guest writes fail and the file is never modified.
+    /// Attach the root (disk or --rootfs directory) read-only: guest writes fail and nothing changes.
     #[arg(long)]
     pub readonly: bool,
+
+    /// Boot with this host directory as the root filesystem, over virtio-fs.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["image", "oci"])]
+    pub rootfs: Option<PathBuf>,
+
+    /// Share a host directory with the guest over virtio-fs, mounted there with
+    /// `mount -t virtiofs TAG /mnt` (repeatable; `:ro` makes it read-only).
+    #[arg(long, value_name = "HOSTDIR:TAG[:ro]", value_parser = parse_share)]
+    pub share: Vec<Share>,
+
+    /// With --rootfs: cap what the guest may write (ENOSPC beyond; statfs shows the cap).
+    #[arg(long, value_name = "SIZE", value_parser = parse_disk_size, requires = "rootfs")]
+    pub upper_size: Option<u64>,
 }
+
+/// Most vCPUs: the MADT gives them xAPIC ids 0..N-1, below the broadcast id 0xff.
+pub const MAX_CPUS: u8 = 254;
 
 /// Smallest guest memory accepted.
 pub const MIN_MEM: u64 = 4 << 20;
 /// Largest guest memory accepted.
 pub const MAX_MEM: u64 = 1 << 40;
+
+/// A `--share` argument.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Share {
+    /// Host directory.
+    pub path: PathBuf,
+    /// Mount tag the guest uses.
+    pub tag: String,
+    /// Read-only for the guest.
+    pub read_only: bool,
+}
+
+fn parse_share(s: &str) -> Result<Share, String> {
+    let (rest, read_only) = match s.strip_suffix(":ro") {
+        Some(r) => (r, true),
+        None => (s.strip_suffix(":rw").unwrap_or(s), false),
+    };
+    let (path, tag) = rest
+        .rsplit_once(':')
+        .ok_or_else(|| format!("'{s}': expected HOSTDIR:TAG or HOSTDIR:TAG:ro"))?;
+    if path.is_empty() {
+        return Err(format!("'{s}': empty host directory"));
+    }
+    if tag.is_empty() || tag.len() > 36 || tag.contains(['/', ' ', '\0']) {
+        return Err(format!(
+            "'{s}': the tag must be 1 to 36 characters, without '/' or spaces"
+        ));
+    }
+    Ok(Share {
+        path: PathBuf::from(path),
+        tag: tag.to_string(),
+        read_only,
+    })
+}
 
 fn parse_disk_size(s: &str) -> Result<u64, String> {
     let v = parse_size(s, 1 << 20)?;
@@ -291,8 +342,23 @@ mod tests {
         assert!(r.readonly);
         assert!(Cli::try_parse_from(["minivm", "run", "--cmdline", "a", "--append", "b"]).is_err());
         assert!(Cli::try_parse_from(["minivm", "run", "--cpus", "0"]).is_err());
+        assert!(Cli::try_parse_from(["minivm", "run", "--cpus", "255"]).is_err());
+        assert!(Cli::try_parse_from(["minivm", "run", "--cpus", "32"]).is_ok());
         assert!(Cli::try_parse_from(["minivm", "run", "--image", "a", "--oci", "oci:x"]).is_err());
         assert!(Cli::try_parse_from(["minivm", "run", "--persist", "p.raw"]).is_err());
+        assert!(Cli::try_parse_from(["minivm", "run", "--rootfs", "d", "--image", "i"]).is_err());
+        assert!(Cli::try_parse_from(["minivm", "run", "--upper-size", "1G"]).is_err());
+        assert_eq!(
+            parse_share("/srv/data:data:ro"),
+            Ok(Share {
+                path: "/srv/data".into(),
+                tag: "data".into(),
+                read_only: true
+            })
+        );
+        assert_eq!(parse_share("/a:b:c").unwrap().path, PathBuf::from("/a:b"));
+        assert!(parse_share("nodir").is_err());
+        assert!(parse_share("/x:").is_err());
         let c = Cli::try_parse_from([
             "minivm",
             "convert",

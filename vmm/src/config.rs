@@ -10,8 +10,6 @@ use crate::cli::RunArgs;
 /// `panic=-1`: a panicking kernel restarts at once instead of hanging.
 pub const DEFAULT_CMDLINE: &str =
     "console=ttyS0 reboot=k panic=-1 pci=off 8250.nr_uarts=1 cryptomgr.notests";
-/// Added when a disk is attached and the command line is the default one.
-pub const ROOT_CMDLINE: &str = "root=/dev/vda rw";
 /// Makes minivm's guest kernel report panics on the panic port (see devices::harness).
 pub const PANIC_PORT_PARAM: &str = "minivm_panic_port=0xf6";
 /// Work-arounds for kvm-pvm hosts (see the README): the kernel patch's switch,
@@ -47,6 +45,8 @@ pub struct VmConfig {
     pub initrd: Option<PathBuf>,
     /// Optional root disk.
     pub disk: Option<DiskConfig>,
+    /// virtio-fs shares; with --rootfs the first is the root.
+    pub shares: Vec<ShareConfig>,
     /// Guest memory in bytes.
     pub mem_size: u64,
     /// vCPUs.
@@ -54,6 +54,23 @@ pub struct VmConfig {
     /// Kernel command line, without the device and host parameters minivm adds.
     pub cmdline: String,
 }
+
+/// A directory served over virtio-fs.
+#[derive(Debug, Clone)]
+pub struct ShareConfig {
+    /// Host directory.
+    pub path: PathBuf,
+    /// Mount tag.
+    pub tag: String,
+    /// Read-only for the guest.
+    pub read_only: bool,
+    /// Cap on what the guest may write through it.
+    pub size_cap: Option<u64>,
+}
+
+/// Tag of the root filesystem with --rootfs (not a number or device-like name,
+/// which the kernel would take for a block device).
+pub const ROOTFS_TAG: &str = "rootfs";
 
 /// A virtio-blk disk.
 #[derive(Debug, Clone)]
@@ -92,6 +109,20 @@ pub fn resolve_kernel(explicit: Option<&Path>) -> Result<PathBuf, ConfigError> {
     Err(ConfigError::NoDefaultKernel {
         default: dir.join("vmlinux"),
     })
+}
+
+fn check_dir(what: &'static str, path: &Path) -> Result<(), ConfigError> {
+    let bad = |reason: String| ConfigError::BadFile {
+        what,
+        path: path.to_path_buf(),
+        reason,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| bad(io_reason(&e)))?;
+    if !meta.is_dir() {
+        return Err(bad("is not a directory".into()));
+    }
+    std::fs::read_dir(path).map_err(|e| bad(io_reason(&e)))?;
+    Ok(())
 }
 
 fn check_readable(what: &'static str, path: &Path) -> Result<(), ConfigError> {
@@ -138,6 +169,32 @@ impl VmConfig {
             }
             (None, None) => None,
         };
+        let mut shares = Vec::new();
+        if let Some(dir) = &args.rootfs {
+            check_dir("root filesystem", dir)?;
+            shares.push(ShareConfig {
+                path: dir.clone(),
+                tag: ROOTFS_TAG.into(),
+                read_only: args.readonly,
+                size_cap: args.upper_size,
+            });
+        }
+        for s in &args.share {
+            check_dir("shared directory", &s.path)?;
+            if shares.iter().any(|x| x.tag == s.tag) {
+                return Err(ConfigError::BadFile {
+                    what: "share tag",
+                    path: s.tag.clone().into(),
+                    reason: "used twice".into(),
+                });
+            }
+            shares.push(ShareConfig {
+                path: s.path.clone(),
+                tag: s.tag.clone(),
+                read_only: s.read_only,
+                size_cap: None,
+            });
+        }
         let kernel = resolve_kernel(args.kernel.as_deref())?;
         if let Some(i) = &args.initrd {
             check_readable("initrd", i)?;
@@ -146,12 +203,11 @@ impl VmConfig {
             Some(c) => c.clone(),
             None => {
                 let mut c = DEFAULT_CMDLINE.to_string();
+                let ro = if args.readonly { "ro" } else { "rw" };
                 if disk.is_some() {
-                    c.push(' ');
-                    c.push_str(ROOT_CMDLINE);
-                    if args.readonly {
-                        c = c.replace(" rw", " ro");
-                    }
+                    c.push_str(&format!(" root=/dev/vda {ro}"));
+                } else if args.rootfs.is_some() {
+                    c.push_str(&format!(" root={ROOTFS_TAG} rootfstype=virtiofs {ro}"));
                 }
                 if let Some(a) = &args.append {
                     c.push(' ');
@@ -164,6 +220,7 @@ impl VmConfig {
             kernel,
             initrd: args.initrd.clone(),
             disk,
+            shares,
             mem_size: args.mem,
             cpus: args.cpus,
             cmdline,

@@ -87,6 +87,15 @@ fn filter_entry(e: &mut kvm_cpuid_entry2, id: u8, count: u8, pvm: bool) {
             e.edx = 0;
         }
         (0xb, _) | (0x1f, _) => e.edx = u32::from(id),
+        // AMD extended APIC id, which Linux prefers when TOPOEXT is set; KVM
+        // zeroes this leaf, so without it every AP "mismatches" its APIC id.
+        // ebx: core id, one thread per core; ecx: node 0 of 1.
+        (0x8000_001e, _) => {
+            e.eax = u32::from(id);
+            e.ebx = u32::from(id);
+            e.ecx = 0;
+            e.edx = 0;
+        }
         (0x8000_0001, _) if pvm => e.edx &= !EXT1_EDX_RDTSCP,
         (KVM_CPUID_FEATURES, _) if pvm => {
             e.eax &= !(KVM_FEATURE_PV_UNHALT | KVM_FEATURE_PV_SEND_IPI | KVM_FEATURE_PV_SCHED_YIELD)

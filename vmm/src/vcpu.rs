@@ -1,5 +1,6 @@
 //! A vCPU thread: runs KVM_RUN and turns exits into bus accesses or VM exits.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -28,6 +29,26 @@ pub enum VcpuError {
         id: u8,
         source: boot::cpu::CpuSetupError,
     },
+}
+
+thread_local! {
+    /// This thread's `kvm_run.immediate_exit`, for the kick signal handler.
+    static IMMEDIATE_EXIT: Cell<*mut u8> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+/// Handler of the signal that kicks a vCPU thread out of KVM_RUN. Setting
+/// `immediate_exit` too closes the race of a kick landing just before the
+/// thread enters KVM_RUN (Firecracker's approach).
+pub extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    IMMEDIATE_EXIT.with(|p| {
+        let p = p.get();
+        if !p.is_null() {
+            // SAFETY: set by Vcpu::run on this thread to a field of the vCPU's
+            // mmap'ed kvm_run, which outlives the pointer (cleared before the
+            // VcpuFd is dropped).
+            unsafe { p.write_volatile(1) };
+        }
+    });
 }
 
 /// The buses a vCPU dispatches to.
@@ -121,12 +142,15 @@ impl Vcpu {
     /// Runs until the VM should stop or `stop` is set (the thread is then
     /// kicked out of KVM_RUN with a signal).
     pub fn run(mut self, stop: Arc<AtomicBool>) {
+        let flag: *mut u8 = &mut self.fd.get_kvm_run().immediate_exit;
+        IMMEDIATE_EXIT.with(|p| p.set(flag));
         while !stop.load(Ordering::Acquire) && self.exit.reason().is_none() {
             if let Some(reason) = self.run_once() {
                 self.exit.request(reason);
                 break;
             }
         }
+        IMMEDIATE_EXIT.with(|p| p.set(std::ptr::null_mut()));
     }
 
     fn run_once(&mut self) -> Option<ExitReason> {

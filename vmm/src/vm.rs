@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use devices::acpi::{AcpiPmDevice, ACPI_PM_PORT, ACPI_PM_PORTS_LEN};
 use devices::bus::Bus;
 use devices::harness::{HarnessPorts, EXIT_PORT, HARNESS_PORTS_LEN};
 use devices::i8042::{I8042, I8042_DATA_PORT, I8042_PORTS_LEN};
@@ -67,6 +68,9 @@ pub enum VmError {
     /// A device could not be created.
     #[error("{what}: {reason}")]
     Device { what: String, reason: String },
+    /// ACPI tables or the zero page's RSDP pointer.
+    #[error(transparent)]
+    Acpi(#[from] boot::acpi::AcpiError),
     /// The event loop failed.
     #[error("event loop: {0}")]
     EventLoop(String),
@@ -89,8 +93,6 @@ extern "C" fn on_host_signal(sig: libc::c_int) {
     }
 }
 
-extern "C" fn on_vcpu_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
-
 fn install_signal_handlers(exit: &ExitHandle) {
     use std::os::fd::AsRawFd;
     EXIT_EVENT_FD.store(exit.event_fd().as_raw_fd(), Ordering::SeqCst);
@@ -99,7 +101,7 @@ fn install_signal_handlers(exit: &ExitHandle) {
         unsafe { libc::signal(sig, on_host_signal as *const () as libc::sighandler_t) };
     }
     // The kick signal only needs to interrupt KVM_RUN.
-    if let Err(e) = register_signal_handler(SIGRTMIN(), on_vcpu_kick) {
+    if let Err(e) = register_signal_handler(SIGRTMIN(), crate::vcpu::kick_handler) {
         tracing::warn!("cannot install the vCPU kick handler: {e}");
     }
 }
@@ -164,6 +166,8 @@ struct Devices {
     serial: Arc<Mutex<SerialDevice>>,
     serial_input: Arc<InputEvents>,
     cmdline_extra: Vec<String>,
+    /// (MMIO base, GSI) of each virtio-mmio device, for the DSDT.
+    virtio_mmio: Vec<(u64, u32)>,
 }
 
 fn setup_devices(
@@ -215,7 +219,14 @@ fn setup_devices(
         HARNESS_PORTS_LEN,
     )
     .map_err(bus_err)?;
+    pio.insert(
+        Arc::new(Mutex::new(AcpiPmDevice::new(exit.clone()))),
+        u64::from(ACPI_PM_PORT),
+        ACPI_PM_PORTS_LEN,
+    )
+    .map_err(bus_err)?;
 
+    let mut slots = Slots::default();
     if let Some(disk) = &config.disk {
         let what = format!("disk image {}", disk.path.display());
         let id = disk
@@ -228,32 +239,34 @@ fn setup_devices(
             what: what.clone(),
             reason,
         })?;
-        let index = 0u64;
-        let base = VIRTIO_MMIO_BASE + index * VIRTIO_MMIO_SIZE;
-        let gsi = VIRTIO_FIRST_IRQ + index as u32;
-        let irqfd = EventFd::new(libc::EFD_NONBLOCK).map_err(dev_err("virtio-blk irq"))?;
-        vm.register_irqfd(&irqfd, gsi)
-            .map_err(kvm_err("register virtio-blk irqfd"))?;
-        let transport = MmioTransport::new(
-            Box::new(block),
-            mem.clone(),
-            Arc::new(Interrupt::new(irqfd)),
-        )
-        .map_err(dev_err("virtio-blk transport"))?;
-        for (q, evt) in transport.queue_events().iter().enumerate() {
-            vm.register_ioevent(
-                evt,
-                &IoEventAddress::Mmio(base + MMIO_QUEUE_NOTIFY),
-                q as u32,
-            )
-            .map_err(kvm_err("register virtio-blk ioeventfd"))?;
+        add_virtio(vm, mem, Box::new(block), "virtio-blk", &mut slots)?;
+    }
+    for share in &config.shares {
+        let what = format!("shared directory {}", share.path.display());
+        let fail = |e: devices::virtio::fs::FsError| VmError::Device {
+            what: what.clone(),
+            reason: e.to_string(),
+        };
+        let vfs = match share.size_cap {
+            Some(cap) => devices::virtio::fs::disk_cap(&share.path, cap),
+            None => devices::virtio::fs::passthrough(&share.path, share.read_only),
         }
-        let transport = Arc::new(Mutex::new(transport));
+        .map_err(fail)?;
+        let fs = devices::virtio::fs::Fs::new(&share.tag, vfs).map_err(fail)?;
+        add_virtio(vm, mem, Box::new(fs), "virtio-fs", &mut slots)?;
+    }
+    for (transport, base) in slots.transports {
         mmio.insert(transport.clone(), base, VIRTIO_MMIO_SIZE)
             .map_err(bus_err)?;
         subscribers.push(transport);
-        cmdline_extra.push(format!("virtio_mmio.device=4K@{base:#x}:{gsi}"));
     }
+    // The devices are announced in the DSDT: with hardware-reduced ACPI a
+    // `virtio_mmio.device=` command-line device gets no IRQ. Without ACPI
+    // (acpi=off) the command line is the only way.
+    if config.cmdline.split_whitespace().any(|w| w == "acpi=off") {
+        cmdline_extra.extend(slots.cmdline);
+    }
+    let virtio_mmio = slots.devices;
     Ok(Devices {
         pio,
         mmio,
@@ -261,7 +274,60 @@ fn setup_devices(
         serial,
         serial_input,
         cmdline_extra,
+        virtio_mmio,
     })
+}
+
+/// virtio-mmio devices placed so far: one 4 KiB window and one GSI each.
+#[derive(Default)]
+struct Slots {
+    transports: Vec<(Arc<Mutex<MmioTransport>>, u64)>,
+    cmdline: Vec<String>,
+    devices: Vec<(u64, u32)>,
+}
+
+/// Puts a virtio device behind a virtio-mmio transport at the next free slot,
+/// with its irqfd and one ioeventfd per queue registered with KVM.
+fn add_virtio(
+    vm: &VmFd,
+    mem: &Arc<GuestMemory>,
+    device: Box<dyn devices::virtio::VirtioDevice>,
+    what: &'static str,
+    slots: &mut Slots,
+) -> Result<(), VmError> {
+    let index = slots.transports.len() as u64;
+    let gsi = VIRTIO_FIRST_IRQ + index as u32;
+    if gsi > boot::layout::LAST_IRQ {
+        return Err(VmError::Device {
+            what: what.into(),
+            reason: "too many virtio devices".into(),
+        });
+    }
+    let base = VIRTIO_MMIO_BASE + index * VIRTIO_MMIO_SIZE;
+    let io = |e: std::io::Error| VmError::Device {
+        what: what.into(),
+        reason: e.to_string(),
+    };
+    let irqfd = EventFd::new(libc::EFD_NONBLOCK).map_err(io)?;
+    vm.register_irqfd(&irqfd, gsi)
+        .map_err(kvm_err("register a virtio irqfd"))?;
+    let transport =
+        MmioTransport::new(device, mem.clone(), Arc::new(Interrupt::new(irqfd))).map_err(io)?;
+    for (q, evt) in transport.queue_events().iter().enumerate() {
+        vm.register_ioevent(
+            evt,
+            &IoEventAddress::Mmio(base + MMIO_QUEUE_NOTIFY),
+            q as u32,
+        )
+        .map_err(kvm_err("register a virtio ioeventfd"))?;
+    }
+    slots
+        .transports
+        .push((Arc::new(Mutex::new(transport)), base));
+    slots
+        .cmdline
+        .push(format!("virtio_mmio.device=4K@{base:#x}:{gsi}"));
+    Ok(())
 }
 
 /// Opens the disk: the file itself, or a private copy-on-write view of it
@@ -369,6 +435,8 @@ pub fn run(config: &VmConfig, start: Instant) -> Result<ExitReason, VmError> {
     let cmdline = full_cmdline(config, &devs.cmdline_extra, pvm);
     tracing::info!("kernel {} command line: {cmdline}", config.kernel.display());
     boot::bootparams::write_boot_params(&mem, &kernel, &cmdline, initrd.as_ref())?;
+    let rsdp = boot::acpi::create_acpi_tables(&mem, config.cpus, &devs.virtio_mmio)?;
+    boot::acpi::write_rsdp_pointer(&mem, rsdp)?;
 
     let buses = Buses {
         pio: Arc::new(devs.pio),

@@ -1,0 +1,360 @@
+//! The content-addressed layer store: every OCI layer unpacked once into its
+//! own directory, for booting images over virtio-fs through an overlay of
+//! those directories (fuse-backend-rs `overlayfs::OverlayFs`, one
+//! `PassthroughFs` per layer, plus a per-VM upper directory).
+//!
+//! ```text
+//! <root>/sha256/<hex>/rootfs/     the unpacked layer (hex: its compressed blob's digest)
+//! <root>/sha256/<hex>/meta.json   digest, media type, sizes, how it was unpacked
+//! <root>/tmp/<hex>.<pid>.<n>/     an unpack in progress (same two names inside)
+//! ```
+//! An entry is built in `tmp/` and published with one rename(2) of its
+//! directory, after a syncfs(2): a kill -9 at any point leaves either no entry
+//! or a whole one. Leftovers of dead processes are removed by
+//! [`LayerStore::gc_tmp`] and before each unpack (as [`crate::cache`] does).
+//! When two processes unpack the same layer at once, the first rename wins and
+//! the other discards its copy. `<root>` is kept mode 0700: layers hold
+//! setuid-root binaries and device nodes that other users must not reach.
+//!
+//! # On-disk format (what overlays read)
+//! The layer is unpacked with the semantics of [`crate::flatten`] (whiteouts
+//! and opaque markers hide lower layers only, later entries win), written in
+//! the form kernel overlayfs, fuse-overlayfs and fuse-backend-rs 0.14 read:
+//! - OCI `DIR/.wh.NAME` becomes a **character device 0:0** named `NAME` (the
+//!   only whiteout form fuse-backend-rs recognises: `Layer::is_whiteout`
+//!   checks `S_IFCHR` with rdev 0:0; creating one unprivileged needs Linux >= 5.8).
+//! - OCI `DIR/.wh..wh..opq` becomes xattr **`user.overlay.opaque` = `y`** on
+//!   `DIR`. fuse-backend-rs's `Layer::is_opaque` accepts a one-byte `y`/`Y` in
+//!   `user.fuseoverlayfs.opaque`, `trusted.overlay.opaque` or
+//!   `user.overlay.opaque`; the last is the one that can be written without
+//!   root and is also read by kernel overlayfs (`-o userxattr`) and
+//!   fuse-overlayfs, so both modes write the same thing. A directory that
+//!   replaces a whiteout or a non-directory of the same layer is also made
+//!   opaque (the lower entry was already hidden).
+//! - Those xattr names (and `user.minivm.*`) in a tar are dropped, so an image
+//!   cannot forge them.
+//! - Hardlinks within a layer are hardlinks. A hardlink to a file of a
+//!   *lower* layer cannot cross layer directories: the file is **copied**
+//!   (contents, owner, mode, xattrs, mtime), so the two names no longer share
+//!   an inode in the merged view.
+//! - Directories a tar needs but does not list take the metadata of the
+//!   directory the lower layers show there (0755 root if none), so the merged
+//!   view keeps it, as flattening does; paths through a symlink or file of a
+//!   lower layer are refused, as flattening does. A layer's content thus
+//!   depends on the layers below it in these two cases: meta.json records
+//!   them. Layers are keyed by blob digest alone, as containerd and docker do.
+//!
+//! # Ownership, modes, xattrs
+//! As root: owner, mode (setuid/setgid/sticky included), nanosecond mtimes,
+//! devices, FIFOs and all xattrs (`security.capability` included) are set for
+//! real; directory mtimes are set last. Unprivileged (or with
+//! [`StoreOptions::force_unprivileged`]): files and directories belong to the
+//! user, with modes `perm | 0600` (`| 0700` for directories) and no
+//! setuid/setgid/sticky bits; the image's values are kept in xattr
+//! [`OVERRIDE_XATTR`] (see [`Override`]), as fuse-overlayfs does; devices are
+//! empty regular files carrying it; xattrs outside `user.` are stored as
+//! `user.minivm.xattr.NAME`. Symlinks and FIFOs cannot carry user xattrs, so
+//! their owners are lost. fuse-backend-rs does not read these: a VMM serving
+//! an unprivileged store must map them itself (or run as root).
+//!
+//! # Serving the layers with fuse-backend-rs
+//! PassthroughFs reads lower layers with the server's own credentials (it
+//! switches euid/egid only to create files), and `OverlayFs` calls getxattr
+//! on every directory it looks up: so `xattr: true` is required, the store
+//! must be on a filesystem with xattrs (ext4, xfs, btrfs; tmpfs >= 6.6), and
+//! an unprivileged server must be able to read every file and search every
+//! directory, which is why the unprivileged modes keep `u+rw`/`u+rwx`.
+//! fuse-backend-rs's overlay handles names as UTF-8 (lossily): entries whose
+//! names are not UTF-8 are unpacked but cannot be reached through it.
+//!
+//! ```ignore
+//! use fuse_backend_rs::api::filesystem::Layer;
+//! use fuse_backend_rs::overlayfs::{config::Config, OverlayFs, BoxedLayer};
+//! use fuse_backend_rs::passthrough::{Config as PtConfig, PassthroughFs};
+//! fn layer(dir: &Path) -> io::Result<Arc<BoxedLayer>> {
+//!     let fs = PassthroughFs::<()>::new(PtConfig {
+//!         root_dir: dir.to_string_lossy().into(),
+//!         xattr: true, // required: OverlayFs reads the opaque xattrs
+//!         do_import: true,
+//!         ..Default::default()
+//!     })?;
+//!     fs.import()?;
+//!     Ok(Arc::new(Box::new(fs) as BoxedLayer))
+//! }
+//! let dirs = store.ensure_image(&mut *src, &image, &name, &mut |_| {})?; // bottom-most first
+//! let lowers = dirs.iter().rev().map(|d| layer(d)).collect::<io::Result<Vec<_>>>()?; // top-most first
+//! let upper = layer(&vm_upper_dir)?; // empty per-VM directory
+//! let fs = OverlayFs::new(Some(upper), lowers, Config {
+//!     mountpoint: "/".into(), work: vm_work_dir.to_string_lossy().into(), do_import: true,
+//!     ..Default::default()
+//! })?;
+//! fs.import()?;
+//! ```
+//!
+//! [`LayerStore::remove`] must not be used on layers that running VMs serve.
+
+mod apply;
+mod store;
+mod sys;
+#[cfg(test)]
+mod tests;
+mod unpack;
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::digest::{Digest, DigestError, VerifyError};
+use crate::layer::LayerError;
+use crate::source::SourceError;
+
+/// Version of the on-disk layout of an entry; entries of other versions are rebuilt.
+pub const LAYER_FORMAT: &str = "minivm-layer-1";
+/// Xattr marking an opaque directory (value `y`).
+pub const OPAQUE_XATTR: &str = "user.overlay.opaque";
+/// Unprivileged stores: xattr with the image's owner, mode and device number.
+pub const OVERRIDE_XATTR: &str = "user.minivm.override";
+/// Unprivileged stores: prefix under which xattrs outside `user.` are kept.
+pub const XATTR_PREFIX: &str = "user.minivm.xattr.";
+/// Default cap on the bytes one layer unpacks to (decompressed tar stream).
+pub const DEFAULT_MAX_LAYER_BYTES: u64 = 64 << 30;
+
+/// Errors from the layer store. Unpacking errors name the layer (its digest)
+/// and the tar entry.
+#[derive(Debug, thiserror::Error)]
+pub enum LayerStoreError {
+    /// A store directory or file could not be read or written.
+    #[error("layer store: {what} {}: {source}", .path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    /// The layer descriptor's digest is not a sha256 digest.
+    #[error("layer {layer}: {source}")]
+    Digest { layer: String, source: DigestError },
+    /// The blob could not be opened.
+    #[error("layer {layer}: {source}")]
+    Source { layer: String, source: SourceError },
+    /// The media type or compression is not supported.
+    #[error("layer {layer}: {source}")]
+    Format { layer: String, source: LayerError },
+    /// The blob does not match its digest or size.
+    #[error("layer {layer}: {source}")]
+    Verify { layer: String, source: VerifyError },
+    /// Reading the blob failed (network, file).
+    #[error("layer {layer}: reading the blob: {detail}")]
+    Blob { layer: String, detail: String },
+    /// The (decompressed) tar stream is corrupt or truncated.
+    #[error("layer {layer}: cannot read the tar stream: {source}")]
+    Tar { layer: String, source: io::Error },
+    /// An entry path is absolute, contains `..`, or is otherwise unusable.
+    #[error("layer {layer}: entry {path:?}: {problem}")]
+    BadPath {
+        layer: String,
+        path: String,
+        problem: &'static str,
+    },
+    /// An entry would be written through a symlink (of this or a lower layer).
+    #[error("layer {layer}: entry {path:?} would be written through the symlink {symlink:?}")]
+    ThroughSymlink {
+        layer: String,
+        path: String,
+        symlink: String,
+    },
+    /// A path component is a file, not a directory.
+    #[error("layer {layer}: entry {path:?}: {component:?} is not a directory")]
+    NotADirectory {
+        layer: String,
+        path: String,
+        component: String,
+    },
+    /// A hardlink whose target is missing, a directory, or outside the image.
+    #[error("layer {layer}: hardlink {path:?} -> {target:?}: {problem}")]
+    Hardlink {
+        layer: String,
+        path: String,
+        target: String,
+        problem: &'static str,
+    },
+    /// An entry type that cannot be unpacked (e.g. GNU sparse files).
+    #[error("layer {layer}: entry {path:?}: unsupported tar entry type {kind}")]
+    Unsupported {
+        layer: String,
+        path: String,
+        kind: String,
+    },
+    /// The layer unpacks to more than the byte limit (a decompression bomb?).
+    #[error("layer {layer}: unpacks to more than {limit} bytes")]
+    TooLarge { layer: String, limit: u64 },
+    /// More entries than the limit (a tar bomb of tiny files).
+    #[error("layer {layer}: more than {limit} entries")]
+    TooManyEntries { layer: String, limit: u64 },
+    /// Creating an entry failed.
+    #[error("layer {layer}: entry {path:?}: {op}: {source}")]
+    Entry {
+        layer: String,
+        path: String,
+        op: String,
+        source: io::Error,
+    },
+}
+
+fn io_err<'a>(
+    what: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(io::Error) -> LayerStoreError + 'a {
+    move |source| LayerStoreError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The image's owner, mode and device number of an entry of an unprivileged
+/// store, kept in [`OVERRIDE_XATTR`] as `uid:gid:mode[:major:minor]`, mode
+/// being the whole `st_mode` (file type included) in octal, e.g.
+/// `0:0:104755` (a setuid root file) or `0:0:20666:1:3` (`/dev/null`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Override {
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// File type and permission bits (`st_mode`).
+    pub mode: u32,
+    /// Major and minor number, for devices.
+    pub rdev: Option<(u32, u32)>,
+}
+
+impl Override {
+    /// Parses the xattr value.
+    pub fn parse(value: &[u8]) -> Option<Override> {
+        let s = std::str::from_utf8(value).ok()?;
+        let f: Vec<&str> = s.split(':').collect();
+        let (uid, gid, mode) = (
+            f.first()?.parse().ok()?,
+            f.get(1)?.parse().ok()?,
+            u32::from_str_radix(f.get(2)?, 8).ok()?,
+        );
+        let rdev = match f.len() {
+            3 => None,
+            5 => Some((f[3].parse().ok()?, f[4].parse().ok()?)),
+            _ => return None,
+        };
+        Some(Override {
+            uid,
+            gid,
+            mode,
+            rdev,
+        })
+    }
+
+    /// Reads it from a file (without following a symlink); None if absent.
+    pub fn read(path: &Path) -> io::Result<Option<Override>> {
+        let v = sys::lget_xattr(path, &sys::cstr(OVERRIDE_XATTR.as_bytes())?)?;
+        Ok(v.and_then(|v| Override::parse(&v)))
+    }
+}
+
+impl fmt::Display for Override {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{:o}", self.uid, self.gid, self.mode)?;
+        if let Some((major, minor)) = self.rdev {
+            write!(f, ":{major}:{minor}")?;
+        }
+        Ok(())
+    }
+}
+
+/// What `meta.json` records about an entry.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LayerMeta {
+    /// [`LAYER_FORMAT`] when written.
+    pub format: String,
+    /// The blob digest (`sha256:...`).
+    pub digest: String,
+    /// The blob's media type.
+    pub media_type: String,
+    /// The blob's size.
+    pub compressed_size: u64,
+    /// Bytes of file data unpacked.
+    pub unpacked_bytes: u64,
+    /// Tar entries read.
+    pub entries: u64,
+    /// True when unpacked as root (real owners); false when owners, modes and
+    /// devices are in [`OVERRIDE_XATTR`].
+    pub privileged: bool,
+    /// The image it was unpacked for first.
+    pub image: String,
+    /// Layers it was unpacked over (digests, bottom-most first).
+    pub lowers: Vec<String>,
+    /// Seconds since the epoch.
+    pub created: u64,
+}
+
+/// A published layer.
+#[derive(Debug, Clone)]
+pub struct LayerEntry {
+    /// The blob digest.
+    pub digest: Digest,
+    /// The unpacked layer (the directory to serve).
+    pub rootfs: PathBuf,
+    /// Its metadata.
+    pub meta: LayerMeta,
+}
+
+impl LayerEntry {
+    /// Bytes of file data in the layer.
+    pub fn bytes(&self) -> u64 {
+        self.meta.unpacked_bytes
+    }
+}
+
+/// What [`LayerStore::ensure_image`] reports as it goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerEvent<'a> {
+    /// Layer `index` (of `count`, bottom-most first) starts; `cached` when it is already unpacked.
+    Start {
+        index: usize,
+        count: usize,
+        digest: &'a str,
+        size: u64,
+        cached: bool,
+    },
+    /// `read` bytes of the current layer's blob were read so far.
+    Read { read: u64 },
+    /// The current layer is done.
+    Done { index: usize },
+}
+
+/// Limits and mode of a store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Cap on the decompressed bytes of one layer.
+    pub max_layer_bytes: u64,
+    /// Cap on the tar entries of one layer.
+    pub max_entries: u64,
+    /// Unpack as an unprivileged user would even when root (for tests, and
+    /// for stores served by an unprivileged VMM).
+    pub force_unprivileged: bool,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            max_layer_bytes: DEFAULT_MAX_LAYER_BYTES,
+            max_entries: crate::flatten::DEFAULT_MAX_ENTRIES,
+            force_unprivileged: false,
+        }
+    }
+}
+
+/// The layer store at one root directory (usually `<cache root>/layers`).
+#[derive(Debug, Clone)]
+pub struct LayerStore {
+    root: PathBuf,
+    opts: StoreOptions,
+}
