@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use oci_spec::image::Descriptor;
 
 use crate::cache::{self, Cache, CacheError, Entry, EntryMeta};
-use crate::ext4b::{self as ext4, Ext4Builder, Ext4Error, Ext4Options};
+use crate::ext4::{self, Ext4Builder, Ext4Error, Ext4Options};
 use crate::flatten::{CountingSink, DataSink, FlattenError, Flattener, SinkError};
 use crate::reference::ImageRef;
 use crate::source::{self, ImageSource, ResolvedImage, SourceError, SourceOptions};
@@ -327,7 +327,7 @@ impl Blobs<'_> {
             inner: blob,
             progress: self.progress,
         });
-        crate::layer::decompress(&desc.media_type().to_string(), counted).map_err(|e| {
+        crate::layer::decompress(desc.media_type().as_ref(), counted).map_err(|e| {
             ConvertError::Layer {
                 image: self.image.to_string(),
                 layer: desc.digest().to_string(),
@@ -355,7 +355,7 @@ fn spool_layers(
             "downloading",
             i,
             layers.len(),
-            &d.digest().to_string(),
+            d.digest().as_ref(),
             d.size(),
         );
         let path = blobs.join(format!("{i}"));

@@ -1,14 +1,20 @@
 //! OCI images for minivm: from an image reference to a bootable filesystem.
 //!
-//! - [`tree`]: the merged filesystem tree that layers are flattened into;
-//! - [`ext4`]: writes a tree as an ext4 filesystem image, itself, streaming
-//!   file data as it arrives, without root, mounting or mkfs.
+//! - [`reference`], [`source`], [`digest`], [`layer`]: parse image references
+//!   (skopeo's transports), read OCI layouts, archives and registries, verify
+//!   every blob, decompress layers;
+//! - [`flatten`]: merge layer tars into one [`tree`] with OCI whiteout semantics;
+//! - [`ext4`]: write a tree as an ext4 filesystem image, itself, streaming file
+//!   data as it arrives, without root, mounting or mkfs;
+//! - [`cache`], [`convert`]: the content-addressed disk cache and the pipeline
+//!   that fills it; [`sparse`]: cheap copies of sparse images;
+//! - [`layerstore`]: layers unpacked once each, for booting over virtio-fs;
+//! - [`testutil`]: test images built locally (used by the integration tests).
 
 pub mod cache;
 pub mod convert;
 pub mod digest;
 pub mod ext4;
-pub mod ext4b;
 pub mod flatten;
 pub mod layer;
 pub mod layerstore;

@@ -327,6 +327,7 @@ fn add_virtio(
     slots
         .cmdline
         .push(format!("virtio_mmio.device=4K@{base:#x}:{gsi}"));
+    slots.devices.push((base, gsi));
     Ok(())
 }
 
@@ -528,12 +529,13 @@ pub fn run(config: &VmConfig, start: Instant) -> Result<ExitReason, VmError> {
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => running = 0,
         }
     }
-    for t in threads {
-        if t.is_finished() {
+    if running == 0 {
+        // Every thread has left its run loop; joining only waits for its last instructions.
+        for t in threads {
             let _ = t.join();
-        } else {
-            tracing::warn!("a vCPU thread did not stop");
         }
+    } else {
+        tracing::warn!("{running} vCPU thread(s) did not stop");
     }
     let dropped = console.dropped();
     console.finish(Duration::from_secs(2));

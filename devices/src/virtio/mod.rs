@@ -77,6 +77,19 @@ impl Interrupt {
     }
 }
 
+/// Copies configuration space `config` from `offset` into `data`; bytes past
+/// its end (or an absurd offset) read as zero.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Ok(start) = usize::try_from(offset) else {
+        return;
+    };
+    if let Some(src) = config.get(start..) {
+        let n = src.len().min(data.len());
+        data[..n].copy_from_slice(&src[..n]);
+    }
+}
+
 /// Device logic behind a virtio transport.
 pub trait VirtioDevice: Send {
     /// Virtio device id (`virtio_ids::VIRTIO_ID_*`).

@@ -1,50 +1,36 @@
-//! Filesystem geometry: block groups, where each group's metadata lives.
-//!
-//! Without `flex_bg`, every group holds its own block bitmap, inode bitmap and
-//! inode table, preceded (in groups 0, 1 and powers of 3, 5, 7 under
-//! `sparse_super`) by a copy of the superblock and the group descriptor table.
+//! Where the groups and their metadata go.
 
-use super::Ext4Error;
+use super::{Ext4Error, BLOCK, BLOCKS_PER_GROUP, BYTES_PER_INODE, INODE_SIZE, MAX_SIZE};
 
-/// Block size in bytes (fixed: 4 KiB).
-pub(crate) const BS: u64 = 4096;
-/// Blocks per group: one bitmap block of 8 * 4096 bits.
-pub(crate) const BPG: u64 = 32768;
-/// On-disk inode size.
-pub(crate) const INODE_SIZE: u64 = 256;
-/// Inodes in one inode-table block.
-pub(crate) const INODES_PER_BLOCK: u64 = BS / INODE_SIZE;
-/// Group descriptor size without the `64bit` feature.
-pub(crate) const DESC_SIZE: u64 = 32;
-/// Largest filesystem: block numbers are 32-bit without `64bit`.
-pub(crate) const MAX_SIZE: u64 = 16 << 40;
-/// Bytes of filesystem per inode when the caller does not say (mkfs default).
-pub(crate) const INODE_RATIO: u64 = 16384;
-/// First non-reserved inode.
-pub(crate) const FIRST_INO: u32 = 11;
-/// A group must keep at least this many data blocks after its metadata, or
-/// it is dropped (mkfs does the same for a tiny trailing group).
-const MIN_GROUP_DATA: u64 = 64;
-/// The smallest inode count we format with (reserved inodes + a few).
-const MIN_INODES: u64 = 16;
-
-/// Computed geometry of one filesystem.
-#[derive(Debug, Clone)]
-pub(crate) struct Layout {
-    /// Total blocks (the filesystem's size / 4096).
-    pub blocks_count: u64,
-    /// Number of block groups.
+/// Group geometry of one filesystem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    /// Total blocks.
+    pub blocks: u64,
+    /// Number of groups.
     pub groups: u64,
-    /// Inodes in every group (a multiple of [`INODES_PER_BLOCK`]).
+    /// Inodes per group (a multiple of 16: whole inode-table blocks).
     pub inodes_per_group: u64,
-    /// Blocks of the group descriptor table.
+    /// Blocks of group descriptors.
     pub gdt_blocks: u64,
-    /// Blocks of one group's inode table.
-    pub itable_blocks: u64,
+}
+
+/// Whether group `g` holds a superblock backup (sparse_super: 0, 1, powers of 3, 5, 7).
+pub fn has_super(g: u64) -> bool {
+    if g <= 1 {
+        return true;
+    }
+    [3u64, 5, 7].iter().any(|&p| {
+        let mut x = p;
+        while x < g {
+            x *= p;
+        }
+        x == g
+    })
 }
 
 impl Layout {
-    /// Geometry for a filesystem of `size` bytes with (about) `inodes` inodes.
+    /// Chooses the geometry for `size` bytes and `inodes` (default 1 per 16 KiB).
     pub fn new(size: u64, inodes: Option<u64>) -> Result<Layout, Ext4Error> {
         if size > MAX_SIZE {
             return Err(Ext4Error::TooLarge {
@@ -52,90 +38,74 @@ impl Layout {
                 max: MAX_SIZE,
             });
         }
-        // Block numbers are u32, so 16 TiB exactly loses its last block.
-        let mut blocks = (size / BS).min(u64::from(u32::MAX));
+        let min = 256 * BLOCK;
+        let mut blocks = size / BLOCK;
+        if blocks < 256 {
+            return Err(Ext4Error::TooSmall { size, min });
+        }
+        let want_inodes = inodes.unwrap_or(blocks * BLOCK / BYTES_PER_INODE).max(64);
         loop {
-            let groups = blocks.div_ceil(BPG);
-            if groups == 0 {
-                return Err(Ext4Error::TooSmall {
-                    size,
-                    min: Self::min_size(),
-                });
-            }
-            let want = inodes.unwrap_or(blocks * BS / INODE_RATIO).max(MIN_INODES);
-            // Inode numbers are u32 too; keep ipg * groups below 2^32.
-            let max_ipg =
-                (BS * 8).min(u64::from(u32::MAX) / groups / INODES_PER_BLOCK * INODES_PER_BLOCK);
-            let ipg = want
+            let groups = blocks.div_ceil(BLOCKS_PER_GROUP);
+            let ipg = want_inodes
                 .div_ceil(groups)
-                .next_multiple_of(INODES_PER_BLOCK)
-                .max(MIN_INODES);
-            if ipg > max_ipg {
-                return Err(Ext4Error::TooManyInodes {
-                    requested: want,
-                    max: max_ipg * groups,
-                });
-            }
-            let layout = Layout {
-                blocks_count: blocks,
+                .next_multiple_of(16)
+                .clamp(16, 32768);
+            let l = Layout {
+                blocks,
                 groups,
                 inodes_per_group: ipg,
-                gdt_blocks: (groups * DESC_SIZE).div_ceil(BS),
-                itable_blocks: ipg / INODES_PER_BLOCK,
+                gdt_blocks: (groups * 32).div_ceil(BLOCK),
             };
-            let last = groups - 1;
-            if layout.group_blocks(last) >= layout.overhead(last) + MIN_GROUP_DATA {
-                return Ok(layout);
+            // A last group too small for its own metadata (plus a little data) is dropped, as mke2fs does.
+            let last = blocks - (groups - 1) * BLOCKS_PER_GROUP;
+            if last < l.overhead(groups - 1) + 16 {
+                if groups == 1 {
+                    return Err(Ext4Error::TooSmall { size, min });
+                }
+                blocks -= last;
+                continue;
             }
-            if groups == 1 {
-                let min = ((layout.overhead(0) + MIN_GROUP_DATA) * BS).max(Self::min_size());
-                return Err(Ext4Error::TooSmall { size, min });
-            }
-            // The trailing partial group cannot hold its own metadata: drop it.
-            blocks = last * BPG;
+            return Ok(l);
         }
-    }
-
-    /// The smallest size [`Layout::new`] accepts with default inodes.
-    pub fn min_size() -> u64 {
-        // superblock + gdt + 2 bitmaps + 1 inode table block, plus data.
-        (5 + MIN_GROUP_DATA) * BS
     }
 
     /// Total inodes.
-    pub fn inodes_count(&self) -> u64 {
-        self.inodes_per_group * self.groups
+    pub fn inodes(&self) -> u64 {
+        self.groups * self.inodes_per_group
     }
 
-    /// Whether group `g` holds a superblock backup (`sparse_super`).
-    pub fn has_super(g: u64) -> bool {
-        fn power_of(mut n: u64, base: u64) -> bool {
-            while n % base == 0 {
-                n /= base;
-            }
-            n == 1
-        }
-        g <= 1 || power_of(g, 3) || power_of(g, 5) || power_of(g, 7)
+    /// Blocks of one group's inode table.
+    pub fn itable_blocks(&self) -> u64 {
+        self.inodes_per_group * INODE_SIZE / BLOCK
     }
 
     /// First block of group `g`.
     pub fn group_start(&self, g: u64) -> u64 {
-        g * BPG
+        g * BLOCKS_PER_GROUP
     }
 
-    /// Blocks in group `g` (the last one may be partial).
+    /// Blocks in group `g` (the last may be short).
     pub fn group_blocks(&self, g: u64) -> u64 {
-        BPG.min(self.blocks_count - g * BPG)
+        (self.blocks - self.group_start(g)).min(BLOCKS_PER_GROUP)
     }
 
-    /// Block bitmap of group `g` (right after the superblock/GDT copy, if any).
-    pub fn block_bitmap(&self, g: u64) -> u64 {
-        let sb = if Self::has_super(g) {
+    /// Superblock + descriptor copies at the start of group `g`.
+    pub fn super_blocks(&self, g: u64) -> u64 {
+        if has_super(g) {
             1 + self.gdt_blocks
         } else {
             0
-        };
-        self.group_start(g) + sb
+        }
+    }
+
+    /// Metadata blocks of group `g`.
+    pub fn overhead(&self, g: u64) -> u64 {
+        self.super_blocks(g) + 2 + self.itable_blocks()
+    }
+
+    /// Block bitmap of group `g`.
+    pub fn block_bitmap(&self, g: u64) -> u64 {
+        self.group_start(g) + self.super_blocks(g)
     }
 
     /// Inode bitmap of group `g`.
@@ -148,9 +118,16 @@ impl Layout {
         self.block_bitmap(g) + 2
     }
 
-    /// Metadata blocks at the start of group `g`.
-    pub fn overhead(&self, g: u64) -> u64 {
-        self.inode_table(g) + self.itable_blocks - self.group_start(g)
+    /// Every metadata block of group `g`.
+    pub fn metadata_blocks(&self, g: u64) -> std::ops::Range<u64> {
+        self.group_start(g)..self.group_start(g) + self.overhead(g)
+    }
+
+    /// Byte offset of inode `ino` (1-based).
+    pub fn inode_offset(&self, ino: u64) -> u64 {
+        let g = (ino - 1) / self.inodes_per_group;
+        let i = (ino - 1) % self.inodes_per_group;
+        self.inode_table(g) * BLOCK + i * INODE_SIZE
     }
 }
 
@@ -160,37 +137,26 @@ mod tests {
 
     #[test]
     fn sparse_super_groups() {
-        let with: Vec<u64> = (0..100).filter(|&g| Layout::has_super(g)).collect();
+        let with: Vec<u64> = (0..100).filter(|&g| has_super(g)).collect();
         assert_eq!(with, vec![0, 1, 3, 5, 7, 9, 25, 27, 49, 81]);
     }
 
     #[test]
-    fn drops_tiny_last_group() {
-        // 128 MiB + 4 KiB: the second group would be a single block.
-        let l = Layout::new((128 << 20) + 4096, None).unwrap();
-        assert_eq!(l.groups, 1);
-        assert_eq!(l.blocks_count, BPG);
+    fn geometry() {
         let l = Layout::new(200 << 20, None).unwrap();
-        assert_eq!(l.groups, 2);
-        assert_eq!(l.blocks_count, 51200);
-        assert_eq!(l.inodes_count(), 200 << 20 >> 14);
-    }
-
-    #[test]
-    fn limits() {
+        assert_eq!((l.blocks, l.groups), (51200, 2));
+        assert_eq!(l.inodes_per_group % 16, 0);
+        assert!(l.inodes() >= (200 << 20) / BYTES_PER_INODE);
+        // A tiny tail group is dropped.
+        let l = Layout::new((128 << 20) + 8192, None).unwrap();
+        assert_eq!((l.blocks, l.groups), (32768, 1));
         assert!(matches!(
-            Layout::new(64 << 10, None),
+            Layout::new(100_000, None),
             Err(Ext4Error::TooSmall { .. })
         ));
         assert!(matches!(
-            Layout::new(MAX_SIZE + 4096, None),
+            Layout::new(MAX_SIZE + 1, None),
             Err(Ext4Error::TooLarge { .. })
-        ));
-        let l = Layout::new(MAX_SIZE, None).unwrap();
-        assert!(l.inodes_count() <= u64::from(u32::MAX));
-        assert!(matches!(
-            Layout::new(1 << 30, Some(1 << 30)),
-            Err(Ext4Error::TooManyInodes { .. })
         ));
     }
 }

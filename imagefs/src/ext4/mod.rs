@@ -1,373 +1,359 @@
-//! An ext4 filesystem image writer: no root, no mount, no mkfs.
+//! An ext4 filesystem writer: file data is streamed into freshly allocated
+//! blocks as it arrives ([`Ext4Builder::write_data`]); the tree comes last
+//! ([`Ext4Builder::finish`]) and is laid out as inodes, directories, extent
+//! trees, xattrs, bitmaps, group descriptors and superblocks.
 //!
-//! File contents are streamed into the image first ([`Ext4Builder::write_data`]),
-//! while image layers go by; contents a later layer deletes can be released
-//! ([`Ext4Builder::free_data`]). [`Ext4Builder::finish`] then writes the
-//! final [`Tree`](crate::tree::Tree): inodes, directories, extent trees,
-//! xattrs, bitmaps, group descriptors and superblocks.
-//!
-//! Format: 4 KiB blocks, 32768 blocks per group, 256-byte inodes with
-//! nanosecond times, features `ext_attr`, `filetype`, `extents`,
-//! `sparse_super`, `large_file`, `huge_file`, `dir_nlink`, `extra_isize`;
-//! no journal, no checksums, linear directories. The output is sparse: blocks
-//! never written (unused inode tables, free space) read as zeros, which is
-//! what an empty ext4 structure is without `uninit_bg`.
+//! Format: 4 KiB blocks, 32768 blocks per group, 256-byte inodes, features
+//! `ext_attr`, `filetype`, `extents`, `sparse_super`, `large_file`,
+//! `dir_nlink`, `extra_isize`; no journal (valid, mounts read-write), no
+//! checksums, linear directories. The image is sparse: nothing is written
+//! that would be zeros (unused inode table space reads as zeros, which is a
+//! valid unused inode), so an image costs only its content on the host.
 
-mod alloc;
-mod dir;
-mod extent;
-mod finish;
-mod inode;
-mod io;
 mod layout;
-mod superblock;
-mod xattr;
+mod write;
 
 #[cfg(test)]
 mod tests;
-#[cfg(test)]
-mod tests_extra;
-#[cfg(test)]
-mod testutil;
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{ErrorKind, Read};
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+
+pub use layout::Layout;
 
 use crate::tree::DataId;
-use alloc::{Allocator, Run};
-use layout::{Layout, BS};
 
-/// Largest single data write (and the read buffer size).
-const DATA_BUF: usize = 1 << 20;
+/// Block size.
+pub const BLOCK: u64 = 4096;
+/// Blocks per group.
+pub const BLOCKS_PER_GROUP: u64 = 32768;
+/// Inode size.
+pub const INODE_SIZE: u64 = 256;
+/// Bytes of disk per inode when the caller does not say.
+pub const BYTES_PER_INODE: u64 = 16384;
+/// Largest filesystem written (32-bit block numbers).
+pub const MAX_SIZE: u64 = (1u64 << 32) * BLOCK;
+/// Longest extent.
+const MAX_EXTENT: u64 = 32768;
 
-/// How to format the filesystem.
-#[derive(Debug, Clone)]
-pub struct Ext4Options {
-    /// Size of the whole filesystem in bytes (rounded down to 4 KiB; at most 16 TiB).
-    pub size: u64,
-    /// Inode count; None: one per 16 KiB of size, like mkfs.
-    pub inodes: Option<u64>,
-    /// Volume label, at most 16 bytes.
-    pub label: String,
-    /// Filesystem uuid (also seeds the directory hash seed).
-    pub uuid: [u8; 16],
-    /// Seconds since the epoch for the superblock's times (for reproducible images).
-    pub timestamp: i64,
-}
-
-/// What went wrong while writing an image.
+/// Errors from writing an ext4 image.
 #[derive(Debug, thiserror::Error)]
 pub enum Ext4Error {
-    /// The data does not fit: `needed` bytes of filesystem (everything so far
-    /// plus the request) against a `size`-byte filesystem.
-    #[error("ext4 image full: {needed} bytes needed, filesystem is {size} bytes")]
+    /// The content does not fit.
+    #[error("the disk is full: {needed} more bytes needed in a {size}-byte filesystem")]
     NoSpace {
-        /// Bytes of filesystem needed.
+        /// Bytes the failed allocation asked for.
         needed: u64,
-        /// Filesystem size in bytes.
+        /// Filesystem size.
         size: u64,
     },
-    /// The tree has more nodes than the filesystem has inodes.
-    #[error("ext4 image out of inodes: {needed} needed, {available} available")]
+    /// More files than inodes.
+    #[error("{needed} inodes needed but the filesystem has {available}")]
     NoInodes {
-        /// Inodes the tree needs (reserved ones included).
+        /// Inodes needed.
         needed: u64,
-        /// Inodes in the filesystem.
+        /// Inodes available.
         available: u64,
     },
-    /// The size cannot hold even the filesystem's own metadata.
-    #[error("ext4 image size {size} bytes is too small (minimum {min} bytes)")]
+    /// The size is below the minimum.
+    #[error("a {size}-byte filesystem is too small (minimum {min} bytes)")]
     TooSmall {
         /// Requested size.
         size: u64,
-        /// Smallest usable size with these options.
+        /// Minimum.
         min: u64,
     },
-    /// The size needs more than 32-bit block numbers (the `64bit` feature is not used).
-    #[error("ext4 image size {size} bytes exceeds the maximum of {max} bytes")]
+    /// The size is beyond what this writer supports.
+    #[error("a {size}-byte filesystem is too large (maximum {max} bytes)")]
     TooLarge {
         /// Requested size.
         size: u64,
-        /// Largest supported size.
+        /// Maximum.
         max: u64,
     },
-    /// More inodes were requested than the geometry can hold.
-    #[error("{requested} inodes requested, at most {max} fit")]
-    TooManyInodes {
-        /// Requested inode count.
-        requested: u64,
-        /// Most inodes possible at this size.
-        max: u64,
+    /// A name longer than 255 bytes.
+    #[error("name too long ({} bytes): {:?}", .0.len(), String::from_utf8_lossy(.0))]
+    NameTooLong(Vec<u8>),
+    /// An xattr whose namespace ext4 cannot store.
+    #[error("unsupported extended attribute {0:?}")]
+    UnsupportedXattr(String),
+    /// Extended attributes too large for one block.
+    #[error("extended attributes of one file exceed {0} bytes")]
+    XattrTooLarge(u64),
+    /// A symlink target longer than a block.
+    #[error("symlink target of {0} bytes is too long")]
+    SymlinkTooLong(usize),
+    /// The data reader ended early.
+    #[error("file data ended after {got} of {want} bytes")]
+    ShortData {
+        /// Bytes read.
+        got: u64,
+        /// Bytes promised.
+        want: u64,
     },
-    /// An I/O error on the image file or the data reader.
-    #[error("I/O error {what}")]
+    /// Reading data or writing the image failed.
+    #[error("{what}: {source}")]
     Io {
         /// What was being done.
         what: &'static str,
-        /// The underlying error.
-        #[source]
+        /// The error.
         source: std::io::Error,
     },
-    /// The data reader ended early.
-    #[error("file data ended after {got} of {expected} bytes")]
-    ShortRead {
-        /// Bytes promised.
-        expected: u64,
-        /// Bytes delivered.
-        got: u64,
-    },
-    /// The label is longer than 16 bytes.
-    #[error("volume label {0:?} is longer than 16 bytes")]
-    LabelTooLong(String),
-    /// A directory entry name is longer than 255 bytes.
-    #[error("file name too long ({} bytes): {}", .0.len(), String::from_utf8_lossy(.0))]
-    NameTooLong(Vec<u8>),
-    /// A directory entry name is empty, `.`, `..`, or contains `/` or NUL.
-    #[error("invalid file name {:?}", String::from_utf8_lossy(.0))]
-    InvalidName(Vec<u8>),
-    /// An xattr name whose namespace ext4 cannot store.
-    #[error("unsupported extended attribute {:?}", String::from_utf8_lossy(.0))]
-    UnsupportedXattr(Vec<u8>),
-    /// An xattr value, or all of a node's xattrs, do not fit in one block.
-    #[error("extended attributes too large ({size} bytes, at {:?})", String::from_utf8_lossy(.name))]
-    XattrTooLarge {
-        /// Name of the (first) attribute that does not fit.
-        name: Vec<u8>,
-        /// Bytes of value that did not fit.
-        size: usize,
-    },
-    /// A POSIX ACL xattr value that is not in the `posix_acl_xattr` format.
-    #[error("malformed POSIX ACL in {:?}", String::from_utf8_lossy(.0))]
-    InvalidAcl(Vec<u8>),
-    /// A symlink target that is empty, longer than 4095 bytes, or contains NUL.
-    #[error("invalid symlink target {:?}", String::from_utf8_lossy(.0))]
-    InvalidSymlink(Vec<u8>),
-    /// A device number ext4 cannot encode (major > 4095 or minor > 1048575).
-    #[error("device number {major}:{minor} out of range")]
-    InvalidDevice {
-        /// Major number.
-        major: u32,
-        /// Minor number.
-        minor: u32,
-    },
-    /// A file names data that was never written or was freed.
-    #[error("file data {0:?} is unknown (never written or freed)")]
-    UnknownData(DataId),
-    /// Two different files name the same data.
-    #[error("file data {0:?} is used by more than one inode")]
-    SharedData(DataId),
-    /// A file's data is longer than its size.
-    #[error("file data {id:?} is {data_len} bytes but the file is {size} bytes")]
-    DataSizeMismatch {
-        /// The data.
-        id: DataId,
-        /// Bytes written for it.
-        data_len: u64,
-        /// The file's size in the tree.
-        size: u64,
-    },
-    /// A file larger than ext4 extents can address (16 TiB - 4 KiB).
-    #[error("file of {0} bytes is too large for ext4")]
-    FileTooLarge(u64),
-    /// A directory (or the root) is named by more than one entry.
-    #[error("directory node {0} is linked more than once")]
-    DirHardlink(crate::tree::NodeId),
-    /// A non-directory with more than 65000 names.
-    #[error("{0} links to one inode exceed ext4's limit of 65000")]
-    TooManyLinks(u32),
-    /// The tree's root is not a directory.
-    #[error("the tree's root is not a directory")]
-    RootNotDir,
 }
 
-/// Figures about a finished image.
+pub(crate) fn io_err(what: &'static str) -> impl FnOnce(std::io::Error) -> Ext4Error {
+    move |source| Ext4Error::Io { what, source }
+}
+
+/// How to make the filesystem.
+#[derive(Debug, Clone)]
+pub struct Ext4Options {
+    /// Bytes, whole filesystem (the file is set to this length, sparse).
+    pub size: u64,
+    /// Inode count; `None`: one per 16 KiB.
+    pub inodes: Option<u64>,
+    /// Volume label (at most 16 bytes are kept).
+    pub label: String,
+    /// Filesystem UUID.
+    pub uuid: [u8; 16],
+    /// Superblock times (reproducible output).
+    pub timestamp: i64,
+}
+
+/// What [`Ext4Builder::finish`] wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ext4Stats {
-    /// Inodes in use, reserved ones (1..=10) included.
+    /// Inodes in use.
     pub inodes_used: u64,
-    /// Blocks in use, metadata included.
+    /// Blocks in use (metadata included).
     pub blocks_used: u64,
-    /// Filesystem size in bytes (may be below the requested size when a
-    /// trailing partial group was too small to keep).
+    /// Filesystem size in bytes.
     pub size: u64,
 }
 
-/// Where one piece of file data lives.
-#[derive(Debug, Clone)]
-struct DataRec {
-    len: u64,
-    runs: Vec<Run>,
+/// A run of blocks holding file data: logical block, physical block, length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Extent {
+    pub logical: u32,
+    pub start: u64,
+    pub len: u64,
 }
 
-/// Writes an ext4 image into a file; see the module documentation.
+/// Builds one ext4 image.
 pub struct Ext4Builder {
     file: File,
     opts: Ext4Options,
     layout: Layout,
-    alloc: Allocator,
-    data: HashMap<u64, DataRec>,
+    /// One bit per block: in use.
+    used: Vec<u64>,
+    /// Where the next allocation search starts.
+    cursor: u64,
+    free_blocks: u64,
+    data: HashMap<u64, Vec<Extent>>,
     next_id: u64,
-    buf: Vec<u8>,
+}
+
+/// Bytes of disk a tree of this shape needs: data, one block per directory,
+/// inodes, and the fixed metadata of the groups; no free space.
+pub fn estimate_size(files: u64, dirs: u64, data_bytes: u64) -> u64 {
+    let data_blocks = data_bytes.div_ceil(BLOCK) + dirs * 2 + files / 64 + 16;
+    let inodes = ((files + dirs) * 3 / 2).max(1024);
+    let itable_blocks = (inodes * INODE_SIZE).div_ceil(BLOCK);
+    let blocks = data_blocks + itable_blocks;
+    let groups = blocks.div_ceil(BLOCKS_PER_GROUP).max(1);
+    (blocks + groups * 4 + 64) * BLOCK
 }
 
 impl Ext4Builder {
-    /// Prepares `file` as an image of `opts.size` bytes: truncates it and sets
-    /// its length (sparse: nothing is written until data arrives).
+    /// Lays out a filesystem of `opts.size` bytes in `file` (made sparse at that length).
     pub fn new(file: File, opts: Ext4Options) -> Result<Self, Ext4Error> {
-        if opts.label.len() > 16 {
-            return Err(Ext4Error::LabelTooLong(opts.label));
-        }
         let layout = Layout::new(opts.size, opts.inodes)?;
-        // Truncating first guarantees never-written blocks read as zeros.
-        file.set_len(0).map_err(|source| Ext4Error::Io {
-            what: "truncating the image",
-            source,
-        })?;
-        file.set_len(opts.size).map_err(|source| Ext4Error::Io {
-            what: "sizing the image",
-            source,
-        })?;
-        let alloc = Allocator::new(&layout);
+        file.set_len(layout.blocks * BLOCK)
+            .map_err(io_err("setting the image size"))?;
+        let mut used = vec![0u64; layout.blocks.div_ceil(64) as usize];
+        let mut meta = 0;
+        for g in 0..layout.groups {
+            for b in layout.metadata_blocks(g) {
+                used[(b / 64) as usize] |= 1 << (b % 64);
+                meta += 1;
+            }
+        }
         Ok(Ext4Builder {
             file,
-            opts,
+            free_blocks: layout.blocks - meta,
+            cursor: 0,
             layout,
-            alloc,
+            opts,
+            used,
             data: HashMap::new(),
             next_id: 0,
-            buf: Vec::new(),
         })
     }
 
-    /// Filesystem size in bytes.
-    fn fs_size(&self) -> u64 {
-        self.layout.blocks_count * BS
+    fn is_used(&self, b: u64) -> bool {
+        self.used[(b / 64) as usize] & (1 << (b % 64)) != 0
     }
 
-    /// The error for a failed allocation of `blocks` more blocks.
-    fn no_space(&self, blocks: u64) -> Ext4Error {
-        let used = self.layout.blocks_count - self.alloc.free_blocks();
-        Ext4Error::NoSpace {
-            needed: (used + blocks) * BS,
-            size: self.fs_size(),
+    fn set_used(&mut self, b: u64, on: bool) {
+        if on {
+            self.used[(b / 64) as usize] |= 1 << (b % 64);
+        } else {
+            self.used[(b / 64) as usize] &= !(1 << (b % 64));
         }
     }
 
-    /// Allocates blocks for `len` bytes (contiguous when possible) and copies
-    /// exactly `len` bytes from `reader` into them. Fails before writing
-    /// anything with [`Ext4Error::NoSpace`] when they do not fit, and with
-    /// [`Ext4Error::ShortRead`] if the reader ends early (the blocks are
-    /// released on any error).
+    /// Allocates `n` blocks as few runs as possible, each at most `MAX_EXTENT` long.
+    pub(crate) fn alloc(&mut self, n: u64) -> Result<Vec<(u64, u64)>, Ext4Error> {
+        if n > self.free_blocks {
+            return Err(Ext4Error::NoSpace {
+                needed: n * BLOCK,
+                size: self.layout.blocks * BLOCK,
+            });
+        }
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        let mut left = n;
+        let total = self.layout.blocks;
+        let mut b = self.cursor % total;
+        let mut scanned = 0u64;
+        while left > 0 && scanned <= total {
+            // Skip whole used words quickly.
+            if b.is_multiple_of(64) && self.used[(b / 64) as usize] == u64::MAX {
+                b += 64;
+                if b >= total {
+                    b = 0;
+                }
+                scanned += 64;
+                continue;
+            }
+            if !self.is_used(b) {
+                self.set_used(b, true);
+                match runs.last_mut() {
+                    Some((s, l)) if *s + *l == b && *l < MAX_EXTENT => *l += 1,
+                    _ => runs.push((b, 1)),
+                }
+                left -= 1;
+            }
+            b += 1;
+            scanned += 1;
+            if b >= total {
+                b = 0;
+            }
+        }
+        debug_assert_eq!(left, 0, "free count and bitmap disagree");
+        self.cursor = b;
+        self.free_blocks -= n;
+        Ok(runs)
+    }
+
+    pub(crate) fn release(&mut self, start: u64, len: u64) {
+        for b in start..start + len {
+            if self.is_used(b) {
+                self.set_used(b, false);
+                self.free_blocks += 1;
+            }
+        }
+    }
+
+    /// Streams exactly `len` bytes from `reader` into new blocks.
     pub fn write_data(&mut self, reader: &mut dyn Read, len: u64) -> Result<DataId, Ext4Error> {
-        let blocks = len.div_ceil(BS);
-        let runs = self
-            .alloc
-            .alloc(blocks)
-            .ok_or_else(|| self.no_space(blocks))?;
-        if let Err(e) = self.stream(reader, len, &runs) {
+        let blocks = len.div_ceil(BLOCK);
+        if blocks > u64::from(u32::MAX) {
+            return Err(Ext4Error::NoSpace {
+                needed: len,
+                size: self.layout.blocks * BLOCK,
+            });
+        }
+        let runs = self.alloc(blocks)?;
+        let mut extents = Vec::with_capacity(runs.len());
+        let mut logical = 0u64;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut done = 0u64;
+        let result = (|| {
             for &(start, n) in &runs {
-                self.alloc.free(start, n);
+                extents.push(Extent {
+                    logical: logical as u32,
+                    start,
+                    len: n,
+                });
+                logical += n;
+                let mut off = start * BLOCK;
+                let run_bytes = (n * BLOCK).min(len - done);
+                let mut left = run_bytes;
+                while left > 0 {
+                    let chunk = (left as usize).min(buf.len());
+                    read_full(reader, &mut buf[..chunk], done, len)?;
+                    self.file
+                        .write_all_at(&buf[..chunk], off)
+                        .map_err(io_err("writing file data"))?;
+                    off += chunk as u64;
+                    left -= chunk as u64;
+                    done += chunk as u64;
+                }
+            }
+            // The tail of the last block may hold an earlier file's bytes.
+            let tail = (blocks * BLOCK) - len;
+            if tail > 0 {
+                let last = runs.last().map(|&(s, n)| s + n).unwrap_or(0);
+                let zeros = vec![0u8; tail as usize];
+                self.file
+                    .write_all_at(&zeros, last * BLOCK - tail)
+                    .map_err(io_err("writing file data"))?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            for (s, n) in runs {
+                self.release(s, n);
             }
             return Err(e);
         }
-        let id = self.next_id;
         self.next_id += 1;
-        self.data.insert(id, DataRec { len, runs });
-        Ok(DataId(id))
+        self.data.insert(self.next_id, extents);
+        Ok(DataId(self.next_id))
     }
 
-    /// Copies `len` bytes from `reader` into `runs`, zero-padding the last block.
-    fn stream(&mut self, reader: &mut dyn Read, len: u64, runs: &[Run]) -> Result<(), Ext4Error> {
-        if self.buf.len() < DATA_BUF {
-            self.buf.resize(DATA_BUF, 0);
-        }
-        let mut remaining = len;
-        for &(start, blocks) in runs {
-            let mut off = start * BS;
-            let end = (start + blocks) * BS;
-            while off < end {
-                let chunk = (end - off).min(DATA_BUF as u64) as usize;
-                let want = remaining.min(chunk as u64) as usize;
-                let got = read_full(reader, &mut self.buf[..want])?;
-                if got < want {
-                    return Err(Ext4Error::ShortRead {
-                        expected: len,
-                        got: len - remaining + got as u64,
-                    });
-                }
-                // Freed blocks may be reused: clear the tail past the data.
-                self.buf[want..chunk].fill(0);
-                io::write_at(&self.file, &self.buf[..chunk], off)?;
-                remaining -= want as u64;
-                off += chunk as u64;
-            }
-        }
-        Ok(())
-    }
-
-    /// Releases data written by [`Ext4Builder::write_data`] (a later layer
-    /// deleted or replaced the file); its blocks become reusable. Unknown ids
-    /// are ignored.
+    /// Frees the blocks of data no longer in the tree.
     pub fn free_data(&mut self, id: DataId) {
-        if let Some(rec) = self.data.remove(&id.0) {
-            for (start, n) in rec.runs {
-                self.alloc.free(start, n);
+        if let Some(extents) = self.data.remove(&id.0) {
+            for e in extents {
+                self.release(e.start, e.len);
             }
         }
+    }
+
+    /// Writes everything but the file data, then syncs.
+    pub fn finish(mut self, tree: &crate::tree::Tree) -> Result<Ext4Stats, Ext4Error> {
+        let inodes_used = write::write_tree(&mut self, tree)?;
+        self.file.sync_all().map_err(io_err("syncing the image"))?;
+        Ok(Ext4Stats {
+            inodes_used,
+            blocks_used: self.layout.blocks - self.free_blocks,
+            size: self.layout.blocks * BLOCK,
+        })
     }
 }
 
-/// Reads until `buf` is full or the reader ends; returns the bytes read.
-fn read_full(reader: &mut dyn Read, buf: &mut [u8]) -> Result<usize, Ext4Error> {
-    let mut n = 0;
-    while n < buf.len() {
-        match reader.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(source) => {
+fn read_full(r: &mut dyn Read, buf: &mut [u8], done: u64, want: u64) -> Result<(), Ext4Error> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
+            Ok(0) => {
+                return Err(Ext4Error::ShortData {
+                    got: done + got as u64,
+                    want,
+                })
+            }
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
                 return Err(Ext4Error::Io {
                     what: "reading file data",
-                    source,
+                    source: e,
                 })
             }
         }
     }
-    Ok(n)
-}
-
-/// Bytes of filesystem a tree of `files` non-directories (symlinks, devices
-/// included), `dirs` directories and `data_bytes` of file contents needs,
-/// assuming `inodes: None`: data rounded up per file, directory blocks,
-/// extent/xattr blocks, inode tables, bitmaps and superblock copies. It is
-/// meant to be sufficient on its own (assuming directory entries average
-/// under 64 bytes and at most one file in 16 needs an external xattr
-/// block); add headroom for a writable image.
-pub fn estimate_size(files: u64, dirs: u64, data_bytes: u64) -> u64 {
-    let entries = files + dirs;
-    // Each file may waste most of a block (and a long symlink takes one).
-    let data = data_bytes.div_ceil(BS) + files;
-    // Directory entries average well under 64 bytes; one partial block per dir.
-    let dir_blocks = (entries * 64).div_ceil(BS) + dirs + 1 + 4;
-    // Extent index blocks for fragmented files and external xattr blocks.
-    let extra = files.div_ceil(16) + 16;
-    let payload = data + dir_blocks + extra;
-    let inodes = entries + 16;
-    let mut blocks = (payload + payload / 32 + 128).max(Layout::min_size() / BS);
-    loop {
-        let size = blocks * BS;
-        if size >= layout::MAX_SIZE {
-            return size;
-        }
-        if let Ok(l) = Layout::new(size, None) {
-            let free: u64 = (0..l.groups)
-                .map(|g| l.group_blocks(g) - l.overhead(g))
-                .sum();
-            if free >= payload && l.inodes_count() >= inodes {
-                return size;
-            }
-        }
-        blocks += blocks / 16 + 16;
-    }
+    Ok(())
 }

@@ -9,8 +9,8 @@
 //! <root>/tmp/<hex>.<pid>.<n>/     an unpack in progress (same two names inside)
 //! ```
 //! An entry is built in `tmp/` and published with one rename(2) of its
-//! directory, after a syncfs(2): a kill -9 at any point leaves either no entry
-//! or a whole one. Leftovers of dead processes are removed by
+//! directory, after a syncfs(2) (see [`StoreOptions::durable`]): a kill -9 (or
+//! a power loss) at any point leaves either no entry or a whole one. Leftovers of dead processes are removed by
 //! [`LayerStore::gc_tmp`] and before each unpack (as [`crate::cache`] does).
 //! When two processes unpack the same layer at once, the first rename wins and
 //! the other discards its copy. `<root>` is kept mode 0700: layers hold
@@ -60,16 +60,19 @@
 //! # Serving the layers with fuse-backend-rs
 //! PassthroughFs reads lower layers with the server's own credentials (it
 //! switches euid/egid only to create files), and `OverlayFs` calls getxattr
-//! on every directory it looks up: so `xattr: true` is required, the store
-//! must be on a filesystem with xattrs (ext4, xfs, btrfs; tmpfs >= 6.6), and
-//! an unprivileged server must be able to read every file and search every
-//! directory, which is why the unprivileged modes keep `u+rw`/`u+rwx`.
-//! fuse-backend-rs's overlay handles names as UTF-8 (lossily): entries whose
-//! names are not UTF-8 are unpacked but cannot be reached through it.
+//! on every directory it looks up, failing the lookup on any error but
+//! ENODATA: so `xattr: true` is required, the store must be on a filesystem
+//! with xattrs (ext4, xfs, btrfs; tmpfs >= 6.6), and an unprivileged server
+//! must be able to read every file and search every directory, which is why
+//! the unprivileged mode keeps `u+rw`/`u+rwx` (a root server needs nothing).
+//! `OverlayFs` takes the root directory's attributes from the upper layer:
+//! make the upper with [`prepare_upper`]. Its names are UTF-8 (converted
+//! lossily), so entries whose names are not UTF-8 are unpacked but cannot be
+//! reached through it. `Config::work` is unused by fuse-backend-rs 0.14.
+//! The layer directories are shared by every VM: serve them only as lowers.
 //!
 //! ```ignore
-//! use fuse_backend_rs::api::filesystem::Layer;
-//! use fuse_backend_rs::overlayfs::{config::Config, OverlayFs, BoxedLayer};
+//! use fuse_backend_rs::overlayfs::{config::Config, BoxedLayer, OverlayFs};
 //! use fuse_backend_rs::passthrough::{Config as PtConfig, PassthroughFs};
 //! fn layer(dir: &Path) -> io::Result<Arc<BoxedLayer>> {
 //!     let fs = PassthroughFs::<()>::new(PtConfig {
@@ -82,13 +85,17 @@
 //!     Ok(Arc::new(Box::new(fs) as BoxedLayer))
 //! }
 //! let dirs = store.ensure_image(&mut *src, &image, &name, &mut |_| {})?; // bottom-most first
+//! layerstore::prepare_upper(&dirs, &vm_upper_dir)?; // empty per-VM directory
 //! let lowers = dirs.iter().rev().map(|d| layer(d)).collect::<io::Result<Vec<_>>>()?; // top-most first
-//! let upper = layer(&vm_upper_dir)?; // empty per-VM directory
-//! let fs = OverlayFs::new(Some(upper), lowers, Config {
-//!     mountpoint: "/".into(), work: vm_work_dir.to_string_lossy().into(), do_import: true,
+//! let config = Config {
+//!     mountpoint: "/".into(),
+//!     work: vm_work_dir.to_string_lossy().into(),
+//!     do_import: true,
 //!     ..Default::default()
-//! })?;
+//! };
+//! let fs = OverlayFs::new(Some(layer(&vm_upper_dir)?), lowers, config)?;
 //! fs.import()?;
+//! // then api::server::Server::new(Arc::new(fs)) as for a single PassthroughFs
 //! ```
 //!
 //! [`LayerStore::remove`] must not be used on layers that running VMs serve.
@@ -99,6 +106,8 @@ mod sys;
 #[cfg(test)]
 mod tests;
 mod unpack;
+
+pub use store::prepare_upper;
 
 use std::fmt;
 use std::io;
@@ -340,6 +349,10 @@ pub struct StoreOptions {
     /// Unpack as an unprivileged user would even when root (for tests, and
     /// for stores served by an unprivileged VMM).
     pub force_unprivileged: bool,
+    /// Flush the filesystem (syncfs) before publishing each layer, so that
+    /// not even a power loss can publish a half-written one. On by default;
+    /// off only for throwaway stores (tests).
+    pub durable: bool,
 }
 
 impl Default for StoreOptions {
@@ -348,6 +361,7 @@ impl Default for StoreOptions {
             max_layer_bytes: DEFAULT_MAX_LAYER_BYTES,
             max_entries: crate::flatten::DEFAULT_MAX_ENTRIES,
             force_unprivileged: false,
+            durable: true,
         }
     }
 }

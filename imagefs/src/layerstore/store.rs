@@ -380,14 +380,17 @@ impl LayerStore {
         let json = serde_json::to_vec_pretty(meta).expect("metadata serializes");
         let mut f = std::fs::File::create(&meta_path).map_err(io_err("create", &meta_path))?;
         f.write_all(&json).map_err(io_err("write", &meta_path))?;
-        // One syncfs for all the files, so that a crash cannot publish a half-written layer.
-        sys::syncfs(f.as_fd()).map_err(io_err("sync", &pending.dir))?;
+        if self.opts.durable {
+            // One syncfs for all the files, so that a crash cannot publish a half-written layer.
+            sys::syncfs(f.as_fd()).map_err(io_err("sync", &pending.dir))?;
+        }
         let rootfs = target.join("rootfs");
         match std::fs::rename(&pending.dir, target) {
             Ok(()) => {
                 pending.published = true;
-                if let Some(parent) = target.parent() {
-                    sync_dir(parent);
+                match target.parent() {
+                    Some(parent) if self.opts.durable => sync_dir(parent),
+                    _ => {}
                 }
             }
             // Another process published it meanwhile: keep theirs, discard ours.
@@ -467,4 +470,28 @@ impl LayerStore {
         }
         n
     }
+}
+
+/// Creates the per-VM upper directory (if missing) with the owner, mode,
+/// times and encoded metadata of the image's root (the top-most layer's):
+/// fuse-backend-rs's `OverlayFs` shows the root directory's attributes from
+/// the upper layer, so an upper made with other attributes changes `/` in the
+/// guest. `layers` is as [`LayerStore::ensure_image`] returns it.
+pub fn prepare_upper(layers: &[PathBuf], upper: &Path) -> io::Result<()> {
+    std::fs::create_dir_all(upper)?;
+    let Some(top) = layers.last() else {
+        return Ok(());
+    };
+    let from = std::fs::File::open(top)?;
+    let to = std::fs::File::open(upper)?;
+    let st = sys::fstat(from.as_fd())?;
+    if sys::is_root() {
+        sys::chown_fd(to.as_fd(), st.st_uid, st.st_gid)?;
+    }
+    sys::chmod_fd(to.as_fd(), st.st_mode & 0o7777)?;
+    let name = sys::cstr(super::OVERRIDE_XATTR.as_bytes())?;
+    if let Some(v) = sys::fget_xattr(from.as_fd(), &name)? {
+        sys::fset_xattr(to.as_fd(), &name, &v)?;
+    }
+    sys::set_times_fd(to.as_fd(), st.st_mtime, st.st_mtime_nsec as u32)
 }

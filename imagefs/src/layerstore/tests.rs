@@ -143,6 +143,8 @@ fn same_layer_rules() {
                 TestEntry::dir("x"),
                 TestEntry::file("x/lower", "lower\n"),
                 TestEntry::file("y", "y\n"),
+                TestEntry::dir("w"),
+                TestEntry::file("w/lower", "lower\n"),
             ],
             &[],
         )
@@ -157,6 +159,9 @@ fn same_layer_rules() {
                 TestEntry::whiteout("x"),
                 TestEntry::dir("x"),
                 TestEntry::file("x/new", "new\n"),
+                // Whited out, then used as a parent: an opaque directory too.
+                TestEntry::whiteout("w"),
+                TestEntry::file("w/new", "new\n"),
                 // A file, then a directory in its place: opaque too.
                 TestEntry::file("y", "file\n"),
                 TestEntry::dir("y"),
@@ -178,7 +183,8 @@ fn same_layer_rules() {
     assert_eq!(fs::read(top.join("keep/new")).unwrap(), b"new\n");
     assert!(is_whiteout(&top.join("keep/lower")));
     assert!(!opaque(&top.join("keep")));
-    assert!(opaque(&top.join("x")) && opaque(&top.join("y")));
+    assert!(opaque(&top.join("x")) && opaque(&top.join("y")) && opaque(&top.join("w")));
+    assert_eq!(names(&top.join("w")), ["new"]);
     assert_eq!(names(&top.join("x")), ["new"]);
     assert!(!top.join("nowhere").exists());
     assert_eq!(fs::read_link(top.join("z")).unwrap(), Path::new("second"));
@@ -186,7 +192,7 @@ fn same_layer_rules() {
     // No OCI whiteout names and no scratch names are left anywhere.
     let all = names(&top);
     assert!(all.iter().all(|n| !n.starts_with(".wh.")), "{all:?}");
-    assert_eq!(all, ["d", "keep", "x", "y", "z"]);
+    assert_eq!(all, ["d", "keep", "w", "x", "y", "z"]);
 }
 
 #[test]
@@ -440,4 +446,29 @@ fn limits() {
         names(&f.store.root().join("tmp")).is_empty(),
         "failed unpacks leave nothing"
     );
+}
+
+#[test]
+fn upper_dir_takes_the_image_root() {
+    for unprivileged in [false, true] {
+        let mut f = fixture(unprivileged);
+        let root = TestEntry::raw(&b"./"[..], b'5')
+            .mode(0o1750)
+            .owner(0, 0)
+            .mtime(1_234_567_890, 0);
+        let top = f.layer(&[root], &[]).unwrap();
+        let upper = f.store.root().join("upper");
+        prepare_upper(std::slice::from_ref(&top), &upper).unwrap();
+        let (a, b) = (fs::metadata(&top).unwrap(), fs::metadata(&upper).unwrap());
+        assert_eq!(
+            (a.mode(), a.uid(), a.mtime()),
+            (b.mode(), b.uid(), b.mtime())
+        );
+        assert_eq!(b.mtime(), 1_234_567_890);
+        assert_eq!(
+            Override::read(&upper).unwrap(),
+            Override::read(&top).unwrap()
+        );
+        assert_eq!(Override::read(&upper).unwrap().is_some(), unprivileged);
+    }
 }

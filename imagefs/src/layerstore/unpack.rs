@@ -120,6 +120,9 @@ pub(crate) struct Unpacker<'a> {
     /// Directory metadata, applied after everything else (mtimes last).
     dirs: BTreeMap<Vec<u8>, DirMeta>,
     buf: Vec<u8>,
+    /// The last parent directory opened (tars list directories together);
+    /// dropped whenever this layer removes a directory.
+    last_parent: Option<(Vec<u8>, OwnedFd)>,
     pub(super) stats: UnpackStats,
     progress: &'a mut dyn FnMut(),
 }
@@ -145,6 +148,7 @@ impl<'a> Unpacker<'a> {
             created: HashSet::new(),
             dirs: BTreeMap::new(),
             buf: vec![0; 256 * 1024],
+            last_parent: None,
             stats: UnpackStats::default(),
             progress,
         };
@@ -329,6 +333,12 @@ impl<'a> Unpacker<'a> {
         parents: &[&[u8]],
         create: bool,
     ) -> Result<Option<OwnedFd>, LayerStoreError> {
+        let key = parents.join(&b'/');
+        if let Some((k, fd)) = &self.last_parent {
+            if *k == key {
+                return fd.try_clone().map(Some).map_err(self.entry_err(raw, "dup"));
+            }
+        }
         let mut dir = self.root.try_clone().map_err(self.entry_err(raw, "dup"))?;
         for (i, &c) in parents.iter().enumerate() {
             let cname = cstr(c).map_err(|_| self.bad_path(raw, "NUL in path"))?;
@@ -394,6 +404,8 @@ impl<'a> Unpacker<'a> {
             }
             self.dirs.insert(prefix, meta);
         }
+        let cached = dir.try_clone().map_err(self.entry_err(raw, "dup"))?;
+        self.last_parent = Some((key, cached));
         Ok(Some(dir))
     }
 
@@ -466,6 +478,7 @@ impl<'a> Unpacker<'a> {
             return Ok(false);
         };
         if is_dir(&st) {
+            self.last_parent = None;
             sys::remove_tree_at(dir, name)
                 .map_err(self.entry_err(raw, "remove the replaced directory"))?;
             let mut under = full.to_vec();
