@@ -116,6 +116,7 @@ EXAMPLES:
   minivm run --kernel ./vmlinux --mem 1G --image disk.raw
   minivm run --oci oci:./layout:latest           boot an OCI image (converted once, then cached)
   minivm run --oci docker://localhost:5000/app --tls-verify=false --persist app.raw
+  minivm run --oci oci:./layout --virtiofs --upper-size 1G   the image's layers over virtio-fs
   minivm run --rootfs ./rootfs --share /srv/data:data:ro   a host directory as root, plus a share
 
 OCI IMAGES:
@@ -123,6 +124,11 @@ OCI IMAGES:
   references) and boots a private copy-on-write view of it: the cached disk never changes and
   VMs never see each other's writes. --persist PATH keeps the VM's disk in PATH (created from
   the image the first time, booted as it is afterwards).
+  --oci REF --virtiofs boots without a disk: each layer is unpacked once into the layer store
+  (${XDG_CACHE_HOME:-~/.cache}/minivm/layers, shared by every image that has it) and the guest's
+  root is their merged view over virtio-fs, with OCI whiteouts honoured. The VM's changes go to
+  a private writable layer, removed when it ends (kept in the directory --persist names);
+  --upper-size caps it, --readonly leaves it out.
 
 CONSOLE:
   The guest's serial console (ttyS0) is this terminal. When stdin is a terminal it is put
@@ -146,6 +152,7 @@ KERNEL:
 
 /// Options of `minivm run`.
 #[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("fs_root").args(["rootfs", "virtiofs"]))]
 pub struct RunArgs {
     /// Raw disk image attached as the first virtio-blk disk (/dev/vda) and used as root.
     #[arg(long, value_name = "DISK.raw", conflicts_with = "oci")]
@@ -155,9 +162,15 @@ pub struct RunArgs {
     #[arg(long, value_name = "REF")]
     pub oci: Option<String>,
 
-    /// With --oci: keep the VM's disk in this file (made from the image if missing).
+    /// With --oci: keep the VM's disk in this file (made from the image if missing);
+    /// with --virtiofs, keep the VM's writable layer in this directory.
     #[arg(long, value_name = "PATH", requires = "oci")]
     pub persist: Option<PathBuf>,
+
+    /// With --oci: serve the image's layers over virtio-fs (each unpacked once into the
+    /// layer store, merged, plus a private writable layer) instead of converting to a disk.
+    #[arg(long, requires = "oci", conflicts_with = "size")]
+    pub virtiofs: bool,
 
     #[command(flatten)]
     pub image_opts: ImageOpts,
@@ -199,8 +212,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "HOSTDIR:TAG[:ro]", value_parser = parse_share)]
     pub share: Vec<Share>,
 
-    /// With --rootfs: cap what the guest may write (ENOSPC beyond; statfs shows the cap).
-    #[arg(long, value_name = "SIZE", value_parser = parse_disk_size, requires = "rootfs")]
+    /// With --rootfs or --virtiofs: cap what the guest may write (ENOSPC beyond; statfs
+    /// shows the cap).
+    #[arg(long, value_name = "SIZE", value_parser = parse_disk_size, requires = "fs_root")]
     pub upper_size: Option<u64>,
 }
 
@@ -348,6 +362,23 @@ mod tests {
         assert!(Cli::try_parse_from(["minivm", "run", "--persist", "p.raw"]).is_err());
         assert!(Cli::try_parse_from(["minivm", "run", "--rootfs", "d", "--image", "i"]).is_err());
         assert!(Cli::try_parse_from(["minivm", "run", "--upper-size", "1G"]).is_err());
+        let run = |args: &[&str]| {
+            let mut v = vec!["minivm", "run"];
+            v.extend_from_slice(args);
+            Cli::try_parse_from(v)
+        };
+        assert!(run(&["--virtiofs"]).is_err(), "--virtiofs needs --oci");
+        assert!(run(&["--oci", "oci:x", "--virtiofs", "--size", "1G"]).is_err());
+        assert!(run(&["--oci", "oci:x", "--upper-size", "1G"]).is_err());
+        assert!(run(&["--rootfs", "d", "--virtiofs"]).is_err());
+        match run(&["--oci", "oci:x", "--virtiofs", "--upper-size", "16M"]) {
+            Ok(Cli {
+                command: Command::Run(a),
+                ..
+            }) => assert!(a.virtiofs && a.upper_size == Some(16 << 20)),
+            other => panic!("{other:?}"),
+        }
+        assert!(run(&["--rootfs", "d", "--upper-size", "16M"]).is_ok());
         assert_eq!(
             parse_share("/srv/data:data:ro"),
             Ok(Share {

@@ -14,8 +14,14 @@ pub const DEFAULT_CMDLINE: &str =
 pub const PANIC_PORT_PARAM: &str = "minivm_panic_port=0xf6";
 /// Work-arounds for kvm-pvm hosts (see the README): the kernel patch's switch,
 /// plus instructions the host's emulator cannot run hidden from the guest.
+/// Guest user space reads the host's CPUID directly and would use AVX, whose
+/// registers a `noxsave` kernel does not preserve across context switches
+/// (random crashes): the glibc tunable, which the kernel hands to init as an
+/// environment variable, keeps glibc's string and memory functions off AVX.
 pub const PVM_CMDLINE: &str = "minivm_pvm_quirks noxsave \
-    clearcpuid=popcnt,cx16,fsgsbase,smap,pcid,invpcid,rdrand,rdseed,pku,rdtscp,clwb,clflushopt";
+    clearcpuid=popcnt,cx16,fsgsbase,smap,pcid,invpcid,rdrand,rdseed,pku,rdtscp,clwb,clflushopt \
+    GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX,-AVX2,-AVX512F,-AVX512BW,-AVX512VL,-AVX512DQ,\
+    -AVX512CD,-FMA,-F16C,-AVX_Fast_Unaligned_Load";
 
 /// Errors in the configuration; each names the file and what is wrong.
 #[derive(Debug, thiserror::Error)]
@@ -55,17 +61,57 @@ pub struct VmConfig {
     pub cmdline: String,
 }
 
-/// A directory served over virtio-fs.
+/// A file system served over virtio-fs.
 #[derive(Debug, Clone)]
 pub struct ShareConfig {
-    /// Host directory.
-    pub path: PathBuf,
+    /// What is served.
+    pub source: ShareSource,
     /// Mount tag.
     pub tag: String,
     /// Read-only for the guest.
     pub read_only: bool,
     /// Cap on what the guest may write through it.
     pub size_cap: Option<u64>,
+}
+
+/// What a virtio-fs share serves.
+#[derive(Debug, Clone)]
+pub enum ShareSource {
+    /// A host directory.
+    Dir(PathBuf),
+    /// An OCI image's unpacked layers (bottom-most first), merged, with a
+    /// writable upper directory unless read-only.
+    Layers {
+        layers: Vec<PathBuf>,
+        upper: Option<PathBuf>,
+    },
+}
+
+impl ShareSource {
+    /// What to call it in messages.
+    pub fn describe(&self) -> String {
+        match self {
+            ShareSource::Dir(p) => format!("shared directory {}", p.display()),
+            ShareSource::Layers { layers, .. } => {
+                format!(
+                    "image layers ({} layer(s) from the layer store)",
+                    layers.len()
+                )
+            }
+        }
+    }
+}
+
+/// The root `run --oci` prepared: a disk, or the image's layers for virtio-fs.
+#[derive(Debug, Clone)]
+pub enum OciRoot {
+    /// A converted disk (cached, copy-on-write, or persistent).
+    Disk(DiskConfig),
+    /// The unpacked layers, bottom-most first, and the VM's writable layer.
+    Layers {
+        layers: Vec<PathBuf>,
+        upper: Option<PathBuf>,
+    },
 }
 
 /// Tag of the root filesystem with --rootfs (not a number or device-like name,
@@ -149,8 +195,13 @@ pub fn io_reason(e: &std::io::Error) -> String {
 }
 
 impl VmConfig {
-    /// Validates `run` arguments; `oci_disk` is the disk prepared for `--oci`.
-    pub fn from_args(args: &RunArgs, oci_disk: Option<DiskConfig>) -> Result<Self, ConfigError> {
+    /// Validates `run` arguments; `oci` is the root prepared for `--oci`.
+    pub fn from_args(args: &RunArgs, oci: Option<OciRoot>) -> Result<Self, ConfigError> {
+        let (oci_disk, oci_layers) = match oci {
+            Some(OciRoot::Disk(d)) => (Some(d), None),
+            Some(OciRoot::Layers { layers, upper }) => (None, Some((layers, upper))),
+            None => (None, None),
+        };
         let disk = match (&args.image, oci_disk) {
             (Some(p), _) => {
                 check_readable("disk image", p)?;
@@ -173,9 +224,19 @@ impl VmConfig {
         if let Some(dir) = &args.rootfs {
             check_dir("root filesystem", dir)?;
             shares.push(ShareConfig {
-                path: dir.clone(),
+                source: ShareSource::Dir(dir.clone()),
                 tag: ROOTFS_TAG.into(),
                 read_only: args.readonly,
+                size_cap: args.upper_size,
+            });
+        }
+        let fs_root = args.rootfs.is_some() || oci_layers.is_some();
+        if let Some((layers, upper)) = oci_layers {
+            let upper = upper.filter(|_| !args.readonly);
+            shares.push(ShareConfig {
+                read_only: upper.is_none(),
+                source: ShareSource::Layers { layers, upper },
+                tag: ROOTFS_TAG.into(),
                 size_cap: args.upper_size,
             });
         }
@@ -189,7 +250,7 @@ impl VmConfig {
                 });
             }
             shares.push(ShareConfig {
-                path: s.path.clone(),
+                source: ShareSource::Dir(s.path.clone()),
                 tag: s.tag.clone(),
                 read_only: s.read_only,
                 size_cap: None,
@@ -206,7 +267,7 @@ impl VmConfig {
                 let ro = if args.readonly { "ro" } else { "rw" };
                 if disk.is_some() {
                     c.push_str(&format!(" root=/dev/vda {ro}"));
-                } else if args.rootfs.is_some() {
+                } else if fs_root {
                     c.push_str(&format!(" root={ROOTFS_TAG} rootfstype=virtiofs {ro}"));
                 }
                 if let Some(a) = &args.append {
@@ -238,6 +299,7 @@ mod tests {
             kernel: kernel.map(PathBuf::from),
             oci: None,
             persist: None,
+            virtiofs: false,
             image_opts: crate::cli::ImageOpts {
                 size: None,
                 tls_verify: true,
@@ -281,5 +343,49 @@ mod tests {
         let mut a = args(None, Some("/bin/sh"));
         a.cmdline = Some("custom".into());
         assert_eq!(VmConfig::from_args(&a, None).unwrap().cmdline, "custom");
+    }
+
+    #[test]
+    fn image_layers_become_the_virtiofs_root() {
+        let layers = vec![PathBuf::from("/store/l0"), PathBuf::from("/store/l1")];
+        let root = |upper: Option<&str>| OciRoot::Layers {
+            layers: layers.clone(),
+            upper: upper.map(PathBuf::from),
+        };
+        let mut a = args(None, Some("/bin/sh"));
+        a.readonly = false;
+        a.upper_size = Some(16 << 20);
+        let c = VmConfig::from_args(&a, Some(root(Some("/vm/upper")))).unwrap();
+        assert!(c.disk.is_none());
+        assert_eq!(c.shares.len(), 1);
+        let s = &c.shares[0];
+        assert_eq!(
+            (s.tag.as_str(), s.read_only, s.size_cap),
+            (ROOTFS_TAG, false, Some(16 << 20))
+        );
+        match &s.source {
+            ShareSource::Layers { layers: l, upper } => {
+                assert_eq!(l, &layers);
+                assert_eq!(upper.as_deref(), Some(Path::new("/vm/upper")));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            c.cmdline
+                .ends_with("root=rootfs rootfstype=virtiofs rw quiet"),
+            "{}",
+            c.cmdline
+        );
+        // --readonly drops the writable layer.
+        a.readonly = true;
+        let c = VmConfig::from_args(&a, Some(root(Some("/vm/upper")))).unwrap();
+        let s = &c.shares[0];
+        assert!(s.read_only);
+        assert!(matches!(&s.source, ShareSource::Layers { upper: None, .. }));
+        assert!(
+            c.cmdline.contains("rootfstype=virtiofs ro"),
+            "{}",
+            c.cmdline
+        );
     }
 }

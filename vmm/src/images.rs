@@ -1,14 +1,15 @@
-//! The image commands (`convert`, `pull`, `images`, `rm`, `gc`) and the disk
-//! behind `run --oci`.
+//! The image commands (`convert`, `pull`, `images`, `rm`, `gc`) and what
+//! `run --oci` boots: a disk, or the image's layers for virtio-fs.
 
 use std::io::IsTerminal;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use imagefs::cache::{self, Cache};
 use imagefs::convert::{self, human, ConvertOptions, Converted, Progress};
+use imagefs::layerstore::{LayerEvent, LayerStore};
 use imagefs::reference::ImageRef;
-use imagefs::source::SourceOptions;
+use imagefs::source::{self, SourceOptions};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::cli::ImageOpts;
@@ -234,4 +235,52 @@ pub fn disk_for_run(
             copy_on_write: true,
         }),
     }
+}
+
+/// The layers for `run --oci --virtiofs`: each unpacked into the layer store
+/// unless it is there already; bottom-most first.
+pub fn layers_for_run(reference: &str, opts: &ImageOpts) -> Result<Vec<PathBuf>, String> {
+    let r: ImageRef = reference.parse().map_err(|e| format!("{e}"))?;
+    let progress = CliProgress::new(opts.quiet);
+    let mut src = source::open(&r, &source_options(opts)).map_err(|e| e.to_string())?;
+    let image = src.resolve().map_err(|e| e.to_string())?;
+    let store = LayerStore::new(LayerStore::default_root());
+    if !store.privileged() {
+        tracing::warn!(
+            "not running as root: the layer store keeps the image's owners and modes in xattrs, \
+             and the guest sees the files owned by the host user"
+        );
+    }
+    let started = std::time::Instant::now();
+    let mut unpacked = 0usize;
+    let mut read_so_far = 0u64;
+    let dirs = store
+        .ensure_image(src.as_mut(), &image, reference, &mut |ev| match ev {
+            LayerEvent::Start {
+                index,
+                count,
+                digest,
+                size,
+                cached: false,
+            } => {
+                unpacked += 1;
+                read_so_far = 0;
+                progress.layer("unpacking", index, count, digest, size);
+            }
+            LayerEvent::Start { cached: true, .. } => {}
+            LayerEvent::Read { read } => {
+                progress.advance(read.saturating_sub(read_so_far));
+                read_so_far = read;
+            }
+            LayerEvent::Done { .. } => progress.layer_done(),
+        })
+        .map_err(|e| e.to_string())?;
+    if unpacked > 0 {
+        progress.note(&format!(
+            "unpacked {unpacked} of {} layer(s) of {reference} in {:.1} s",
+            dirs.len(),
+            started.elapsed().as_secs_f64()
+        ));
+    }
+    Ok(dirs)
 }

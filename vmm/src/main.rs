@@ -5,6 +5,7 @@ mod config;
 mod cpuid;
 mod images;
 mod terminal;
+mod upper;
 mod vcpu;
 mod vm;
 
@@ -76,9 +77,11 @@ fn run(args: &cli::RunArgs, start: Instant) -> ExitCode {
         eprintln!("minivm: {e}");
         return ExitCode::from(EXIT_ERROR);
     }
-    let oci_disk = match &args.oci {
-        Some(r) => match images::disk_for_run(r, args.persist.as_deref(), &args.image_opts) {
-            Ok(d) => Some(d),
+    // Lives as long as the VM: dropping it removes a private writable layer.
+    let mut upper = None;
+    let oci = match &args.oci {
+        Some(r) => match oci_root(r, args, &mut upper) {
+            Ok(root) => Some(root),
             Err(e) => {
                 eprintln!("minivm: {e}");
                 return ExitCode::from(EXIT_ERROR);
@@ -86,7 +89,7 @@ fn run(args: &cli::RunArgs, start: Instant) -> ExitCode {
         },
         None => None,
     };
-    let config = match config::VmConfig::from_args(args, oci_disk) {
+    let config = match config::VmConfig::from_args(args, oci) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("minivm: {e}");
@@ -107,4 +110,29 @@ fn run(args: &cli::RunArgs, start: Instant) -> ExitCode {
             ExitCode::from(EXIT_ERROR)
         }
     }
+}
+
+/// What `run --oci` boots: the converted disk, or the unpacked layers and the
+/// VM's writable layer (kept alive in `upper`) for `--virtiofs`.
+fn oci_root(
+    reference: &str,
+    args: &cli::RunArgs,
+    upper: &mut Option<upper::VmUpper>,
+) -> Result<config::OciRoot, String> {
+    if !args.virtiofs {
+        let disk = images::disk_for_run(reference, args.persist.as_deref(), &args.image_opts)?;
+        return Ok(config::OciRoot::Disk(disk));
+    }
+    let layers = images::layers_for_run(reference, &args.image_opts)?;
+    if !args.readonly {
+        let u = match &args.persist {
+            Some(dir) => upper::VmUpper::persistent(dir, &layers)?,
+            None => upper::VmUpper::private(&imagefs::cache::default_root().join("vms"), &layers)?,
+        };
+        *upper = Some(u);
+    }
+    Ok(config::OciRoot::Layers {
+        layers,
+        upper: upper.as_ref().map(|u| u.path().to_path_buf()),
+    })
 }

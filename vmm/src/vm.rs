@@ -25,7 +25,7 @@ use vm_memory::{Address, GuestAddress, GuestMemory as _, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
-use crate::config::{self, io_reason, VmConfig};
+use crate::config::{self, io_reason, ShareSource, VmConfig};
 use crate::terminal::{ExitWatcher, RawMode, StdinForwarder};
 use crate::vcpu::{Buses, Vcpu, VcpuError};
 use boot::layout::{VIRTIO_FIRST_IRQ, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE};
@@ -242,14 +242,19 @@ fn setup_devices(
         add_virtio(vm, mem, Box::new(block), "virtio-blk", &mut slots)?;
     }
     for share in &config.shares {
-        let what = format!("shared directory {}", share.path.display());
+        let what = share.source.describe();
         let fail = |e: devices::virtio::fs::FsError| VmError::Device {
             what: what.clone(),
             reason: e.to_string(),
         };
-        let vfs = match share.size_cap {
-            Some(cap) => devices::virtio::fs::disk_cap(&share.path, cap),
-            None => devices::virtio::fs::passthrough(&share.path, share.read_only),
+        let vfs = match (&share.source, share.size_cap) {
+            (ShareSource::Dir(dir), Some(cap)) if !share.read_only => {
+                devices::virtio::fs::disk_cap(dir, cap)
+            }
+            (ShareSource::Dir(dir), _) => devices::virtio::fs::passthrough(dir, share.read_only),
+            (ShareSource::Layers { layers, upper }, cap) => {
+                devices::virtio::fs::overlay(layers, upper.as_deref(), cap)
+            }
         }
         .map_err(fail)?;
         let fs = devices::virtio::fs::Fs::new(&share.tag, vfs).map_err(fail)?;

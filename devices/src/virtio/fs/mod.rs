@@ -7,8 +7,8 @@
 //! device (see `worker.rs`) so a slow host file system never stalls the VMM's
 //! event loop. [`passthrough`] and [`disk_cap`] build that `Vfs` for one host
 //! directory, wrapped in [`GuardFs`] which adds read-only mode, the size cap
-//! and the containment checks below. An overlay of image layers can be served
-//! the same way: `mount_vfs(GuardFs::new(overlay, policy))`.
+//! and the containment checks below. [`overlay`] serves an OCI image from its
+//! unpacked layers the same way, with a per-VM upper directory.
 //!
 //! # Containment: how the guest is kept inside the shared directory
 //!
@@ -75,6 +75,7 @@
 
 mod cap;
 mod guard;
+mod overlay;
 mod passthrough;
 mod worker;
 
@@ -92,6 +93,7 @@ use virtio_queue::Queue;
 
 pub use self::cap::{disk_usage, SizeCap};
 pub use self::guard::{GuardFs, Policy};
+pub use self::overlay::overlay;
 pub use self::passthrough::{disk_cap, mount_vfs, passthrough};
 use self::worker::Worker;
 use super::{ActivateError, Interrupt, VirtioDevice};
@@ -131,6 +133,12 @@ pub enum FsError {
     /// fuse-backend-rs failed to create or import the passthrough file system.
     #[error("passthrough file system: {0}")]
     Passthrough(#[source] std::io::Error),
+    /// An image overlay needs at least one layer.
+    #[error("an image overlay needs at least one layer")]
+    NoLayers,
+    /// fuse-backend-rs failed to create or import the overlay of image layers.
+    #[error("overlay of image layers: {0}")]
+    Overlay(#[source] std::io::Error),
     /// Mounting the file system into the Vfs failed.
     #[error("mounting into the FUSE vfs: {0}")]
     Mount(#[source] fuse_backend_rs::api::vfs::VfsError),

@@ -91,7 +91,7 @@ fn vfs_options() -> VfsOptions {
     }
 }
 
-fn canonical_dir(root: &Path) -> Result<PathBuf, FsError> {
+pub(super) fn canonical_dir(root: &Path) -> Result<PathBuf, FsError> {
     let err = |source| FsError::Root {
         path: root.to_path_buf(),
         source,
@@ -103,7 +103,7 @@ fn canonical_dir(root: &Path) -> Result<PathBuf, FsError> {
     Ok(dir)
 }
 
-fn passthrough_fs(root: &Path) -> Result<PassthroughFs<()>, FsError> {
+pub(super) fn passthrough_fs(root: &Path) -> Result<PassthroughFs<()>, FsError> {
     let dir = canonical_dir(root)?;
     let root_dir = dir
         .to_str()

@@ -1,0 +1,102 @@
+//! Building the [`Vfs`] that serves an OCI image from its unpacked layers:
+//! fuse-backend-rs's `OverlayFs` over one read-only `PassthroughFs` per layer
+//! of the layer store, plus a per-VM writable upper directory.
+//!
+//! The layers must be in the form `imagefs::layerstore` writes (whiteouts as
+//! 0:0 character devices, opaque directories marked with
+//! `user.overlay.opaque`), unpacked as root: the owners and modes the guest
+//! sees are the host's. The upper directory is where every change lands:
+//! copy-up on write, a 0:0 whiteout when a lower entry is deleted, so the
+//! lower layers are never written and can be shared by any number of VMs.
+//!
+//! Configuration and why:
+//! * Each layer is a `PassthroughFs` configured as for a plain share (see
+//!   `passthrough.rs`): inodes are `O_PATH` fds opened one name at a time,
+//!   no file handles, xattrs on (OverlayFs reads the opaque markers).
+//! * `OverlayFs` is imported here, once (`do_import: false`): importing on
+//!   FUSE_INIT would rebuild the inode table on every guest mount.
+//! * [`GuardFs`] wraps the overlay as it wraps a plain share: containment
+//!   checks on every LOOKUP, EROFS without an upper, and the size cap, which
+//!   charges a copy-up only for what the write itself changes.
+//! * Entry and attribute timeouts of 5 s: only this VM writes its upper and
+//!   the lower layers never change.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuse_backend_rs::api::Vfs;
+use fuse_backend_rs::overlayfs::config::Config;
+use fuse_backend_rs::overlayfs::{BoxedLayer, CachePolicy, OverlayFs};
+
+use super::cap::{disk_usage, SizeCap};
+use super::guard::{GuardFs, Policy};
+use super::passthrough::{canonical_dir, mount_vfs, passthrough_fs};
+use super::FsError;
+
+/// How long the guest may cache entries and attributes.
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves the merged view of `lowers` (layer directories, bottom-most first,
+/// as `LayerStore::ensure_image` returns them) with `upper` as the writable
+/// layer. Without `upper` the view is read-only (EROFS). `cap_bytes` caps what
+/// the guest may add to the upper directory (ENOSPC beyond; `statfs` reports
+/// the cap).
+pub fn overlay(
+    lowers: &[PathBuf],
+    upper: Option<&Path>,
+    cap_bytes: Option<u64>,
+) -> Result<Arc<Vfs>, FsError> {
+    if lowers.is_empty() {
+        return Err(FsError::NoLayers);
+    }
+    let layer = |dir: &Path| -> Result<Arc<BoxedLayer>, FsError> {
+        Ok(Arc::new(Box::new(passthrough_fs(dir)?) as BoxedLayer))
+    };
+    // OverlayFs wants the top-most lower layer first.
+    let lower_layers = lowers
+        .iter()
+        .rev()
+        .map(|d| layer(d))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (upper_layer, size_cap) = match upper {
+        Some(dir) => {
+            let dir = canonical_dir(dir)?;
+            let cap = match cap_bytes {
+                Some(limit) => {
+                    let used = disk_usage(&dir).map_err(|source| FsError::Usage {
+                        path: dir.clone(),
+                        source,
+                    })?;
+                    Some(SizeCap::new(limit, used))
+                }
+                None => None,
+            };
+            (Some(layer(&dir)?), cap)
+        }
+        None => (None, None),
+    };
+    let config = Config {
+        mountpoint: "/".into(),
+        do_import: false,
+        writeback: false,
+        no_open: false,
+        no_opendir: false,
+        killpriv_v2: false,
+        no_readdir: false,
+        perfile_dax: false,
+        cache_policy: CachePolicy::Auto,
+        attr_timeout: TIMEOUT,
+        entry_timeout: TIMEOUT,
+        ..Default::default()
+    };
+    let fs = OverlayFs::new(upper_layer, lower_layers, config).map_err(FsError::Overlay)?;
+    fs.import().map_err(FsError::Overlay)?;
+    mount_vfs(GuardFs::new(
+        fs,
+        Policy {
+            read_only: upper.is_none(),
+            size_cap,
+        },
+    ))
+}
