@@ -24,13 +24,17 @@
 #   bench/fs.sh
 # Environment:
 #   BENCH_FS_RUNS=N        jobs per boot, each cold in the guest (default 1; median reported)
-#   BENCH_FS_SUBDIR=PATH   run both jobs on this subtree only, e.g. usr/share (quicker;
-#                          on kvm-pvm hosts the full job takes many minutes)
-#   BENCH_FS_TIMEOUT=S     limit per VM run, seconds (default 1800)
+#   BENCH_FS_SUBDIR=PATH   run both jobs on this subtree only, e.g. usr/share/doc (quicker)
+#   BENCH_FS_FIND_SUBDIR=PATH, BENCH_FS_TAR_SUBDIR=PATH  the same for one job
+#   BENCH_FS_TIMEOUT=S     limit per VM run, seconds (default 1800; 14400 on kvm-pvm hosts)
 #   BENCH_FS_MEM=SIZE      guest memory, MiB or with M/G (default 512M)
 #   BENCH_FS_VMMS="minivm qemu"  which VMMs to run
 #   BENCH_FS_MINIVM=PATH   use this minivm binary instead of building one
 #   BENCH_FS_MIRROR=URL    Debian mirror for debootstrap (default: apt's configured one)
+# On kvm-pvm hosts (guest kernel ~100x slower, every guest syscall a costly exit) the
+# full job takes hours: find / (~6,800 entries) ~8 min, but tar moves ~35 KB/s, so
+# tar usr (~190 MB) ~1.5 h per VMM. There, e.g. BENCH_FS_TAR_SUBDIR=usr/share/doc
+# (8 MB, ~4-6 min) with the full find is a ~30 minute run.
 # Exit status: 0 when both VMMs were measured, 4 when only minivm was (the reason is
 # printed), 1 on any other failure.
 set -euo pipefail
@@ -40,8 +44,8 @@ log() { echo "bench/fs.sh: $*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 runs=${BENCH_FS_RUNS:-1}
-subdir=${BENCH_FS_SUBDIR:-}
 vm_timeout=${BENCH_FS_TIMEOUT:-1800}
+[ -n "${BENCH_FS_TIMEOUT:-}" ] || [ ! -e /sys/module/kvm_pvm ] || vm_timeout=14400
 mem=${BENCH_FS_MEM:-512M}
 vmms=${BENCH_FS_VMMS:-minivm qemu}
 [[ $runs =~ ^[1-9][0-9]*$ ]] || die "BENCH_FS_RUNS must be a positive integer, not '$runs'"
@@ -53,17 +57,21 @@ case "$mem" in
     *) die "BENCH_FS_MEM: '$mem' is not a size like 512M or 1G" ;;
 esac
 [[ $mem_mib =~ ^[1-9][0-9]*$ ]] || die "BENCH_FS_MEM: '$mem' is not a size like 512M or 1G"
-subdir=${subdir#/}
-subdir=${subdir%/}
-case "/$subdir/" in
-    */../* | */./* | *//*) [ -z "$subdir" ] || die "BENCH_FS_SUBDIR must be a plain path inside the rootfs, not '$subdir'" ;;
-esac
-[[ $subdir =~ ^[A-Za-z0-9._/+-]*$ ]] || die "BENCH_FS_SUBDIR may only hold letters, digits and ._/+-"
-if [ -n "$subdir" ]; then
-    find_arg=/mnt/$subdir tar_arg=$subdir
-else
-    find_arg=/mnt tar_arg=usr
-fi
+# subtree VAR DEFAULT: the relative path in $VAR (or DEFAULT), checked.
+subtree() {
+    local v=${!1:-$2}
+    v=${v#/}
+    v=${v%/}
+    [[ $v =~ ^[A-Za-z0-9._+-]+(/[A-Za-z0-9._+-]+)*$|^$ ]] ||
+        die "$1 must be a plain path inside the rootfs (letters, digits, ._+-), not '${!1}'"
+    case "/$v/" in */../* | */./*) die "$1 must not contain . or .. ('${!1}')" ;; esac
+    echo "$v"
+}
+subdir=$(subtree BENCH_FS_SUBDIR "")
+find_dir=$(subtree BENCH_FS_FIND_SUBDIR "$subdir")
+tar_dir=$(subtree BENCH_FS_TAR_SUBDIR "${subdir:-usr}")
+find_arg=/mnt${find_dir:+/$find_dir}
+tar_arg=$tar_dir
 
 sudo=""
 [ "$(id -u)" = 0 ] || sudo=sudo
@@ -110,6 +118,13 @@ build_tmp=""
 vfsd_pid=""
 work=""
 cleanup() {
+    if [ -n "$work" ] && [ -f "$work/vm.pid" ]; then
+        # A VM still running (this script was interrupted): stop it through its timeout.
+        local p
+        p=$(cat "$work/vm.pid")
+        kill "$p" 2>/dev/null || true
+        for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    fi
     [ -z "$vfsd_pid" ] || { $sudo kill "$vfsd_pid" 2>/dev/null || true; wait "$vfsd_pid" 2>/dev/null || true; }
     if [ -n "$work" ]; then
         # Keep the consoles (host-time-stamped), stderr and virtiofsd's log of the last run.
@@ -137,18 +152,22 @@ if [ ! -d "$rootfs" ]; then
     mkdir -p "$cache"
     build_tmp=$(mktemp -d "$cache/.bookworm-rootfs.XXXXXX")
     log "debootstrap --variant=minbase bookworm from $mirror (first run only, a few minutes)"
-    $sudo debootstrap --variant=minbase bookworm "$build_tmp/root" "$mirror" >&2 ||
-        die "debootstrap failed (log: $build_tmp/root/debootstrap/debootstrap.log is removed on exit)"
+    if ! $sudo debootstrap --variant=minbase bookworm "$build_tmp/root" "$mirror" >&2; then
+        mkdir -p "$logdir"
+        cp "$build_tmp/root/debootstrap/debootstrap.log" "$logdir/debootstrap.log" 2>/dev/null || true
+        die "debootstrap failed (its log: $logdir/debootstrap.log; mirror: BENCH_FS_MIRROR)"
+    fi
     $sudo mv -T "$build_tmp/root" "$rootfs"
     $sudo rm -rf --one-file-system "$build_tmp"
     build_tmp=""
 fi
-[ -d "$rootfs/$tar_arg" ] || die "$rootfs/$tar_arg does not exist (BENCH_FS_SUBDIR=$subdir)"
+[ -d "$rootfs/$find_dir" ] || die "$rootfs/$find_dir does not exist (find's directory)"
+[ -d "$rootfs/$tar_dir" ] || die "$rootfs/$tar_dir does not exist (tar's directory)"
 
 # Warm the host's page cache with the same jobs (and take the host's own times).
-log "warming the host page cache over $rootfs/${subdir}"
+log "warming the host page cache over $rootfs/$find_dir and $rootfs/$tar_dir"
 t0=$EPOCHREALTIME
-host_entries=$($sudo find "$rootfs${subdir:+/$subdir}" -xdev | wc -l)
+host_entries=$($sudo find "$rootfs${find_dir:+/$find_dir}" -xdev | wc -l)
 t1=$EPOCHREALTIME
 host_bytes=$($sudo tar -c -f - -C "$rootfs" "$tar_arg" 2>/dev/null | wc -c)
 t2=$EPOCHREALTIME
@@ -235,15 +254,22 @@ run_vm() {
     shift
     log "$name: booting (a busybox boot takes 1-2 minutes on kvm-pvm hosts; limit ${vm_timeout}s)"
     echo "$EPOCHREALTIME BENCH-FS-HOST-START" > "$work/$name.log"
-    set +e
-    timeout "$vm_timeout" $sudo "$@" < /dev/null 2> "$work/$name.err" |
-        while IFS= read -r line || [ -n "$line" ]; do
-            line=${line%$'\r'}
-            echo "$EPOCHREALTIME $line"
-            case "$line" in BENCH-FS-RESULT* | BENCH-FS-ERROR* | BENCH-FS-MOUNTED*) log "$name: $line" ;; esac
-        done >> "$work/$name.log"
-    vm_rc=${PIPESTATUS[0]}
-    set -e
+    # In the background with its pid in a file, so that a signal to this script
+    # (handled only between commands, i.e. during `wait`) ends the VM too.
+    {
+        timeout "$vm_timeout" $sudo "$@" < /dev/null 2> "$work/$name.err" &
+        echo $! > "$work/vm.pid"
+        rc=0
+        wait $! || rc=$?
+        echo $rc > "$work/$name.rc"
+    } | while IFS= read -r line || [ -n "$line" ]; do
+        line=${line%$'\r'}
+        echo "$EPOCHREALTIME $line"
+        case "$line" in BENCH-FS-RESULT* | BENCH-FS-ERROR* | BENCH-FS-MOUNTED*) log "$name: $line" ;; esac
+    done >> "$work/$name.log" &
+    wait $! || true
+    rm -f "$work/vm.pid"
+    vm_rc=$(cat "$work/$name.rc" 2>/dev/null || echo 255)
     echo "$EPOCHREALTIME BENCH-FS-HOST-END rc=$vm_rc" >> "$work/$name.log"
 }
 
@@ -350,7 +376,7 @@ boot() {
          END { printf "%.1f %.1f\n", m - s, e - s }' "$work/$1.log"
 }
 
-label=${subdir:-/ (find), usr (tar)}
+label="find /${find_dir}, tar ${tar_dir}"
 echo "logs: $logdir/"
 echo
 echo "virtio-fs: Debian bookworm minbase, $label; $runs run(s) per boot, median; guest-measured times"
