@@ -620,8 +620,8 @@ fn xattr_list(p: &Path) -> Vec<(String, Vec<u8>)> {
 /// `run --oci --virtiofs`: the layers are unpacked once each into the layer
 /// store and served merged; the guest sees the image exactly (owners, modes,
 /// whiteouts, opaque directories), its writes, deletes and renames land in
-/// the VM's writable layer only, the layer store is unchanged, the cap
-/// holds, and a second image sharing the base layer does not unpack it again.
+/// the VM's writable layer only, the layer store is unchanged, and a second
+/// image sharing the base layer does not unpack it again.
 #[test]
 fn virtiofs_boot_from_layers() {
     if !kvm_available() {
