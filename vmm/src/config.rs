@@ -114,9 +114,10 @@ pub enum OciRoot {
     },
 }
 
-/// Tag of the root filesystem with --rootfs (not a number or device-like name,
-/// which the kernel would take for a block device).
-pub const ROOTFS_TAG: &str = "rootfs";
+/// Tag of the virtio-fs root filesystem: not a number or device-like name,
+/// which the kernel would take for a block device, and not "rootfs", which
+/// busybox `df` and others skip as the initramfs' name.
+pub const ROOTFS_TAG: &str = "minivm-root";
 
 /// A virtio-blk disk.
 #[derive(Debug, Clone)]
@@ -372,7 +373,7 @@ mod tests {
         }
         assert!(
             c.cmdline
-                .ends_with("root=rootfs rootfstype=virtiofs rw quiet"),
+                .ends_with("root=minivm-root rootfstype=virtiofs rw quiet"),
             "{}",
             c.cmdline
         );
