@@ -1,7 +1,7 @@
 //! The content-addressed layer store: every OCI layer unpacked once into its
-//! own directory, for booting images over virtio-fs through an overlay of
-//! those directories (fuse-backend-rs `overlayfs::OverlayFs`, one
-//! `PassthroughFs` per layer, plus a per-VM upper directory).
+//! own directory, for booting images over virtio-fs through a merged view of
+//! those directories (minivm's `LayeredFs` in the devices crate: one
+//! fuse-backend-rs `PassthroughFs` per layer, plus a per-VM upper directory).
 //!
 //! ```text
 //! <root>/sha256/<hex>/rootfs/     the unpacked layer (hex: its compressed blob's digest)
@@ -57,46 +57,18 @@
 //! their owners are lost. fuse-backend-rs does not read these: a VMM serving
 //! an unprivileged store must map them itself (or run as root).
 //!
-//! # Serving the layers with fuse-backend-rs
-//! PassthroughFs reads lower layers with the server's own credentials (it
-//! switches euid/egid only to create files), and `OverlayFs` calls getxattr
-//! on every directory it looks up, failing the lookup on any error but
-//! ENODATA: so `xattr: true` is required, the store must be on a filesystem
-//! with xattrs (ext4, xfs, btrfs; tmpfs >= 6.6), and an unprivileged server
-//! must be able to read every file and search every directory, which is why
-//! the unprivileged mode keeps `u+rw`/`u+rwx` (a root server needs nothing).
-//! `OverlayFs` takes the root directory's attributes from the upper layer:
-//! make the upper with [`prepare_upper`]. Its names are UTF-8 (converted
-//! lossily), so entries whose names are not UTF-8 are unpacked but cannot be
-//! reached through it. `Config::work` is unused by fuse-backend-rs 0.14.
-//! The layer directories are shared by every VM: serve them only as lowers.
-//!
-//! ```ignore
-//! use fuse_backend_rs::overlayfs::{config::Config, BoxedLayer, OverlayFs};
-//! use fuse_backend_rs::passthrough::{Config as PtConfig, PassthroughFs};
-//! fn layer(dir: &Path) -> io::Result<Arc<BoxedLayer>> {
-//!     let fs = PassthroughFs::<()>::new(PtConfig {
-//!         root_dir: dir.to_string_lossy().into(),
-//!         xattr: true, // required: OverlayFs reads the opaque xattrs
-//!         do_import: true,
-//!         ..Default::default()
-//!     })?;
-//!     fs.import()?;
-//!     Ok(Arc::new(Box::new(fs) as BoxedLayer))
-//! }
-//! let dirs = store.ensure_image(&mut *src, &image, &name, &mut |_| {})?; // bottom-most first
-//! layerstore::prepare_upper(&dirs, &vm_upper_dir)?; // empty per-VM directory
-//! let lowers = dirs.iter().rev().map(|d| layer(d)).collect::<io::Result<Vec<_>>>()?; // top-most first
-//! let config = Config {
-//!     mountpoint: "/".into(),
-//!     work: vm_work_dir.to_string_lossy().into(),
-//!     do_import: true,
-//!     ..Default::default()
-//! };
-//! let fs = OverlayFs::new(Some(layer(&vm_upper_dir)?), lowers, config)?;
-//! fs.import()?;
-//! // then api::server::Server::new(Arc::new(fs)) as for a single PassthroughFs
-//! ```
+//! # Serving the layers
+//! The devices crate's `LayeredFs` serves them: one `PassthroughFs` per
+//! layer (which reads lower layers with the server's own credentials and
+//! switches euid/egid only to create files), merged top-down. It reads
+//! `user.overlay.opaque` on every directory it looks up, so `xattr: true` is
+//! required and the store must be on a filesystem with xattrs (ext4, xfs,
+//! btrfs; tmpfs >= 6.6); an unprivileged server must be able to read every
+//! file and search every directory, which is why the unprivileged mode keeps
+//! `u+rw`/`u+rwx` (a root server needs nothing). The root directory's
+//! attributes come from the upper layer: make the upper with
+//! [`prepare_upper`]. Names are bytes throughout. The layer directories are
+//! shared by every VM: serve them only as lowers.
 //!
 //! [`LayerStore::remove`] must not be used on layers that running VMs serve.
 

@@ -474,8 +474,8 @@ impl LayerStore {
 
 /// Creates the per-VM upper directory (if missing) with the owner, mode,
 /// times and encoded metadata of the image's root (the top-most layer's):
-/// fuse-backend-rs's `OverlayFs` shows the root directory's attributes from
-/// the upper layer, so an upper made with other attributes changes `/` in the
+/// the merged view (like overlayfs) shows the root directory's attributes
+/// from the upper layer, so an upper made with other attributes changes `/` in the
 /// guest. `layers` is as [`LayerStore::ensure_image`] returns it.
 pub fn prepare_upper(layers: &[PathBuf], upper: &Path) -> io::Result<()> {
     std::fs::create_dir_all(upper)?;

@@ -75,6 +75,7 @@
 
 mod cap;
 mod guard;
+mod layered;
 mod overlay;
 mod passthrough;
 mod worker;
@@ -136,7 +137,7 @@ pub enum FsError {
     /// An image overlay needs at least one layer.
     #[error("an image overlay needs at least one layer")]
     NoLayers,
-    /// fuse-backend-rs failed to create or import the overlay of image layers.
+    /// The merged view of the image layers could not be set up.
     #[error("overlay of image layers: {0}")]
     Overlay(#[source] std::io::Error),
     /// Mounting the file system into the Vfs failed.

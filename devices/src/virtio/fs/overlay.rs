@@ -1,6 +1,6 @@
 //! Building the [`Vfs`] that serves an OCI image from its unpacked layers:
-//! fuse-backend-rs's `OverlayFs` over one read-only `PassthroughFs` per layer
-//! of the layer store, plus a per-VM writable upper directory.
+//! [`LayeredFs`] over one read-only `PassthroughFs` per layer of the layer
+//! store, plus a per-VM writable upper directory.
 //!
 //! The layers must be in the form `imagefs::layerstore` writes (whiteouts as
 //! 0:0 character devices, opaque directories marked with
@@ -12,10 +12,8 @@
 //! Configuration and why:
 //! * Each layer is a `PassthroughFs` configured as for a plain share (see
 //!   `passthrough.rs`): inodes are `O_PATH` fds opened one name at a time,
-//!   no file handles, xattrs on (OverlayFs reads the opaque markers).
-//! * `OverlayFs` is imported here, once (`do_import: false`): importing on
-//!   FUSE_INIT would rebuild the inode table on every guest mount.
-//! * [`GuardFs`] wraps the overlay as it wraps a plain share: containment
+//!   no file handles, xattrs on (the merge reads the opaque markers).
+//! * [`GuardFs`] wraps the merge as it wraps a plain share: containment
 //!   checks on every LOOKUP, EROFS without an upper, and the size cap, which
 //!   charges a copy-up only for what the write itself changes.
 //! * Entry and attribute timeouts of 5 s: only this VM writes its upper and
@@ -26,11 +24,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fuse_backend_rs::api::Vfs;
-use fuse_backend_rs::overlayfs::config::Config;
-use fuse_backend_rs::overlayfs::{BoxedLayer, CachePolicy, OverlayFs};
 
 use super::cap::{disk_usage, SizeCap};
 use super::guard::{GuardFs, Policy};
+use super::layered::LayeredFs;
 use super::passthrough::{canonical_dir, mount_vfs, passthrough_fs};
 use super::FsError;
 
@@ -50,14 +47,11 @@ pub fn overlay(
     if lowers.is_empty() {
         return Err(FsError::NoLayers);
     }
-    let layer = |dir: &Path| -> Result<Arc<BoxedLayer>, FsError> {
-        Ok(Arc::new(Box::new(passthrough_fs(dir)?) as BoxedLayer))
-    };
-    // OverlayFs wants the top-most lower layer first.
+    // LayeredFs wants the top-most lower layer first.
     let lower_layers = lowers
         .iter()
         .rev()
-        .map(|d| layer(d))
+        .map(|d| passthrough_fs(d))
         .collect::<Result<Vec<_>, _>>()?;
     let (upper_layer, size_cap) = match upper {
         Some(dir) => {
@@ -72,26 +66,11 @@ pub fn overlay(
                 }
                 None => None,
             };
-            (Some(layer(&dir)?), cap)
+            (Some(passthrough_fs(&dir)?), cap)
         }
         None => (None, None),
     };
-    let config = Config {
-        mountpoint: "/".into(),
-        do_import: false,
-        writeback: false,
-        no_open: false,
-        no_opendir: false,
-        killpriv_v2: false,
-        no_readdir: false,
-        perfile_dax: false,
-        cache_policy: CachePolicy::Auto,
-        attr_timeout: TIMEOUT,
-        entry_timeout: TIMEOUT,
-        ..Default::default()
-    };
-    let fs = OverlayFs::new(upper_layer, lower_layers, config).map_err(FsError::Overlay)?;
-    fs.import().map_err(FsError::Overlay)?;
+    let fs = LayeredFs::new(upper_layer, lower_layers, TIMEOUT).map_err(FsError::Overlay)?;
     mount_vfs(GuardFs::new(
         fs,
         Policy {

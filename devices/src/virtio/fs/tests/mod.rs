@@ -2,6 +2,7 @@
 //! `MockSplitQueue`s with hand-built FUSE messages, against temp directories.
 
 mod device;
+mod layered;
 mod overlay;
 mod share;
 
