@@ -22,7 +22,8 @@
 //!   overlay, a copy-up is charged only for what the write itself changes.
 //! * **Unprivileged VMM**: PassthroughFs switches the thread's euid/egid to
 //!   the guest's for creates, which fails with EPERM unless the VMM is root.
-//!   When it is not, creates run with the VMM's own ids instead.
+//!   When it is not, creates run with the VMM's own ids instead, unless the
+//!   backend records the guest's ids itself ([`Policy::backend_maps_ids`]).
 
 use std::any::Any;
 use std::ffi::CStr;
@@ -51,6 +52,9 @@ pub struct Policy {
     pub read_only: bool,
     /// Refuse growth past this many allocated bytes with ENOSPC.
     pub size_cap: Option<SizeCap>,
+    /// The backend records the guest's ids itself (LayeredFs's mapped
+    /// mode): hand it the guest's credentials for creates unchanged.
+    pub backend_maps_ids: bool,
 }
 
 /// A backend file system with minivm's policy applied (see the module docs).
@@ -75,7 +79,7 @@ impl<F> GuardFs<F> {
             inner,
             read_only: policy.read_only,
             cap: policy.size_cap,
-            own_ids: euid != 0,
+            own_ids: euid != 0 && !policy.backend_maps_ids,
         }
     }
 

@@ -27,8 +27,17 @@
 //!   Renaming a directory that has lower parts fails with EXDEV, as on
 //!   overlayfs without `redirect_dir` (mv then copies); RENAME_EXCHANGE and
 //!   RENAME_WHITEOUT are refused with EINVAL.
-//! * The `user.overlay.*` xattrs are the merge's own bookkeeping: the guest
-//!   neither sees nor sets them.
+//! * The `user.overlay.*` and `user.minivm.*` xattrs are bookkeeping: the
+//!   guest neither sees nor sets them.
+//! * **Mapped mode** (an unprivileged VMM serving a layer store unpacked
+//!   unprivileged, as fuse-overlayfs does): the image's owner, mode and device
+//!   number are in `user.minivm.override` (`uid:gid:mode[:major:minor]`,
+//!   mode in octal with the file type) and xattrs outside `user.` are stored
+//!   as `user.minivm.xattr.NAME`. The guest sees the image's values; what it
+//!   sets (chown, chmod, set-id bits, devices, `security.*`/`trusted.*`
+//!   xattrs) is recorded the same way in the upper, whose real files stay the
+//!   VMM's with `u+rw` (`u+rwx` for directories). Symlinks, FIFOs and sockets
+//!   cannot carry user xattrs: they show the host's owner.
 //!
 //! Lower layers are only ever opened read-only. Namespace changes are
 //! serialised by one lock; reads and writes on open files are not.
@@ -60,6 +69,12 @@ const ROOT: u64 = 1;
 /// Prefix of the xattrs that carry the merge's own markers.
 const OVERLAY_XATTRS: &[u8] = b"user.overlay.";
 const OPAQUE: &CStr = c"user.overlay.opaque";
+/// Prefix of the layer store's (and mapped mode's) own xattrs.
+const PRIVATE_XATTRS: &[u8] = b"user.minivm.";
+/// Where mapped mode keeps an entry's owner, mode and device number.
+const OVERRIDE: &CStr = c"user.minivm.override";
+/// Prefix under which mapped mode keeps xattrs outside the `user.` namespace.
+const MAPPED_XATTRS: &[u8] = b"user.minivm.xattr.";
 /// Prefix of the upper's temporary copy-up names, hidden from the guest.
 const COPYUP_PREFIX: &[u8] = b".minivm-copyup.";
 const CHUNK: usize = 1 << 20;
@@ -75,6 +90,65 @@ const FALLBACK_IDS: u64 = 1 << 55;
 struct Real {
     layer: usize,
     ino: u64,
+}
+
+/// An entry's owner, mode (with the file type) and device, as mapped mode
+/// records them in [`OVERRIDE`] (the layer store's `Override` format).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Ids {
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
+    pub rdev: Option<(u32, u32)>,
+}
+
+impl Ids {
+    pub(super) fn parse(value: &[u8]) -> Option<Ids> {
+        let s = std::str::from_utf8(value).ok()?;
+        let f: Vec<&str> = s.split(':').collect();
+        let rdev = match f.len() {
+            3 => None,
+            5 => Some((f[3].parse().ok()?, f[4].parse().ok()?)),
+            _ => return None,
+        };
+        Some(Ids {
+            uid: f[0].parse().ok()?,
+            gid: f[1].parse().ok()?,
+            mode: u32::from_str_radix(f[2], 8).ok()?,
+            rdev,
+        })
+    }
+
+    pub(super) fn encode(&self) -> Vec<u8> {
+        let mut s = format!("{}:{}:{:o}", self.uid, self.gid, self.mode);
+        if let Some((major, minor)) = self.rdev {
+            s.push_str(&format!(":{major}:{minor}"));
+        }
+        s.into_bytes()
+    }
+
+    fn of(st: &stat64) -> Ids {
+        Ids {
+            uid: st.st_uid,
+            gid: st.st_gid,
+            mode: st.st_mode,
+            rdev: None,
+        }
+    }
+
+    fn apply(&self, st: &mut stat64) {
+        st.st_uid = self.uid;
+        st.st_gid = self.gid;
+        st.st_mode = self.mode;
+        if let Some((major, minor)) = self.rdev {
+            st.st_rdev = libc::makedev(major, minor);
+        }
+    }
+}
+
+/// Whether the host can keep user xattrs (hence [`Ids`]) on this type.
+fn carries_ids(mode: u32) -> bool {
+    matches!(mode & libc::S_IFMT, libc::S_IFREG | libc::S_IFDIR)
 }
 
 /// A file or directory of the merged tree the guest holds a reference to.
@@ -133,6 +207,9 @@ pub struct LayeredFs {
     next_handle: AtomicU64,
     timeout: Duration,
     privileged: bool,
+    /// Owners, modes, devices and system xattrs live in xattrs (see the
+    /// module docs).
+    mapped: bool,
 }
 
 fn ctx0() -> Context {
@@ -152,8 +229,8 @@ fn hidden_name(name: &CStr) -> bool {
     name.to_bytes().starts_with(COPYUP_PREFIX)
 }
 
-fn overlay_xattr(name: &[u8]) -> bool {
-    name.starts_with(OVERLAY_XATTRS)
+fn private_xattr(name: &[u8]) -> bool {
+    name.starts_with(OVERLAY_XATTRS) || name.starts_with(PRIVATE_XATTRS)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -163,8 +240,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl LayeredFs {
     /// Merges `lowers` (top-most first) under `upper`. The layers must be
-    /// imported already. Without an upper the tree cannot change.
-    pub fn new(upper: Option<Layer>, lowers: Vec<Layer>, timeout: Duration) -> io::Result<Self> {
+    /// imported already. Without an upper the tree cannot change. `mapped`
+    /// selects mapped mode (see the module docs).
+    pub fn new(
+        upper: Option<Layer>,
+        lowers: Vec<Layer>,
+        timeout: Duration,
+        mapped: bool,
+    ) -> io::Result<Self> {
         if lowers.is_empty() {
             return Err(errno(libc::EINVAL));
         }
@@ -189,6 +272,7 @@ impl LayeredFs {
             next_handle: AtomicU64::new(1),
             timeout,
             privileged,
+            mapped,
         };
         // The root merges every layer's root down to an opaque one.
         let mut reals = Vec::new();
@@ -272,6 +356,62 @@ impl LayeredFs {
 
     fn getattr_real(&self, r: Real) -> io::Result<stat64> {
         Ok(self.layer(r).getattr(&ctx0(), r.ino, None)?.0)
+    }
+
+    /// The ids mapped mode recorded on `r`, if any.
+    fn ids(&self, r: Real) -> Option<Ids> {
+        if !self.mapped {
+            return None;
+        }
+        match self.layer(r).getxattr(&ctx0(), r.ino, OVERRIDE, 64) {
+            Ok(GetxattrReply::Value(v)) => Ids::parse(&v),
+            _ => None,
+        }
+    }
+
+    /// `st` (of `r`) as the guest must see it.
+    fn present(&self, r: Real, mut st: stat64) -> stat64 {
+        if let Some(ids) = self.ids(r) {
+            ids.apply(&mut st);
+        }
+        st
+    }
+
+    /// The guest's attributes of `r`.
+    fn attr_of(&self, r: Real) -> io::Result<stat64> {
+        Ok(self.present(r, self.getattr_real(r)?))
+    }
+
+    fn record(&self, r: Real, ids: Ids) -> io::Result<()> {
+        self.upper()?
+            .setxattr(&ctx0(), r.ino, OVERRIDE, &ids.encode(), 0)
+    }
+
+    /// The host name of the guest's xattr `name`.
+    fn host_xattr(&self, name: &CStr) -> CString {
+        let b = name.to_bytes();
+        if self.mapped && !b.starts_with(b"user.") {
+            CString::new([MAPPED_XATTRS, b].concat()).expect("no NUL inside")
+        } else {
+            name.to_owned()
+        }
+    }
+
+    /// For a guest create in mapped mode: the credentials, mode and umask
+    /// to create the host file with, and the ids to record on it.
+    fn creation(&self, ctx: &Context, mode: u32, umask: u32) -> (Context, u32, u32, Option<Ids>) {
+        if !self.mapped {
+            return (*ctx, mode, umask, None);
+        }
+        let kind = mode & libc::S_IFMT;
+        let own = if kind == libc::S_IFDIR { 0o700 } else { 0o600 };
+        let ids = Ids {
+            uid: ctx.uid,
+            gid: ctx.gid,
+            mode: kind | (mode & !umask & 0o7777),
+            rdev: None,
+        };
+        (ctx0(), kind | (mode & 0o777) | own, 0, Some(ids))
     }
 
     /// What `name` is in the merged directory whose layer directories are
@@ -405,8 +545,9 @@ impl LayeredFs {
         let (reals, st) = self
             .resolve(&dirs, name)?
             .ok_or_else(|| errno(libc::ENOENT))?;
+        let shown = self.present(reals[0], st);
         let id = self.take_node(&mut t, parent, name, reals, &st);
-        Ok(self.entry(id, st))
+        Ok(self.entry(id, shown))
     }
 
     /// Makes sure node `id` has its top-most file in the upper layer and
@@ -610,7 +751,8 @@ impl LayeredFs {
             Err(e) => return Err(e),
         };
         for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
-            if overlay_xattr(name) {
+            // The merge's markers are per layer; mapped ids and xattrs move.
+            if name.starts_with(OVERLAY_XATTRS) {
                 continue;
             }
             let cname = CString::new(name).map_err(|_| errno(libc::EINVAL))?;
@@ -659,14 +801,29 @@ impl LayeredFs {
         Ok((pup, whiteout))
     }
 
-    /// Registers a new upper file the guest created as `name` in `parent`.
-    fn created(&self, t: &mut Tree, parent: u64, name: &CStr, e: Entry) -> Entry {
+    /// Registers a new upper file the guest created as `name` in `parent`,
+    /// first recording `ids` on it (mapped mode).
+    fn created(
+        &self,
+        t: &mut Tree,
+        parent: u64,
+        name: &CStr,
+        e: Entry,
+        ids: Option<Ids>,
+    ) -> io::Result<Entry> {
         let real = Real {
             layer: 0,
             ino: e.inode,
         };
+        if let Some(ids) = ids.filter(|_| carries_ids(e.attr.st_mode)) {
+            if let Err(err) = self.record(real, ids) {
+                self.release_real(real);
+                return Err(err);
+            }
+        }
+        let shown = self.present(real, e.attr);
         let id = self.take_node(t, parent, name, vec![real], &e.attr);
-        self.entry(id, e.attr)
+        Ok(self.entry(id, shown))
     }
 
     fn whiteout(&self, pup: Real, name: &CStr) -> io::Result<()> {
@@ -936,7 +1093,7 @@ impl ZeroCopyReader for Chunk {
 
 impl BackendFileSystem for LayeredFs {
     fn mount(&self) -> io::Result<(Entry, u64)> {
-        let st = self.getattr_real(self.top(ROOT)?)?;
+        let st = self.attr_of(self.top(ROOT)?)?;
         Ok((self.entry(ROOT, st), VFS_MAX_INO))
     }
 
@@ -994,7 +1151,7 @@ impl FileSystem for LayeredFs {
         inode: u64,
         _handle: Option<u64>,
     ) -> io::Result<(stat64, Duration)> {
-        let mut st = self.getattr_real(self.top(inode)?)?;
+        let mut st = self.attr_of(self.top(inode)?)?;
         st.st_ino = inode;
         Ok((st, self.timeout))
     }
@@ -1012,9 +1169,45 @@ impl FileSystem for LayeredFs {
             Some(Ok(f)) if f.real == up => Some(f.fh),
             _ => None,
         };
-        let (mut st, d) = self.upper()?.setattr(ctx, up.ino, attr, fh, valid)?;
+        let upper = self.upper()?;
+        let idbits = SetattrValid::UID | SetattrValid::GID | SetattrValid::MODE;
+        if !self.mapped || !valid.intersects(idbits) {
+            let (st, d) = upper.setattr(ctx, up.ino, attr, fh, valid)?;
+            let mut st = self.present(up, st);
+            st.st_ino = inode;
+            return Ok((st, d));
+        }
+        // Mapped: owner and mode go to the recorded ids; the host file only
+        // gets the permission bits, and keeps the VMM's access.
+        let raw = self.getattr_real(up)?;
+        if carries_ids(raw.st_mode) {
+            let mut ids = self.ids(up).unwrap_or_else(|| Ids::of(&raw));
+            if valid.contains(SetattrValid::UID) {
+                ids.uid = attr.st_uid;
+            }
+            if valid.contains(SetattrValid::GID) {
+                ids.gid = attr.st_gid;
+            }
+            if valid.contains(SetattrValid::MODE) {
+                ids.mode = (ids.mode & libc::S_IFMT) | (attr.st_mode & 0o7777);
+                let (_, host_mode, _, _) = self.creation(
+                    &ctx0(),
+                    raw.st_mode & libc::S_IFMT | (attr.st_mode & 0o777),
+                    0,
+                );
+                let mut a = raw;
+                a.st_mode = host_mode;
+                upper.setattr(&ctx0(), up.ino, a, None, SetattrValid::MODE)?;
+            }
+            self.record(up, ids)?;
+        }
+        let rest = valid - idbits;
+        if !rest.is_empty() {
+            upper.setattr(ctx, up.ino, attr, fh, rest)?;
+        }
+        let mut st = self.attr_of(up)?;
         st.st_ino = inode;
-        Ok((st, d))
+        Ok((st, self.timeout))
     }
 
     fn readlink(&self, ctx: &Context, inode: u64) -> io::Result<Vec<u8>> {
@@ -1031,8 +1224,9 @@ impl FileSystem for LayeredFs {
     ) -> io::Result<Entry> {
         let mut t = lock(&self.tree);
         let (pup, _) = self.prepare_new(&mut t, parent, name)?;
-        let e = self.upper()?.symlink(ctx, linkname, pup.ino, name)?;
-        Ok(self.created(&mut t, parent, name, e))
+        let (hctx, _, _, _) = self.creation(ctx, libc::S_IFLNK | 0o777, 0);
+        let e = self.upper()?.symlink(&hctx, linkname, pup.ino, name)?;
+        self.created(&mut t, parent, name, e, None)
     }
 
     fn mknod(
@@ -1050,8 +1244,22 @@ impl FileSystem for LayeredFs {
         }
         let mut t = lock(&self.tree);
         let (pup, _) = self.prepare_new(&mut t, parent, name)?;
-        let e = self.upper()?.mknod(ctx, pup.ino, name, mode, rdev, umask)?;
-        Ok(self.created(&mut t, parent, name, e))
+        let (hctx, mut hmode, humask, mut ids) = self.creation(ctx, mode, umask);
+        let mut hrdev = rdev;
+        let kind = mode & libc::S_IFMT;
+        if let Some(ids) = ids
+            .as_mut()
+            .filter(|_| kind == libc::S_IFCHR || kind == libc::S_IFBLK)
+        {
+            // A device is an empty file that says what it is.
+            ids.rdev = Some((libc::major(rdev.into()), libc::minor(rdev.into())));
+            hmode = libc::S_IFREG | 0o600;
+            hrdev = 0;
+        }
+        let e = self
+            .upper()?
+            .mknod(&hctx, pup.ino, name, hmode, hrdev, humask)?;
+        self.created(&mut t, parent, name, e, ids)
     }
 
     fn mkdir(
@@ -1065,7 +1273,8 @@ impl FileSystem for LayeredFs {
         let mut t = lock(&self.tree);
         let (pup, hid_lower) = self.prepare_new(&mut t, parent, name)?;
         let upper = self.upper()?;
-        let e = upper.mkdir(ctx, pup.ino, name, mode, umask)?;
+        let (hctx, hmode, humask, ids) = self.creation(ctx, libc::S_IFDIR | mode, umask);
+        let e = upper.mkdir(&hctx, pup.ino, name, hmode & 0o7777, humask)?;
         if hid_lower {
             // What a lower layer had under this name stays hidden.
             if let Err(err) = upper.setxattr(&ctx0(), e.inode, OPAQUE, b"y", 0) {
@@ -1075,7 +1284,7 @@ impl FileSystem for LayeredFs {
                 return Err(err);
             }
         }
-        Ok(self.created(&mut t, parent, name, e))
+        self.created(&mut t, parent, name, e, ids)
     }
 
     fn unlink(&self, _ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
@@ -1185,7 +1394,7 @@ impl FileSystem for LayeredFs {
         let (pup, _) = self.prepare_new(&mut t, newparent, newname)?;
         let up = self.copy_up(&mut t, inode)?;
         let e = self.upper()?.link(ctx, up.ino, pup.ino, newname)?;
-        Ok(self.created(&mut t, newparent, newname, e))
+        self.created(&mut t, newparent, newname, e, None)
     }
 
     fn open(
@@ -1215,12 +1424,22 @@ impl FileSystem for LayeredFs {
     ) -> io::Result<(Entry, Option<u64>, OpenOptions, Option<u32>)> {
         let mut t = lock(&self.tree);
         let (pup, _) = self.prepare_new(&mut t, parent, name)?;
-        let (e, fh, opts, _) = self.upper()?.create(ctx, pup.ino, name, args)?;
+        let mode = match args.mode & libc::S_IFMT {
+            0 => args.mode | libc::S_IFREG,
+            _ => args.mode,
+        };
+        let (hctx, mode, umask, ids) = self.creation(ctx, mode, args.umask);
+        let hargs = CreateIn {
+            mode,
+            umask,
+            ..args
+        };
+        let (e, fh, opts, _) = self.upper()?.create(&hctx, pup.ino, name, hargs)?;
         let real = Real {
             layer: 0,
             ino: e.inode,
         };
-        let entry = self.created(&mut t, parent, name, e);
+        let entry = self.created(&mut t, parent, name, e, ids)?;
         Ok((entry, Some(self.open_file(real, fh)), opts, None))
     }
 
@@ -1334,11 +1553,12 @@ impl FileSystem for LayeredFs {
         value: &[u8],
         flags: u32,
     ) -> io::Result<()> {
-        if overlay_xattr(name.to_bytes()) {
+        if private_xattr(name.to_bytes()) {
             return Err(errno(libc::EPERM));
         }
         let up = self.copy_up(&mut lock(&self.tree), inode)?;
-        self.upper()?.setxattr(ctx, up.ino, name, value, flags)
+        self.upper()?
+            .setxattr(ctx, up.ino, &self.host_xattr(name), value, flags)
     }
 
     fn getxattr(
@@ -1348,11 +1568,12 @@ impl FileSystem for LayeredFs {
         name: &CStr,
         size: u32,
     ) -> io::Result<GetxattrReply> {
-        if overlay_xattr(name.to_bytes()) {
+        if private_xattr(name.to_bytes()) {
             return Err(errno(libc::ENODATA));
         }
         let r = self.top(inode)?;
-        self.layer(r).getxattr(ctx, r.ino, name, size)
+        self.layer(r)
+            .getxattr(ctx, r.ino, &self.host_xattr(name), size)
     }
 
     fn listxattr(&self, ctx: &Context, inode: u64, size: u32) -> io::Result<ListxattrReply> {
@@ -1363,10 +1584,13 @@ impl FileSystem for LayeredFs {
         };
         let mut out = Vec::with_capacity(names.len());
         for n in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
-            if !overlay_xattr(n) {
-                out.extend_from_slice(n);
-                out.push(0);
-            }
+            let shown = match n.strip_prefix(MAPPED_XATTRS) {
+                Some(system) if self.mapped => system,
+                _ if private_xattr(n) => continue,
+                _ => n,
+            };
+            out.extend_from_slice(shown);
+            out.push(0);
         }
         if size == 0 {
             Ok(ListxattrReply::Count(out.len() as u32))
@@ -1378,11 +1602,12 @@ impl FileSystem for LayeredFs {
     }
 
     fn removexattr(&self, ctx: &Context, inode: u64, name: &CStr) -> io::Result<()> {
-        if overlay_xattr(name.to_bytes()) {
+        if private_xattr(name.to_bytes()) {
             return Err(errno(libc::EPERM));
         }
         let up = self.copy_up(&mut lock(&self.tree), inode)?;
-        self.upper()?.removexattr(ctx, up.ino, name)
+        self.upper()?
+            .removexattr(ctx, up.ino, &self.host_xattr(name))
     }
 
     fn opendir(

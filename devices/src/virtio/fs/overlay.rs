@@ -18,6 +18,10 @@
 //!   charges a copy-up only for what the write itself changes.
 //! * Entry and attribute timeouts of 5 s: only this VM writes its upper and
 //!   the lower layers never change.
+//! * An unprivileged VMM: the layer store kept the image's owners, modes,
+//!   devices and non-`user.` xattrs in `user.minivm.*` xattrs; `LayeredFs`
+//!   presents those to the guest and records the guest's own in the same
+//!   form in the upper ("mapped" mode).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -70,12 +74,18 @@ pub fn overlay(
         }
         None => (None, None),
     };
-    let fs = LayeredFs::new(upper_layer, lower_layers, TIMEOUT).map_err(FsError::Overlay)?;
+    // An unprivileged VMM serves a store unpacked unprivileged (the same rule
+    // as the layer store's), whose owners, modes and devices live in xattrs.
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let mapped = unsafe { libc::geteuid() } != 0;
+    let fs =
+        LayeredFs::new(upper_layer, lower_layers, TIMEOUT, mapped).map_err(FsError::Overlay)?;
     mount_vfs(GuardFs::new(
         fs,
         Policy {
             read_only: upper.is_none(),
             size_cap,
+            backend_maps_ids: mapped,
         },
     ))
 }

@@ -44,6 +44,7 @@ pub fn passthrough(root: &Path, read_only: bool) -> Result<Arc<Vfs>, FsError> {
         Policy {
             read_only,
             size_cap: None,
+            backend_maps_ids: false,
         },
     ))
 }
@@ -64,6 +65,7 @@ pub fn disk_cap(root: &Path, cap_bytes: u64) -> Result<Arc<Vfs>, FsError> {
         Policy {
             read_only: false,
             size_cap: Some(SizeCap::new(cap_bytes, used)),
+            backend_maps_ids: false,
         },
     ))
 }

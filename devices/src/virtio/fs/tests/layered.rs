@@ -173,6 +173,7 @@ impl Fixture {
             Some(passthrough_fs(&upper).unwrap()),
             layers,
             Duration::from_secs(1),
+            false,
         )
         .unwrap();
         Fixture {
@@ -471,4 +472,145 @@ fn rename_and_rmdir_over_lower_layers() {
     assert!(std::fs::metadata(f.upper.join("r")).unwrap().is_dir());
     assert!(f.names(f.node(b"r")).is_empty());
     f.lowers_unchanged();
+}
+
+/// Mapped mode over a layer written as an unprivileged layer store writes
+/// one: the guest sees the image's owners, modes, devices and system
+/// xattrs, and what it sets is recorded the same way in the upper.
+#[test]
+fn mapped_mode_presents_and_records_ids_in_xattrs() {
+    use crate::virtio::fs::layered::Ids;
+    use fuse_backend_rs::api::filesystem::SetattrValid;
+
+    let tmp = TempDir::new();
+    let (lower, upper) = (tmp.path().join("lower"), tmp.path().join("upper"));
+    std::fs::create_dir_all(lower.join("dev")).unwrap();
+    std::fs::create_dir(&upper).unwrap();
+    std::fs::write(lower.join("su"), b"#!/bin/sh\n").unwrap();
+    set_xattr(&lower.join("su"), c"user.minivm.override", b"0:0:104755");
+    std::fs::write(lower.join("dev/null"), b"").unwrap();
+    set_xattr(
+        &lower.join("dev/null"),
+        c"user.minivm.override",
+        b"0:0:20666:1:3",
+    );
+    std::fs::write(lower.join("ping"), b"elf").unwrap();
+    set_xattr(
+        &lower.join("ping"),
+        c"user.minivm.xattr.security.capability",
+        b"\x01\x00\x00\x02",
+    );
+    set_xattr(&lower.join("ping"), c"user.plain", b"p");
+    let fs = LayeredFs::new(
+        Some(passthrough_fs(&upper).unwrap()),
+        vec![passthrough_fs(&lower).unwrap()],
+        Duration::from_secs(1),
+        true,
+    )
+    .unwrap();
+    let ctx = Context::default();
+    let look = |p: u64, n: &CStr| fs.lookup(&ctx, p, n).unwrap();
+
+    let su = look(ROOT, c"su");
+    assert_eq!((su.attr.st_uid, su.attr.st_mode), (0, 0o104755));
+    let null = look(look(ROOT, c"dev").inode, c"null");
+    assert_eq!(null.attr.st_mode, 0o20666);
+    assert_eq!(null.attr.st_rdev, libc::makedev(1, 3));
+    let ping = look(ROOT, c"ping");
+    let names = match fs.listxattr(&ctx, ping.inode, 4096).unwrap() {
+        ListxattrReply::Names(n) => n,
+        ListxattrReply::Count(_) => panic!("names asked for"),
+    };
+    let mut names: Vec<&[u8]> = names.split(|b| *b == 0).filter(|n| !n.is_empty()).collect();
+    names.sort();
+    assert_eq!(names, [&b"security.capability"[..], b"user.plain"]);
+    assert!(matches!(
+        fs.getxattr(&ctx, ping.inode, c"security.capability", 64).unwrap(),
+        GetxattrReply::Value(v) if v == b"\x01\x00\x00\x02"
+    ));
+    assert_eq!(
+        errno(fs.getxattr(&ctx, su.inode, c"user.minivm.override", 64)),
+        libc::ENODATA
+    );
+
+    // chown and chmod are recorded on the copy-up; the host file stays ours.
+    let mut attr = su.attr;
+    attr.st_uid = 1234;
+    attr.st_gid = 5678;
+    attr.st_mode = 0o100750;
+    let (st, _) = fs
+        .setattr(
+            &ctx,
+            su.inode,
+            attr,
+            None,
+            SetattrValid::UID | SetattrValid::GID | SetattrValid::MODE,
+        )
+        .unwrap();
+    assert_eq!((st.st_uid, st.st_gid, st.st_mode), (1234, 5678, 0o100750));
+    let host = std::fs::metadata(upper.join("su")).unwrap();
+    assert_eq!((host.uid(), host.mode() & 0o7777), (0, 0o750 | 0o600));
+    let rec = get_xattr(&upper.join("su"), c"user.minivm.override").unwrap();
+    assert_eq!(
+        Ids::parse(&rec),
+        Some(Ids {
+            uid: 1234,
+            gid: 5678,
+            mode: 0o100750,
+            rdev: None
+        })
+    );
+    // A copy-up keeps the mapped xattrs too.
+    fs.setxattr(&ctx, ping.inode, c"trusted.t", b"t", 0)
+        .unwrap();
+    assert_eq!(
+        get_xattr(&upper.join("ping"), c"user.minivm.xattr.trusted.t").as_deref(),
+        Some(&b"t"[..])
+    );
+    assert!(get_xattr(
+        &upper.join("ping"),
+        c"user.minivm.xattr.security.capability"
+    )
+    .is_some());
+
+    // The guest's creates carry its ids; a device is a file that says so.
+    let guest = Context {
+        uid: 1000,
+        gid: 100,
+        pid: 1,
+    };
+    let dev = fs
+        .mknod(
+            &guest,
+            ROOT,
+            c"loop0",
+            libc::S_IFBLK | 0o660,
+            libc::makedev(7, 0) as u32,
+            0o022,
+        )
+        .unwrap();
+    assert_eq!((dev.attr.st_uid, dev.attr.st_gid), (1000, 100));
+    assert_eq!(
+        (dev.attr.st_mode, dev.attr.st_rdev),
+        (libc::S_IFBLK | 0o640, libc::makedev(7, 0))
+    );
+    assert!(std::fs::metadata(upper.join("loop0")).unwrap().is_file());
+    let d = fs.mkdir(&guest, ROOT, c"home", 0o700, 0).unwrap();
+    assert_eq!(
+        (d.attr.st_uid, d.attr.st_mode),
+        (1000, libc::S_IFDIR | 0o700)
+    );
+    let args = CreateIn {
+        flags: (libc::O_WRONLY | libc::O_CREAT) as u32,
+        mode: libc::S_IFREG | 0o4755,
+        umask: 0,
+        fuse_flags: 0,
+    };
+    let (e, _, _, _) = fs.create(&guest, d.inode, c"tool", args).unwrap();
+    assert_eq!(
+        (e.attr.st_uid, e.attr.st_mode),
+        (1000, libc::S_IFREG | 0o4755)
+    );
+    let host = std::fs::metadata(upper.join("home/tool")).unwrap();
+    assert_eq!(host.mode() & 0o7000, 0, "set-id bits on the host file");
 }
