@@ -553,12 +553,38 @@ impl LayeredFs {
     /// Makes sure node `id` has its top-most file in the upper layer and
     /// returns that file.
     fn copy_up(&self, t: &mut Tree, id: u64) -> io::Result<Real> {
+        self.upper()?;
+        // The node and its ancestors without an upper directory, nearest
+        // first: walked, not recursed, as an image's tree may be very deep.
+        let mut chain = Vec::new();
+        let mut cur = id;
+        loop {
+            let node = t.nodes.get(&cur).ok_or_else(|| errno(libc::ENOENT))?;
+            if node.reals[0].layer == 0 {
+                break;
+            }
+            if chain.len() > t.nodes.len() {
+                return Err(errno(libc::ELOOP));
+            }
+            chain.push(cur);
+            cur = node
+                .names
+                .iter()
+                .find(|(p, _)| t.nodes.contains_key(p))
+                .map(|(p, _)| *p)
+                .ok_or_else(|| errno(libc::ENOENT))?;
+        }
+        for &n in chain.iter().rev() {
+            self.copy_up_one(t, n)?;
+        }
+        Ok(Self::node_reals(t, id)?[0])
+    }
+
+    /// Copies node `id` up; its parent is in the upper already.
+    fn copy_up_one(&self, t: &mut Tree, id: u64) -> io::Result<Real> {
         let upper = self.upper()?;
         let node = t.nodes.get(&id).ok_or_else(|| errno(libc::ENOENT))?;
         let lower = node.reals[0];
-        if lower.layer == 0 {
-            return Ok(lower);
-        }
         let names: Vec<(u64, CString)> = node
             .names
             .iter()
@@ -566,7 +592,8 @@ impl LayeredFs {
             .cloned()
             .collect();
         let (parent, name) = names.first().cloned().ok_or_else(|| errno(libc::ENOENT))?;
-        let pup = self.copy_up(t, parent)?;
+        let pup = Self::node_reals(t, parent)?[0];
+        debug_assert_eq!(pup.layer, 0);
         let st = self.getattr_real(lower)?;
         let (new, new_st) = if is_dir(&st) {
             let e = upper.mkdir(&ctx0(), pup.ino, &name, st.st_mode & 0o7777, 0)?;

@@ -614,3 +614,42 @@ fn mapped_mode_presents_and_records_ids_in_xattrs() {
     let host = std::fs::metadata(upper.join("home/tool")).unwrap();
     assert_eq!(host.mode() & 0o7000, 0, "set-id bits on the host file");
 }
+
+/// A very deep image tree copies up without deep recursion.
+#[test]
+fn copy_up_of_a_deep_path() {
+    let tmp = TempDir::new();
+    let (lower, upper) = (tmp.path().join("lower"), tmp.path().join("upper"));
+    let depth = 1500;
+    let rel: PathBuf = std::iter::repeat_n("d", depth).collect();
+    std::fs::create_dir_all(lower.join(&rel)).unwrap();
+    std::fs::write(lower.join(&rel).join("f"), b"deep").unwrap();
+    std::fs::create_dir(&upper).unwrap();
+    let fs = LayeredFs::new(
+        Some(passthrough_fs(&upper).unwrap()),
+        vec![passthrough_fs(&lower).unwrap()],
+        Duration::from_secs(1),
+        false,
+    )
+    .unwrap();
+    let ctx = Context::default();
+    let mut node = ROOT;
+    for _ in 0..depth {
+        node = fs.lookup(&ctx, node, c"d").unwrap().inode;
+    }
+    let f = fs.lookup(&ctx, node, c"f").unwrap().inode;
+    // On a small stack, as a worker thread might have.
+    let fs = std::sync::Arc::new(fs);
+    let worker = {
+        let fs = fs.clone();
+        std::thread::Builder::new()
+            .stack_size(256 << 10)
+            .spawn(move || {
+                let flags = libc::O_WRONLY as u32;
+                fs.open(&Context::default(), f, flags, 0).map(|_| ())
+            })
+            .unwrap()
+    };
+    worker.join().unwrap().unwrap();
+    assert_eq!(std::fs::read(upper.join(&rel).join("f")).unwrap(), b"deep");
+}
