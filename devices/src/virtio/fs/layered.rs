@@ -608,13 +608,7 @@ impl LayeredFs {
             }
             (new, e.attr)
         } else {
-            let tmp = CString::new(format!(
-                "{}{}",
-                String::from_utf8_lossy(COPYUP_PREFIX),
-                t.next_tmp
-            ))
-            .expect("no NUL in a number");
-            t.next_tmp += 1;
+            let tmp = Self::tmp_name(t);
             let new = self.copy_file(lower, &st, pup, &tmp)?;
             if let Err(err) = upper.rename(&ctx0(), pup.ino, &tmp, pup.ino, &name, 0) {
                 self.release_real(new);
@@ -652,6 +646,48 @@ impl LayeredFs {
             }
         }
         Ok(new)
+    }
+
+    /// A fresh scratch name for the upper, hidden from the guest. The pid
+    /// keeps it apart from what an earlier run (of a --persist upper) left.
+    fn tmp_name(t: &mut Tree) -> CString {
+        t.next_tmp += 1;
+        let name = format!(
+            "{}{}.{}",
+            String::from_utf8_lossy(COPYUP_PREFIX),
+            std::process::id(),
+            t.next_tmp
+        );
+        CString::new(name).expect("no NUL in numbers")
+    }
+
+    /// Replaces the upper entry `name` in `pup` by a whiteout, atomically
+    /// where the host allows (RENAME_WHITEOUT), so that no crash lets the
+    /// lower entry show through.
+    fn replace_with_whiteout(
+        &self,
+        t: &mut Tree,
+        pup: Real,
+        name: &CStr,
+        dir: bool,
+    ) -> io::Result<()> {
+        let upper = self.upper()?;
+        let tmp = Self::tmp_name(t);
+        let remove = |n: &CStr| {
+            if dir {
+                upper.rmdir(&ctx0(), pup.ino, n)
+            } else {
+                upper.unlink(&ctx0(), pup.ino, n)
+            }
+        };
+        match upper.rename(&ctx0(), pup.ino, name, pup.ino, &tmp, libc::RENAME_WHITEOUT) {
+            Ok(()) => remove(&tmp),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EPERM)) => {
+                remove(name)?;
+                self.whiteout(pup, name)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Copies the non-directory `lower` (attributes `st`) to `tmp` in the
@@ -1003,12 +1039,15 @@ impl LayeredFs {
                 let pup = dirs[0];
                 if want_dir {
                     self.clear_upper_dir(&mut t, top)?;
+                }
+                if lower {
+                    self.replace_with_whiteout(&mut t, pup, name, want_dir)?;
+                } else if want_dir {
                     upper.rmdir(&ctx0(), pup.ino, name)?;
                 } else {
                     upper.unlink(&ctx0(), pup.ino, name)?;
                 }
-            }
-            if lower {
+            } else if lower {
                 let pup = self.copy_up(&mut t, parent)?;
                 self.whiteout(pup, name)?;
             }
@@ -1397,9 +1436,19 @@ impl FileSystem for LayeredFs {
                 }
             }
         }
-        upper.rename(ctx, pold.ino, oldname, pnew.ino, newname, flags)?;
         if old_lower {
-            self.whiteout(pold, oldname)?;
+            // Leave the whiteout in the same step where the host allows it.
+            let whiteout_flags = flags | libc::RENAME_WHITEOUT;
+            match upper.rename(ctx, pold.ino, oldname, pnew.ino, newname, whiteout_flags) {
+                Ok(()) => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EPERM)) => {
+                    upper.rename(ctx, pold.ino, oldname, pnew.ino, newname, flags)?;
+                    self.whiteout(pold, oldname)?;
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            upper.rename(ctx, pold.ino, oldname, pnew.ino, newname, flags)?;
         }
         let sup = Self::node_reals(&t, sid)?[0];
         if is_dir(&sst) && new_lower {
