@@ -39,7 +39,9 @@
 //!   VMM's with `u+rw` (`u+rwx` for directories). Symlinks, FIFOs and sockets
 //!   cannot carry user xattrs: they show the host's owner.
 //!
-//! Lower layers are only ever opened read-only. Namespace changes are
+//! A file opened read-only before a copy-up keeps reading the lower copy (as
+//! on overlayfs before Linux 4.19). Lower layers are only ever opened
+//! read-only. Namespace changes are
 //! serialised by one lock; reads and writes on open files are not.
 
 use std::any::Any;
@@ -942,13 +944,19 @@ impl LayeredFs {
                     continue;
                 }
                 let cname = CString::new(name).map_err(|_| errno(libc::EINVAL))?;
-                if type_ == libc::DT_CHR as u32 {
+                let mut type_ = type_;
+                if type_ == libc::DT_CHR as u32 || type_ == libc::DT_UNKNOWN as u32 {
                     if let Some((r, st)) = self.layer_lookup(dir, &cname)? {
                         self.release_real(r);
                         if is_whiteout(&st) {
                             continue;
                         }
+                        type_ = (st.st_mode & libc::S_IFMT) >> 12;
                     }
+                }
+                if self.mapped && type_ == libc::DT_REG as u32 {
+                    // It may be a device recorded in xattrs: let stat tell.
+                    type_ = libc::DT_UNKNOWN as u32;
                 }
                 let key = (self.layer_dev[dir.layer], ino);
                 let ino = t
