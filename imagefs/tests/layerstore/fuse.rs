@@ -1,28 +1,17 @@
-//! The layers served as the VMM serves them: fuse-backend-rs's
-//! `OverlayFs` over one `PassthroughFs` per layer plus an empty upper
-//! layer, queried through its `FileSystem` API (no FUSE mount needed).
+//! The layers served as the VMM serves them: minivm's `LayeredFs` (devices
+//! crate) over one `PassthroughFs` per layer plus an upper layer made by
+//! `prepare_upper`, queried through its `FileSystem` API (no FUSE mount
+//! needed). A store unpacked as root is served natively; one unpacked
+//! unprivileged is served in mapped mode, and both must show the image
+//! exactly.
 
 use super::*;
+use devices::virtio::fs::{layered_fs, LayeredFs};
 use fuse_backend_rs::api::filesystem::{Context, DirEntry, FileSystem, GetxattrReply};
-use fuse_backend_rs::overlayfs::{config::Config, BoxedLayer, OverlayFs};
-use fuse_backend_rs::passthrough::{Config as PtConfig, PassthroughFs};
 use imagefs::layerstore::prepare_upper;
-use std::sync::Arc;
-
-fn layer(dir: &Path) -> Arc<BoxedLayer> {
-    let fs = PassthroughFs::<()>::new(PtConfig {
-        root_dir: dir.to_string_lossy().into(),
-        xattr: true, // OverlayFs reads the opaque xattrs through it.
-        do_import: true,
-        ..Default::default()
-    })
-    .unwrap();
-    fs.import().unwrap();
-    Arc::new(Box::new(fs) as BoxedLayer)
-}
 
 /// (inode, stat) of `path`, or the lookup's errno.
-fn lookup(fs: &OverlayFs, path: &[u8]) -> Result<(u64, libc::stat64), i32> {
+fn lookup(fs: &LayeredFs, path: &[u8]) -> Result<(u64, libc::stat64), i32> {
     let ctx = Context::default();
     let (mut ino, mut st) = (1, fs.getattr(&ctx, 1, None).unwrap().0);
     for c in path.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
@@ -34,7 +23,7 @@ fn lookup(fs: &OverlayFs, path: &[u8]) -> Result<(u64, libc::stat64), i32> {
     Ok((ino, st))
 }
 
-fn children(fs: &OverlayFs, ino: u64) -> BTreeSet<Vec<u8>> {
+fn children(fs: &LayeredFs, ino: u64) -> BTreeSet<Vec<u8>> {
     let ctx = Context::default();
     let (h, _) = fs.opendir(&ctx, ino, 0).unwrap();
     let mut out = BTreeSet::new();
@@ -49,40 +38,38 @@ fn children(fs: &OverlayFs, ino: u64) -> BTreeSet<Vec<u8>> {
     out
 }
 
-/// The overlay the VMM builds: the layers (top-most first) under an upper
-/// directory made by `prepare_upper`.
-fn serve(dirs: &[PathBuf], tmp: &Path) -> OverlayFs {
-    let (upper, work) = (tmp.join("upper"), tmp.join("work"));
+/// The merged view the VMM builds: the layers under an upper directory made
+/// by `prepare_upper`, mapped when the store is unprivileged.
+fn serve(store: &LayerStore, dirs: &[PathBuf], tmp: &Path) -> LayeredFs {
+    let upper = tmp.join("upper");
     prepare_upper(dirs, &upper).unwrap();
-    fs::create_dir_all(&work).unwrap();
-    let lowers = dirs.iter().rev().map(|d| layer(d)).collect();
-    let config = Config {
-        mountpoint: "/".into(),
-        work: work.to_string_lossy().into(),
-        do_import: true,
-        ..Default::default()
-    };
-    let fs = OverlayFs::new(Some(layer(&upper)), lowers, config).unwrap();
-    fs.import().unwrap();
-    fs
+    layered_fs(dirs, Some(&upper), !store.privileged()).unwrap()
 }
 
 #[test]
-fn fuse_backend_rs_overlay_serves_the_merged_image() {
+fn the_merged_image_as_root() {
     let tmp = TempDir::new("ls-fuse").unwrap();
-    let layout = write(&tricky_image(), &tmp.path().join("oci"), Compression::Gzip);
     let store = LayerStore::new(tmp.path().join("store"));
-    let dirs = ensure(&store, &layout).unwrap();
-    let fs = serve(&dirs, tmp.path());
+    served_image_matches(&store, tmp.path());
+}
+
+#[test]
+fn the_merged_image_unprivileged_in_mapped_mode() {
+    let tmp = TempDir::new("ls-fuse-mapped").unwrap();
+    let store = unprivileged_store(&tmp.path().join("store"));
+    served_image_matches(&store, tmp.path());
+}
+
+/// Every expectation of the tricky image holds in the merged view: types,
+/// owners, modes, devices, sizes, links, children, xattrs, symlink targets,
+/// byte names; hardlinks are one inode; no bookkeeping xattr shows.
+fn served_image_matches(store: &LayerStore, tmp: &Path) {
+    let layout = write(&tricky_image(), &tmp.join("oci"), Compression::Gzip);
+    let dirs = ensure(store, &layout).unwrap();
+    let fs = serve(store, &dirs, tmp);
     let ctx = Context::default();
-    let privileged = store.privileged();
     for (path, expect) in tricky_expectations() {
         let shown = String::from_utf8_lossy(&path).into_owned();
-        if std::str::from_utf8(&path).is_err() {
-            // fuse-backend-rs's overlay turns names into UTF-8 lossily.
-            assert_eq!(lookup(&fs, &path).err(), Some(libc::ENOENT), "{shown}");
-            continue;
-        }
         if expect == Expect::Absent {
             assert_eq!(lookup(&fs, &path).err(), Some(libc::ENOENT), "{shown}");
             continue;
@@ -101,9 +88,7 @@ fn fuse_backend_rs_overlay_serves_the_merged_image() {
                 xattrs,
             } => {
                 assert_eq!(ftype, libc::S_IFDIR, "{shown}");
-                if privileged {
-                    assert_eq!((perm, owner), (mode, (uid, gid)), "{shown}");
-                }
+                assert_eq!((perm, owner), (mode, (uid, gid)), "{shown}");
                 if let Some(c) = c {
                     assert_eq!(children(&fs, ino), c.into_iter().collect(), "{shown}");
                 }
@@ -121,6 +106,8 @@ fn fuse_backend_rs_overlay_serves_the_merged_image() {
                 uid,
                 gid,
                 nlink,
+                xattrs,
+                same_inode_as,
                 ..
             } => {
                 assert_eq!(
@@ -129,15 +116,30 @@ fn fuse_backend_rs_overlay_serves_the_merged_image() {
                     "{shown}"
                 );
                 assert_eq!(st.st_nlink, u64::from(nlink), "{shown}");
-                if privileged {
-                    assert_eq!((perm, owner), (mode, (uid, gid)), "{shown}");
+                assert_eq!((perm, owner), (mode, (uid, gid)), "{shown}");
+                let mut want: Vec<Vec<u8>> =
+                    xattrs.iter().map(|(n, _)| n.as_bytes().to_vec()).collect();
+                want.sort();
+                assert_eq!(xattr_names(&fs, ino), want, "{shown}");
+                for (n, v) in xattrs {
+                    let r = fs.getxattr(&ctx, ino, &CString::new(n.clone()).unwrap(), 1024);
+                    assert!(
+                        matches!(r, Ok(GetxattrReply::Value(ref got)) if *got == v),
+                        "{shown}: {n}"
+                    );
+                }
+                if let Some(other) = same_inode_as {
+                    assert_eq!(lookup(&fs, &other).map(|(i, _)| i), Ok(ino), "{shown}");
                 }
             }
             Expect::Symlink(t) => assert_eq!(fs.readlink(&ctx, ino).unwrap(), t, "{shown}"),
             Expect::CharDev { major, minor, mode } | Expect::BlockDev { major, minor, mode } => {
-                if privileged {
-                    assert_eq!((perm, rdev), (mode, (major, minor)), "{shown}");
-                }
+                let want = if matches!(expect, Expect::CharDev { .. }) {
+                    libc::S_IFCHR
+                } else {
+                    libc::S_IFBLK
+                };
+                assert_eq!((ftype, perm, rdev), (want, mode, (major, minor)), "{shown}");
             }
             Expect::Fifo { mode } => {
                 assert_eq!((ftype, perm), (libc::S_IFIFO, mode), "{shown}")
@@ -158,15 +160,29 @@ fn the_root_shows_the_upper_directory_made_like_the_image_root() {
     let layout = write(&image, &tmp.path().join("oci"), Compression::Gzip);
     let store = LayerStore::new(tmp.path().join("store"));
     let dirs = ensure(&store, &layout).unwrap();
-    let fs = serve(&dirs, tmp.path());
+    let fs = serve(&store, &dirs, tmp.path());
     let (_, st) = lookup(&fs, b"").unwrap();
     assert_eq!((st.st_mode & 0o7777, st.st_mtime), (0o750, 1_600_000_000));
     // What an upper directory made otherwise would show instead.
     let other = tmp.path().join("other");
     fs::create_dir(&other).unwrap();
     fs::set_permissions(&other, std::os::unix::fs::PermissionsExt::from_mode(0o711)).unwrap();
-    let lowers = dirs.iter().rev().map(|d| layer(d)).collect();
-    let plain = OverlayFs::new(Some(layer(&other)), lowers, Config::default()).unwrap();
-    plain.import().unwrap();
+    let plain = layered_fs(&dirs, Some(&other), false).unwrap();
     assert_eq!(lookup(&plain, b"").unwrap().1.st_mode & 0o7777, 0o711);
+}
+
+/// The xattr names the guest would list, sorted.
+fn xattr_names(fs: &LayeredFs, ino: u64) -> Vec<Vec<u8>> {
+    use fuse_backend_rs::api::filesystem::ListxattrReply;
+    let names = match fs.listxattr(&Context::default(), ino, 65536).unwrap() {
+        ListxattrReply::Names(n) => n,
+        ListxattrReply::Count(_) => Vec::new(),
+    };
+    let mut out: Vec<Vec<u8>> = names
+        .split(|b| *b == 0)
+        .filter(|n| !n.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect();
+    out.sort();
+    out
 }

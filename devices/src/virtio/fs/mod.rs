@@ -94,7 +94,8 @@ use virtio_queue::Queue;
 
 pub use self::cap::{disk_usage, SizeCap};
 pub use self::guard::{GuardFs, Policy};
-pub use self::overlay::overlay;
+pub use self::layered::LayeredFs;
+pub use self::overlay::{layered_fs, overlay};
 pub use self::passthrough::{disk_cap, mount_vfs, passthrough};
 use self::worker::Worker;
 use super::{ActivateError, Interrupt, VirtioDevice};

@@ -48,6 +48,40 @@ pub fn overlay(
     upper: Option<&Path>,
     cap_bytes: Option<u64>,
 ) -> Result<Arc<Vfs>, FsError> {
+    // An unprivileged VMM serves a store unpacked unprivileged (the same rule
+    // as the layer store's), whose owners, modes and devices live in xattrs.
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let mapped = unsafe { libc::geteuid() } != 0;
+    let fs = layered_fs(lowers, upper, mapped)?;
+    let size_cap = match (upper, cap_bytes) {
+        (Some(dir), Some(limit)) => {
+            let dir = canonical_dir(dir)?;
+            let used = disk_usage(&dir).map_err(|source| FsError::Usage {
+                path: dir.clone(),
+                source,
+            })?;
+            Some(SizeCap::new(limit, used))
+        }
+        _ => None,
+    };
+    mount_vfs(GuardFs::new(
+        fs,
+        Policy {
+            read_only: upper.is_none(),
+            size_cap,
+            backend_maps_ids: mapped,
+        },
+    ))
+}
+
+/// The merged file system [`overlay`] serves, without the guard around it
+/// (for tools and tests that query it directly). `mapped` selects
+/// [`LayeredFs`]'s mapped mode, for a store unpacked unprivileged.
+pub fn layered_fs(
+    lowers: &[PathBuf],
+    upper: Option<&Path>,
+    mapped: bool,
+) -> Result<LayeredFs, FsError> {
     if lowers.is_empty() {
         return Err(FsError::NoLayers);
     }
@@ -57,35 +91,6 @@ pub fn overlay(
         .rev()
         .map(|d| passthrough_fs(d))
         .collect::<Result<Vec<_>, _>>()?;
-    let (upper_layer, size_cap) = match upper {
-        Some(dir) => {
-            let dir = canonical_dir(dir)?;
-            let cap = match cap_bytes {
-                Some(limit) => {
-                    let used = disk_usage(&dir).map_err(|source| FsError::Usage {
-                        path: dir.clone(),
-                        source,
-                    })?;
-                    Some(SizeCap::new(limit, used))
-                }
-                None => None,
-            };
-            (Some(passthrough_fs(&dir)?), cap)
-        }
-        None => (None, None),
-    };
-    // An unprivileged VMM serves a store unpacked unprivileged (the same rule
-    // as the layer store's), whose owners, modes and devices live in xattrs.
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let mapped = unsafe { libc::geteuid() } != 0;
-    let fs =
-        LayeredFs::new(upper_layer, lower_layers, TIMEOUT, mapped).map_err(FsError::Overlay)?;
-    mount_vfs(GuardFs::new(
-        fs,
-        Policy {
-            read_only: upper.is_none(),
-            size_cap,
-            backend_maps_ids: mapped,
-        },
-    ))
+    let upper_layer = upper.map(passthrough_fs).transpose()?;
+    LayeredFs::new(upper_layer, lower_layers, TIMEOUT, mapped).map_err(FsError::Overlay)
 }
