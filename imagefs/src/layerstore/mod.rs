@@ -54,8 +54,8 @@
 //! [`OVERRIDE_XATTR`] (see [`Override`]), as fuse-overlayfs does; devices are
 //! empty regular files carrying it; xattrs outside `user.` are stored as
 //! `user.minivm.xattr.NAME`. Symlinks and FIFOs cannot carry user xattrs, so
-//! their owners are lost. fuse-backend-rs does not read these: a VMM serving
-//! an unprivileged store must map them itself (or run as root).
+//! their owners are lost. minivm's `LayeredFs` presents them to the guest in
+//! its mapped mode (fuse-backend-rs alone does not read them).
 //!
 //! # Serving the layers
 //! The devices crate's `LayeredFs` serves them: one `PassthroughFs` per
