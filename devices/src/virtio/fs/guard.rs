@@ -28,6 +28,7 @@
 use std::any::Any;
 use std::ffi::CStr;
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 use fuse_backend_rs::abi::fuse_abi::{stat64, statvfs64, CreateIn};
@@ -50,8 +51,9 @@ const XATTR_MAX: u32 = 65536;
 pub struct Policy {
     /// Refuse every modification with EROFS.
     pub read_only: bool,
-    /// Refuse growth past this many allocated bytes with ENOSPC.
-    pub size_cap: Option<SizeCap>,
+    /// Refuse growth past this many allocated bytes with ENOSPC (shared
+    /// with a backend that charges its own copy-ups).
+    pub size_cap: Option<Arc<SizeCap>>,
     /// The backend records the guest's ids itself (LayeredFs's mapped
     /// mode): hand it the guest's credentials for creates unchanged.
     pub backend_maps_ids: bool,
@@ -61,7 +63,7 @@ pub struct Policy {
 pub struct GuardFs<F> {
     pub(super) inner: F,
     read_only: bool,
-    pub(super) cap: Option<SizeCap>,
+    pub(super) cap: Option<Arc<SizeCap>>,
     /// The VMM is not root, so per-request credential switches cannot work.
     own_ids: bool,
 }
@@ -85,7 +87,7 @@ impl<F> GuardFs<F> {
 
     /// The size cap, if one is enforced.
     pub fn size_cap(&self) -> Option<&SizeCap> {
-        self.cap.as_ref()
+        self.cap.as_deref()
     }
 
     /// Whether modifications are refused.

@@ -22,6 +22,8 @@
 //!   with its data (holes kept), owner, mode, xattrs and times, and renamed
 //!   into place, so a crash never leaves a half-copied file in the upper.
 //!   Other names of a hardlinked file the guest knows are linked to the copy.
+//! * With a size cap, each copy-up is charged what the copy occupies, and
+//!   refused with ENOSPC when it would not fit.
 //! * **Deletion** of a name a lower layer has writes a whiteout in the upper;
 //!   a directory created where a lower one was hidden is made opaque.
 //!   Renaming a directory that has lower parts fails with EXDEV, as on
@@ -62,6 +64,7 @@ use fuse_backend_rs::file_buf::FileVolatileSlice;
 use fuse_backend_rs::file_traits::FileReadWriteVolatile;
 use fuse_backend_rs::passthrough::PassthroughFs;
 
+use super::cap::SizeCap;
 use super::guard::errno;
 
 /// One layer: a directory tree served by fuse-backend-rs.
@@ -212,6 +215,8 @@ pub struct LayeredFs {
     /// Owners, modes, devices and system xattrs live in xattrs (see the
     /// module docs).
     mapped: bool,
+    /// What copy-ups may add to the upper, shared with the guard.
+    cap: Option<Arc<SizeCap>>,
 }
 
 fn ctx0() -> Context {
@@ -275,6 +280,7 @@ impl LayeredFs {
             timeout,
             privileged,
             mapped,
+            cap: None,
         };
         // The root merges every layer's root down to an opaque one.
         let mut reals = Vec::new();
@@ -303,6 +309,12 @@ impl LayeredFs {
             );
         }
         Ok(fs)
+    }
+
+    /// Charges copy-ups to `cap`: a copy that would pass it fails with
+    /// ENOSPC, so opening lower files for writing cannot fill the host.
+    pub fn charge_copy_ups_to(&mut self, cap: Arc<SizeCap>) {
+        self.cap = Some(cap);
     }
 
     fn layer(&self, r: Real) -> &Layer {
@@ -610,12 +622,23 @@ impl LayeredFs {
             }
             (new, e.attr)
         } else {
+            // What the lower copy occupies is what the upper one will.
+            let cost = (st.st_blocks as u64).saturating_mul(512);
+            if let Some(cap) = &self.cap {
+                cap.check_grow(cost)?;
+            }
             let tmp = Self::tmp_name(t);
             let new = self.copy_file(lower, &st, pup, &tmp)?;
             if let Err(err) = upper.rename(&ctx0(), pup.ino, &tmp, pup.ino, &name, 0) {
                 self.release_real(new);
                 let _ = upper.unlink(&ctx0(), pup.ino, &tmp);
                 return Err(err);
+            }
+            if let Some(cap) = &self.cap {
+                let got = self
+                    .getattr_real(new)
+                    .map_or(cost, |s| s.st_blocks as u64 * 512);
+                cap.adjust(0, got);
             }
             (new, self.getattr_real(new)?)
         };

@@ -15,7 +15,8 @@
 //!   no file handles, xattrs on (the merge reads the opaque markers).
 //! * [`GuardFs`] wraps the merge as it wraps a plain share: containment
 //!   checks on every LOOKUP, EROFS without an upper, and the size cap, which
-//!   charges a copy-up only for what the write itself changes.
+//!   charges what each change adds; `LayeredFs` charges its copy-ups to the
+//!   same cap (ENOSPC when a copy would not fit).
 //! * Entry and attribute timeouts of 5 s: only this VM writes its upper and
 //!   the lower layers never change.
 //! * An unprivileged VMM: the layer store kept the image's owners, modes,
@@ -52,7 +53,7 @@ pub fn overlay(
     // as the layer store's), whose owners, modes and devices live in xattrs.
     // SAFETY: geteuid has no preconditions and cannot fail.
     let mapped = unsafe { libc::geteuid() } != 0;
-    let fs = layered_fs(lowers, upper, mapped)?;
+    let mut fs = layered_fs(lowers, upper, mapped)?;
     let size_cap = match (upper, cap_bytes) {
         (Some(dir), Some(limit)) => {
             let dir = canonical_dir(dir)?;
@@ -60,10 +61,13 @@ pub fn overlay(
                 path: dir.clone(),
                 source,
             })?;
-            Some(SizeCap::new(limit, used))
+            Some(Arc::new(SizeCap::new(limit, used)))
         }
         _ => None,
     };
+    if let Some(cap) = &size_cap {
+        fs.charge_copy_ups_to(cap.clone());
+    }
     mount_vfs(GuardFs::new(
         fs,
         Policy {

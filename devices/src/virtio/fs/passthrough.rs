@@ -64,7 +64,7 @@ pub fn disk_cap(root: &Path, cap_bytes: u64) -> Result<Arc<Vfs>, FsError> {
         fs,
         Policy {
             read_only: false,
-            size_cap: Some(SizeCap::new(cap_bytes, used)),
+            size_cap: Some(Arc::new(SizeCap::new(cap_bytes, used))),
             backend_maps_ids: false,
         },
     ))

@@ -184,3 +184,29 @@ fn an_overlay_needs_layers_that_exist() {
         Err(FsError::Root { .. })
     ));
 }
+
+#[test]
+fn copy_ups_count_against_the_cap() {
+    let tmp = TempDir::new();
+    let lowers = layers(tmp.path());
+    // A lower file bigger than the cap: opening it for writing would copy it.
+    let big = vec![0x33u8; 3 << 20];
+    std::fs::write(lowers[0].join("big"), &big).unwrap();
+    let upper = tmp.path().join("upper");
+    std::fs::create_dir(&upper).unwrap();
+    let cap = 2u64 << 20;
+    let mem = test_mem();
+    let mut h = Harness::new(&mem, overlay(&lowers, Some(&upper), Some(cap)).unwrap());
+    h.init();
+    let (b, _) = h.lookup(FUSE_ROOT, "big").unwrap();
+    assert_eq!(h.open(b, libc::O_RDWR), Err(libc::ENOSPC));
+    assert!(!upper.join("big").exists());
+    // A small one fits, and what it took shows in statfs.
+    let (_, free_before, _, _) = h.statfs();
+    let (keep, _) = h.lookup(FUSE_ROOT, "keep").unwrap();
+    let (k, _) = h.lookup(keep, "k").unwrap();
+    h.open(k, libc::O_RDWR).unwrap();
+    assert_eq!(std::fs::read(upper.join("keep/k")).unwrap(), b"k0");
+    let (_, free_after, _, _) = h.statfs();
+    assert!(free_after < free_before, "{free_after} !< {free_before}");
+}
