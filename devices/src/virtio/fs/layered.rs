@@ -937,30 +937,9 @@ impl LayeredFs {
         let mut seen: HashSet<Vec<u8>> = HashSet::new();
         let mut out = Vec::new();
         for &dir in dirs {
-            let layer = self.layer(dir);
             let dev_i = Self::dev_index(t, self.layer_dev[dir.layer]);
-            let mut raw: Vec<(Vec<u8>, u32, u64)> = Vec::new();
-            let (fh, _) = layer.opendir(&ctx0(), dir.ino, libc::O_RDONLY as u32)?;
-            let fh = fh.unwrap_or(0);
-            let mut offset = 0u64;
-            let res = loop {
-                let before = raw.len();
-                let r = layer.readdir(&ctx0(), dir.ino, fh, 65536, offset, &mut |d| {
-                    raw.push((d.name.to_vec(), d.type_, d.ino));
-                    offset = d.offset;
-                    Ok(1)
-                });
-                if let Err(e) = r {
-                    break Err(e);
-                }
-                if raw.len() == before {
-                    break Ok(());
-                }
-            };
-            let _ = layer.releasedir(&ctx0(), dir.ino, 0, fh);
-            res?;
-            for (name, type_, ino) in raw {
-                if name == b"." || name == b".." || !seen.insert(name.clone()) {
+            for (name, type_, ino) in self.read_layer_dir(dir)? {
+                if !seen.insert(name.clone()) {
                     continue;
                 }
                 if dir.layer == 0 && self.has_upper && name.starts_with(COPYUP_PREFIX) {
@@ -997,31 +976,38 @@ impl LayeredFs {
         Ok(out)
     }
 
-    /// Empties the upper part of a merged-empty directory (whiteouts only).
-    fn clear_upper_dir(&self, t: &mut Tree, dir: Real) -> io::Result<()> {
-        let upper = self.upper()?;
-        let (fh, _) = upper.opendir(&ctx0(), dir.ino, libc::O_RDONLY as u32)?;
+    /// Every entry (name, d_type, host inode) of one layer's directory,
+    /// without `.` and `..`.
+    fn read_layer_dir(&self, dir: Real) -> io::Result<Vec<(Vec<u8>, u32, u64)>> {
+        let layer = self.layer(dir);
+        let (fh, _) = layer.opendir(&ctx0(), dir.ino, libc::O_RDONLY as u32)?;
         let fh = fh.unwrap_or(0);
-        let mut names = Vec::new();
+        let mut raw = Vec::new();
         let mut offset = 0u64;
         let res = loop {
-            let before = names.len();
-            let r = upper.readdir(&ctx0(), dir.ino, fh, 65536, offset, &mut |d| {
-                names.push(d.name.to_vec());
+            let before = raw.len();
+            let r = layer.readdir(&ctx0(), dir.ino, fh, 65536, offset, &mut |d| {
+                raw.push((d.name.to_vec(), d.type_, d.ino));
                 offset = d.offset;
                 Ok(1)
             });
             if let Err(e) = r {
                 break Err(e);
             }
-            if names.len() == before {
+            if raw.len() == before {
                 break Ok(());
             }
         };
-        let _ = upper.releasedir(&ctx0(), dir.ino, 0, fh);
+        let _ = layer.releasedir(&ctx0(), dir.ino, 0, fh);
         res?;
-        let _ = t;
-        for n in names.into_iter().filter(|n| n != b"." && n != b"..") {
+        raw.retain(|(n, _, _)| n != b"." && n != b"..");
+        Ok(raw)
+    }
+
+    /// Empties the upper part of a merged-empty directory (whiteouts only).
+    fn clear_upper_dir(&self, dir: Real) -> io::Result<()> {
+        let upper = self.upper()?;
+        for (n, _, _) in self.read_layer_dir(dir)? {
             let n = CString::new(n).map_err(|_| errno(libc::EINVAL))?;
             upper.unlink(&ctx0(), dir.ino, &n)?;
         }
@@ -1069,7 +1055,7 @@ impl LayeredFs {
             if top.layer == 0 && self.has_upper {
                 let pup = dirs[0];
                 if want_dir {
-                    self.clear_upper_dir(&mut t, top)?;
+                    self.clear_upper_dir(top)?;
                 }
                 if lower {
                     self.replace_with_whiteout(&mut t, pup, name, want_dir)?;
@@ -1438,7 +1424,7 @@ impl FileSystem for LayeredFs {
                             return Err(errno(libc::ENOTEMPTY));
                         }
                         if dreals[0].layer == 0 && self.has_upper {
-                            self.clear_upper_dir(&mut t, dreals[0])?;
+                            self.clear_upper_dir(dreals[0])?;
                         }
                     }
                     (false, false) => {}
