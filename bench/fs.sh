@@ -31,6 +31,7 @@
 #   BENCH_FS_VMMS="minivm qemu"  which VMMs to run
 #   BENCH_FS_MINIVM=PATH   use this minivm binary instead of building one
 #   BENCH_FS_MIRROR=URL    Debian mirror for debootstrap (default: apt's configured one)
+#   BENCH_FS_VERBOSE=1     boot without `quiet`, so the consoles show the whole kernel log
 # On kvm-pvm hosts (guest kernel ~100x slower, every guest syscall a costly exit) the
 # full job takes hours: find / (~6,800 entries) ~8 min, but tar moves ~35 KB/s, so
 # tar usr (~190 MB) ~1.5 h per VMM. There, e.g. BENCH_FS_TAR_SUBDIR=usr/share/doc
@@ -240,7 +241,10 @@ INIT
 chmod 755 "$ir/init"
 (cd "$ir" && find . | cpio -o -H newc --quiet) > "$work/initramfs.cpio"
 
-cmdline="console=ttyS0 reboot=k panic=-1 pci=off 8250.nr_uarts=1 cryptomgr.notests quiet rdinit=/init"
+cmdline="console=ttyS0 reboot=k panic=-1 pci=off 8250.nr_uarts=1 cryptomgr.notests rdinit=/init"
+# Quiet unless asked: every console line is a slow UART exit on kvm-pvm hosts, but the
+# full kernel log, host-time-stamped in target/bench/fs/, shows where a boot spends its time.
+[ "${BENCH_FS_VERBOSE:-0}" = 1 ] || cmdline+=" quiet"
 # minivm adds its panic port and, on kvm-pvm hosts, these work-arounds itself (vmm/src/config.rs).
 qemu_cmdline="$cmdline minivm_panic_port=0xf6"
 if [ -e /sys/module/kvm_pvm ]; then
