@@ -32,6 +32,7 @@
 #   BENCH_FS_MINIVM=PATH   use this minivm binary instead of building one
 #   BENCH_FS_MIRROR=URL    Debian mirror for debootstrap (default: apt's configured one)
 #   BENCH_FS_VERBOSE=1     boot without `quiet`, so the consoles show the whole kernel log
+#                          (bench/boot-phases.py target/bench/fs/{minivm,qemu}.log lines them up)
 # On kvm-pvm hosts (guest kernel ~100x slower, every guest syscall a costly exit) the
 # full job takes hours: find / (~6,800 entries) ~8 min, but tar moves ~35 KB/s, so
 # tar usr (~190 MB) ~1.5 h per VMM. There, e.g. BENCH_FS_TAR_SUBDIR=usr/share/doc
@@ -50,6 +51,8 @@ vm_timeout=${BENCH_FS_TIMEOUT:-1800}
 mem=${BENCH_FS_MEM:-512M}
 vmms=${BENCH_FS_VMMS:-minivm qemu}
 [[ $runs =~ ^[1-9][0-9]*$ ]] || die "BENCH_FS_RUNS must be a positive integer, not '$runs'"
+verbose=${BENCH_FS_VERBOSE:-0}
+[[ $verbose =~ ^[01]$ ]] || die "BENCH_FS_VERBOSE must be 0 or 1, not '$verbose'"
 [[ $vm_timeout =~ ^[1-9][0-9]*$ ]] || die "BENCH_FS_TIMEOUT must be seconds, not '$vm_timeout'"
 case "$mem" in
     *[0-9]) mem_mib=$mem ;;
@@ -244,7 +247,7 @@ chmod 755 "$ir/init"
 cmdline="console=ttyS0 reboot=k panic=-1 pci=off 8250.nr_uarts=1 cryptomgr.notests rdinit=/init"
 # Quiet unless asked: every console line is a slow UART exit on kvm-pvm hosts, but the
 # full kernel log, host-time-stamped in target/bench/fs/, shows where a boot spends its time.
-[ "${BENCH_FS_VERBOSE:-0}" = 1 ] || cmdline+=" quiet"
+[ "$verbose" = 1 ] || cmdline+=" quiet"
 # minivm adds its panic port and, on kvm-pvm hosts, these work-arounds itself (vmm/src/config.rs).
 qemu_cmdline="$cmdline minivm_panic_port=0xf6"
 if [ -e /sys/module/kvm_pvm ]; then
