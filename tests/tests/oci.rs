@@ -591,6 +591,8 @@ echo "extra:x:1000:1000::/:/bin/sh" >> /etc/passwd
 rm /etc/group
 mv /usr/bin/xattr-dump /usr/bin/xattr-dump.moved
 mkdir /vm-dir && echo inside > /vm-dir/f
+chown 1234:5678 /vm-new && chmod 4750 /vm-new
+stat -c 'VMOWNER %u:%g:%a' /vm-new
 sync
 ls / /usr/bin | sed 's/^/VMLS /'
 [ -e /etc/group ] || echo "VMLS group-gone"
@@ -667,11 +669,143 @@ fn xattr_list(p: &Path) -> Vec<(String, Vec<u8>)> {
 /// image sharing the base layer does not unpack it again.
 #[test]
 fn virtiofs_boot_from_layers() {
+    virtiofs_boot(Privilege::Caller);
+}
+
+/// The same with minivm unprivileged: the store keeps the image's owners,
+/// modes and system xattrs in `user.minivm.*` xattrs on files the user owns,
+/// the guest still sees the image exactly, and its chown/chmod land in the
+/// writable layer the same way.
+#[test]
+fn virtiofs_boot_from_layers_unprivileged() {
+    virtiofs_boot(Privilege::Unprivileged);
+}
+
+/// Who runs minivm in a test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Privilege {
+    /// The test's own user (root in CI: the layer store is native).
+    Caller,
+    /// Not root: when the test runs as root, minivm runs as [`NOBODY`] in a
+    /// private mount namespace where /dev/kvm is a node that user owns (the
+    /// host's /dev/kvm is not touched); otherwise as the caller.
+    Unprivileged,
+}
+
+/// The unprivileged user and group root tests run minivm as.
+const NOBODY: u32 = 65534;
+
+/// Where a virtio-fs boot test keeps its files and how it starts minivm.
+struct Runner {
+    dir: PathBuf,
+    kernel: PathBuf,
+    bin: PathBuf,
+    /// The /dev/kvm stand-in, when dropping from root to [`NOBODY`].
+    kvm_node: Option<PathBuf>,
+}
+
+impl Runner {
+    fn new(name: &str, privilege: Privilege) -> Runner {
+        let as_root = unsafe_geteuid() == 0;
+        if privilege == Privilege::Caller || !as_root {
+            return Runner {
+                dir: scratch_dir(name),
+                kernel: default_kernel(),
+                bin: minivm_bin(),
+                kvm_node: None,
+            };
+        }
+        use std::os::unix::fs::{chown, MetadataExt, PermissionsExt};
+        // Under /tmp, with the kernel and binary copied in: the checkout and
+        // the kernel cache may sit below directories only root can search.
+        let base = std::env::temp_dir().join("minivm-tests-unprivileged");
+        std::fs::create_dir_all(&base).unwrap();
+        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let dir = base.join(format!("{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        chown(&dir, Some(NOBODY), Some(NOBODY)).unwrap();
+        let kernel = dir.join("vmlinux");
+        std::fs::copy(default_kernel(), &kernel).unwrap();
+        let bin = dir.join("minivm");
+        std::fs::copy(minivm_bin(), &bin).unwrap();
+        let kvm_node = dir.join("kvm");
+        let rdev = std::fs::metadata("/dev/kvm").unwrap().rdev();
+        let c = std::ffi::CString::new(kvm_node.to_str().unwrap()).unwrap();
+        // SAFETY: a valid path; creates a device node, touching no memory.
+        let rc = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o600, rdev) };
+        assert_eq!(
+            rc,
+            0,
+            "mknod {}: {}",
+            kvm_node.display(),
+            std::io::Error::last_os_error()
+        );
+        chown(&kvm_node, Some(NOBODY), Some(NOBODY)).unwrap();
+        Runner {
+            dir,
+            kernel,
+            bin,
+            kvm_node: Some(kvm_node),
+        }
+    }
+
+    /// A directory minivm may write in.
+    fn writable(&self, name: &str) -> PathBuf {
+        let d = self.dir.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        if self.kvm_node.is_some() {
+            std::os::unix::fs::chown(&d, Some(NOBODY), Some(NOBODY)).unwrap();
+        }
+        d
+    }
+
+    /// `minivm` with its image cache in `cache`, as the chosen user.
+    fn minivm(&self, cache: &Path) -> Command {
+        let mut c = match &self.kvm_node {
+            None => Command::new(&self.bin),
+            Some(node) => {
+                let mut c = Command::new("unshare");
+                let id = NOBODY.to_string();
+                c.args(["--mount", "--propagation", "private", "sh", "-c"])
+                    .arg(concat!(
+                        "mount --bind \"$0\" /dev/kvm && exec setpriv --reuid=\"$1\" ",
+                        "--regid=\"$1\" --clear-groups --inh-caps=-all \"$2\" \"$@\""
+                    ))
+                    .arg(node)
+                    .args([&id, &id])
+                    .arg(&self.bin);
+                c
+            }
+        };
+        c.env("XDG_CACHE_HOME", cache);
+        c
+    }
+
+    /// The uid that owns what minivm creates.
+    fn uid(&self) -> u32 {
+        if self.kvm_node.is_some() {
+            NOBODY
+        } else {
+            unsafe_geteuid()
+        }
+    }
+}
+
+fn unsafe_geteuid() -> u32 {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() }
+}
+
+fn virtiofs_boot(privilege: Privilege) {
     if !kvm_available() {
         return;
     }
-    let dir = scratch_dir("oci-virtiofs");
-    let cache = dir.join("cache");
+    let runner = Runner::new("oci-virtiofs", privilege);
+    let unprivileged = runner.uid() != 0;
+    let dir = runner.dir.clone();
+    let cache = runner.writable("cache");
     let image = checked_image(&dir, VIRTIOFS_TAIL);
     let nlayers = image.layers.len();
     let layout = dir.join("layout");
@@ -679,13 +813,12 @@ fn virtiofs_boot_from_layers() {
         .write_oci_layout(&layout, "1", Compression::Gzip)
         .unwrap();
     let reference = format!("oci:{}:1", layout.display());
-    let upper = dir.join("upper");
-    let kernel = default_kernel();
-    let mut c = minivm(&cache);
+    let upper = runner.writable("vm").join("upper");
+    let mut c = runner.minivm(&cache);
     c.args([
         "run",
         "--kernel",
-        kernel.to_str().unwrap(),
+        runner.kernel.to_str().unwrap(),
         "--oci",
         &reference,
         "--virtiofs",
@@ -760,6 +893,20 @@ fn virtiofs_boot_from_layers() {
         "etc/group: {wh:?}"
     );
     assert!(upper.join("usr/bin/xattr-dump.moved").is_file());
+    // The guest's chown and chmod: native as root, recorded unprivileged.
+    assert_eq!(field("OWNER "), "1234:5678:4750");
+    let m = std::fs::metadata(upper.join("vm-new")).unwrap();
+    let recorded = xattr_list(&upper.join("vm-new"))
+        .into_iter()
+        .find(|(n, _)| n == "user.minivm.override")
+        .map(|(_, v)| String::from_utf8_lossy(&v).into_owned());
+    if unprivileged {
+        assert_eq!(m.uid(), runner.uid(), "vm-new: {m:?}");
+        assert_eq!(recorded.as_deref(), Some("1234:5678:104750"));
+    } else {
+        assert_eq!((m.uid(), m.gid(), m.mode()), (1234, 5678, 0o104750));
+        assert_eq!(recorded, None);
+    }
     // ... and the store holds each layer once, as unpacked.
     let store = cache.join("minivm/layers/sha256");
     let snapshot = tree_snapshot(&store);
@@ -770,6 +917,26 @@ fn virtiofs_boot_from_layers() {
             .all(|p| !p.to_string_lossy().contains(".wh.")),
         "OCI whiteout names in the store"
     );
+    // Unprivileged, every host file is the user's and the image's owners
+    // and modes are in xattrs (the guest saw them above); as root, natively.
+    let owners: BTreeSet<u32> = snapshot
+        .keys()
+        .map(|p| std::fs::symlink_metadata(p).unwrap().uid())
+        .collect();
+    let overrides = snapshot
+        .values()
+        .filter(|v| v.contains("user.minivm.override"))
+        .count();
+    if unprivileged {
+        assert_eq!(owners, BTreeSet::from([runner.uid()]));
+        assert!(overrides > 0, "no user.minivm.override in the store");
+    } else {
+        assert!(
+            owners.len() > 1,
+            "the image's owners are not native: {owners:?}"
+        );
+        assert_eq!(overrides, 0);
+    }
 
     // A second image with the same base layer: only its own layer is
     // unpacked (booted with the tiny guest: the overlay is built, then it
@@ -788,7 +955,7 @@ fn virtiofs_boot_from_layers() {
         end: TinyEnd::Exit(0),
     }
     .write(&dir, "tiny.elf");
-    let out = run(minivm(&cache).args([
+    let out = run(runner.minivm(&cache).args([
         "run",
         "--kernel",
         tiny.to_str().unwrap(),
@@ -809,6 +976,10 @@ fn virtiofs_boot_from_layers() {
     // The second VM's private writable layer is gone with it.
     let vms = cache.join("minivm/vms");
     assert_eq!(std::fs::read_dir(&vms).map(|r| r.count()).unwrap_or(0), 0);
+    if runner.kvm_node.is_some() {
+        // Outside the target directory: nothing else would remove it.
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
 
 /// The tricky image, plus busybox and the check script, pushed to a real

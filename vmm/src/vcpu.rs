@@ -107,7 +107,11 @@ impl Vcpu {
         let mut cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(err("get supported CPUID"))?;
-        cpuid::filter(&mut cpuid, id, count, pvm);
+        cpuid::filter(&mut cpuid, id, count, pvm).map_err(|_| VcpuError::Kvm {
+            id,
+            what: "build CPUID",
+            source: kvm_ioctls::Error::new(libc::E2BIG),
+        })?;
         fd.set_cpuid2(&cpuid).map_err(err("set CPUID"))?;
 
         let msrs = Msrs::from_entries(&boot::cpu::boot_msrs()).map_err(|_| VcpuError::Kvm {
