@@ -17,10 +17,12 @@
 //!   file keeps its number across forget and lookup.
 //! * **Copy-up** happens when a file is opened for writing or its data,
 //!   metadata or xattrs change: parents first (as directories with the
-//!   lower directory's owner, mode, times and xattrs), then the file into a
-//!   hidden temporary name (`.minivm-copyup.N`, never shown to the guest),
-//!   with its data (holes kept), owner, mode, xattrs and times, and renamed
-//!   into place, so a crash never leaves a half-copied file in the upper.
+//!   lower directory's owner, mode, times and xattrs), then the file into
+//!   the upper's work directory (`.minivm-copyup.work`, never shown to the
+//!   guest), with its data (holes kept), owner, mode, xattrs and times, and
+//!   renamed into place, so a crash never leaves a half-copied file in the
+//!   tree; what a crash leaves in the work directory is removed at the next
+//!   start ([`clear_work_dir`]).
 //!   Other names of a hardlinked file the guest knows are linked to the copy.
 //! * With a size cap, each copy-up is charged what the copy occupies, and
 //!   refused with ENOSPC when it would not fit.
@@ -50,6 +52,7 @@ use std::any::Any;
 use std::collections::{HashMap, HashSet};
 use std::ffi::{CStr, CString};
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -82,6 +85,9 @@ const OVERRIDE: &CStr = c"user.minivm.override";
 const MAPPED_XATTRS: &[u8] = b"user.minivm.xattr.";
 /// Prefix of the upper's temporary copy-up names, hidden from the guest.
 const COPYUP_PREFIX: &[u8] = b".minivm-copyup.";
+/// Where scratch files are made, in the upper's root (hidden: it has the
+/// prefix above). Renames from it into the tree stay on one file system.
+pub const WORK_DIR: &CStr = c".minivm-copyup.work";
 const CHUNK: usize = 1 << 20;
 const XATTR_MAX: u32 = 65536;
 /// Host inode numbers below this become node ids directly (with the host
@@ -217,6 +223,20 @@ pub struct LayeredFs {
     mapped: bool,
     /// What copy-ups may add to the upper, shared with the guard.
     cap: Option<Arc<SizeCap>>,
+    /// The upper's [`WORK_DIR`], when there is an upper.
+    work: Option<Real>,
+}
+
+/// Removes what a crashed VM left in `upper`'s [`WORK_DIR`] (half-made
+/// copies, replaced entries): only minivm makes names there, and the guest
+/// can neither see nor create them. Symlinks in it are removed, not
+/// followed.
+pub fn clear_work_dir(upper: &std::path::Path) -> io::Result<()> {
+    let work = upper.join(std::ffi::OsStr::from_bytes(WORK_DIR.to_bytes()));
+    match std::fs::remove_dir_all(&work) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
 }
 
 fn ctx0() -> Context {
@@ -281,6 +301,7 @@ impl LayeredFs {
             privileged,
             mapped,
             cap: None,
+            work: None,
         };
         // The root merges every layer's root down to an opaque one.
         let mut reals = Vec::new();
@@ -308,7 +329,42 @@ impl LayeredFs {
                 },
             );
         }
+        let mut fs = fs;
+        if fs.has_upper {
+            fs.work = Some(fs.work_dir()?);
+        }
         Ok(fs)
+    }
+
+    /// The upper's work directory, made if missing.
+    fn work_dir(&self) -> io::Result<Real> {
+        let upper = Real {
+            layer: 0,
+            ino: ROOT,
+        };
+        let found = match self.layer_lookup(upper, WORK_DIR)? {
+            Some(found) => found,
+            None => {
+                // The root's times are the image's (prepare_upper): keep them.
+                let root = self.layers[0].getattr(&ctx0(), ROOT, None)?.0;
+                let e = self.layers[0].mkdir(&ctx0(), ROOT, WORK_DIR, 0o700, 0)?;
+                let r = Real {
+                    layer: 0,
+                    ino: e.inode,
+                };
+                let times = SetattrValid::ATIME | SetattrValid::MTIME;
+                if let Err(err) = self.layers[0].setattr(&ctx0(), ROOT, root, None, times) {
+                    self.release_real(r);
+                    return Err(err);
+                }
+                (r, e.attr)
+            }
+        };
+        if !is_dir(&found.1) {
+            self.release_real(found.0);
+            return Err(errno(libc::ENOTDIR));
+        }
+        Ok(found.0)
     }
 
     /// Charges copy-ups to `cap`: a copy that would pass it fails with
@@ -319,6 +375,10 @@ impl LayeredFs {
 
     fn layer(&self, r: Real) -> &Layer {
         &self.layers[r.layer]
+    }
+
+    fn work(&self) -> io::Result<Real> {
+        self.work.ok_or_else(|| errno(libc::EROFS))
     }
 
     fn upper(&self) -> io::Result<&Layer> {
@@ -628,10 +688,11 @@ impl LayeredFs {
                 cap.check_grow(cost)?;
             }
             let tmp = Self::tmp_name(t);
-            let new = self.copy_file(lower, &st, pup, &tmp)?;
-            if let Err(err) = upper.rename(&ctx0(), pup.ino, &tmp, pup.ino, &name, 0) {
+            let work = self.work()?;
+            let new = self.copy_file(lower, &st, work, &tmp)?;
+            if let Err(err) = upper.rename(&ctx0(), work.ino, &tmp, pup.ino, &name, 0) {
                 self.release_real(new);
-                let _ = upper.unlink(&ctx0(), pup.ino, &tmp);
+                let _ = upper.unlink(&ctx0(), work.ino, &tmp);
                 return Err(err);
             }
             if let Some(cap) = &self.cap {
@@ -698,17 +759,25 @@ impl LayeredFs {
     ) -> io::Result<()> {
         let upper = self.upper()?;
         let tmp = Self::tmp_name(t);
-        let remove = |n: &CStr| {
+        let work = self.work()?;
+        let remove = |d: Real, n: &CStr| {
             if dir {
-                upper.rmdir(&ctx0(), pup.ino, n)
+                upper.rmdir(&ctx0(), d.ino, n)
             } else {
-                upper.unlink(&ctx0(), pup.ino, n)
+                upper.unlink(&ctx0(), d.ino, n)
             }
         };
-        match upper.rename(&ctx0(), pup.ino, name, pup.ino, &tmp, libc::RENAME_WHITEOUT) {
-            Ok(()) => remove(&tmp),
+        match upper.rename(
+            &ctx0(),
+            pup.ino,
+            name,
+            work.ino,
+            &tmp,
+            libc::RENAME_WHITEOUT,
+        ) {
+            Ok(()) => remove(work, &tmp),
             Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EPERM)) => {
-                remove(name)?;
+                remove(pup, name)?;
                 self.whiteout(pup, name)
             }
             Err(e) => Err(e),
@@ -716,7 +785,8 @@ impl LayeredFs {
     }
 
     /// Copies the non-directory `lower` (attributes `st`) to `tmp` in the
-    /// upper directory `pup`; returns the copy, holding a reference.
+    /// upper directory `pup` (the work directory); returns the copy, holding
+    /// a reference.
     fn copy_file(&self, lower: Real, st: &stat64, pup: Real, tmp: &CStr) -> io::Result<Real> {
         let upper = self.upper()?;
         let ctx = ctx0();

@@ -141,6 +141,14 @@ pub enum FsError {
     /// The merged view of the image layers could not be set up.
     #[error("overlay of image layers: {0}")]
     Overlay(#[source] std::io::Error),
+    /// What a crashed run left in the writable layer's work directory could
+    /// not be removed.
+    #[error("clearing the work directory of writable layer {path}: {source}")]
+    WorkDir {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// Mounting the file system into the Vfs failed.
     #[error("mounting into the FUSE vfs: {0}")]
     Mount(#[source] fuse_backend_rs::api::vfs::VfsError),

@@ -32,7 +32,7 @@ use fuse_backend_rs::api::Vfs;
 
 use super::cap::{disk_usage, SizeCap};
 use super::guard::{GuardFs, Policy};
-use super::layered::LayeredFs;
+use super::layered::{clear_work_dir, LayeredFs};
 use super::passthrough::{canonical_dir, mount_vfs, passthrough_fs};
 use super::FsError;
 
@@ -95,6 +95,13 @@ pub fn layered_fs(
         .rev()
         .map(|d| passthrough_fs(d))
         .collect::<Result<Vec<_>, _>>()?;
+    if let Some(u) = upper {
+        // A --persist upper may hold what a crashed run left mid-copy-up.
+        clear_work_dir(u).map_err(|source| FsError::WorkDir {
+            path: u.to_path_buf(),
+            source,
+        })?;
+    }
     let upper_layer = upper.map(passthrough_fs).transpose()?;
     LayeredFs::new(upper_layer, lower_layers, TIMEOUT, mapped).map_err(FsError::Overlay)
 }

@@ -13,7 +13,8 @@ use fuse_backend_rs::abi::fuse_abi::CreateIn;
 use fuse_backend_rs::api::filesystem::{Context, FileSystem, GetxattrReply, ListxattrReply};
 
 use super::TempDir;
-use crate::virtio::fs::layered::{Chunk, LayeredFs};
+use crate::virtio::fs::layered::{Chunk, LayeredFs, WORK_DIR};
+use crate::virtio::fs::overlay::layered_fs;
 use crate::virtio::fs::passthrough::passthrough_fs;
 
 const ROOT: u64 = 1;
@@ -365,17 +366,58 @@ fn copy_up_keeps_data_owner_mode_xattrs_times_and_holes() {
         names.iter().all(|n| !n.starts_with(b".minivm")),
         "{names:?}"
     );
+    // In the host's upper only the (empty) work directory is ours.
     let upper_names: Vec<_> = std::fs::read_dir(&f.upper)
         .unwrap()
         .map(|e| e.unwrap().file_name())
+        .filter(|n| n.as_bytes().starts_with(b".minivm"))
         .collect();
-    assert!(
-        upper_names
-            .iter()
-            .all(|n| !n.as_bytes().starts_with(b".minivm")),
-        "{upper_names:?}"
-    );
+    assert_eq!(upper_names, [work_name()], "{upper_names:?}");
+    let work = f.upper.join(work_name());
+    assert_eq!(std::fs::read_dir(&work).unwrap().count(), 0);
     f.lowers_unchanged();
+}
+
+fn work_name() -> &'static OsStr {
+    OsStr::from_bytes(WORK_DIR.to_bytes())
+}
+
+/// A persisted upper after a crash mid-copy-up: the half-made copy (and a
+/// replaced directory, and a symlink out) in the work directory are removed
+/// at the next start, the symlink's target is untouched, and the guest never
+/// sees any of it.
+#[test]
+fn a_crashed_runs_scratch_files_are_removed_at_start() {
+    let tmp = TempDir::new();
+    let (lower, upper, outside) = (
+        tmp.path().join("lower"),
+        tmp.path().join("upper"),
+        tmp.path().join("outside"),
+    );
+    for d in [&lower, &upper, &outside] {
+        std::fs::create_dir(d).unwrap();
+    }
+    std::fs::write(lower.join("f"), b"lower").unwrap();
+    std::fs::write(outside.join("keep"), b"keep").unwrap();
+    let work = upper.join(work_name());
+    std::fs::create_dir_all(work.join(".minivm-copyup.1.2/sub")).unwrap();
+    std::fs::write(work.join(".minivm-copyup.1.1"), b"half").unwrap();
+    std::os::unix::fs::symlink(&outside, work.join(".minivm-copyup.1.3")).unwrap();
+
+    let fs = layered_fs(std::slice::from_ref(&lower), Some(&upper), false).unwrap();
+    assert_eq!(std::fs::read_dir(&work).unwrap().count(), 0);
+    assert_eq!(std::fs::read(outside.join("keep")).unwrap(), b"keep");
+    let ctx = Context::default();
+    let err = fs.lookup(&ctx, ROOT, WORK_DIR).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
+    // Copy-ups still work, through the recreated work directory.
+    let f = fs.lookup(&ctx, ROOT, c"f").unwrap();
+    let (fh, _, _) = fs.open(&ctx, f.inode, libc::O_WRONLY as u32, 0).unwrap();
+    fs.release(&ctx, f.inode, 0, fh.unwrap(), false, false, None)
+        .unwrap();
+    assert_eq!(std::fs::read(upper.join("f")).unwrap(), b"lower");
+    assert_eq!(std::fs::read(lower.join("f")).unwrap(), b"lower");
+    assert_eq!(std::fs::read_dir(&work).unwrap().count(), 0);
 }
 
 #[test]
