@@ -767,14 +767,14 @@ impl Runner {
             None => Command::new(&self.bin),
             Some(node) => {
                 let mut c = Command::new("unshare");
-                let id = NOBODY.to_string();
+                // sh -c SCRIPT NODE UID BIN ARGS...: $0 is the node, $1 the uid.
                 c.args(["--mount", "--propagation", "private", "sh", "-c"])
                     .arg(concat!(
-                        "mount --bind \"$0\" /dev/kvm && exec setpriv --reuid=\"$1\" ",
-                        "--regid=\"$1\" --clear-groups --inh-caps=-all \"$2\" \"$@\""
+                        "mount --bind \"$0\" /dev/kvm && id=$1 && shift && exec setpriv ",
+                        "--reuid=\"$id\" --regid=\"$id\" --clear-groups --inh-caps=-all \"$@\""
                     ))
                     .arg(node)
-                    .args([&id, &id])
+                    .arg(NOBODY.to_string())
                     .arg(&self.bin);
                 c
             }
