@@ -706,7 +706,7 @@ struct Runner {
 
 impl Runner {
     fn new(name: &str, privilege: Privilege) -> Runner {
-        let as_root = unsafe_geteuid() == 0;
+        let as_root = euid() == 0;
         if privilege == Privilege::Caller || !as_root {
             return Runner {
                 dir: scratch_dir(name),
@@ -788,12 +788,12 @@ impl Runner {
         if self.kvm_node.is_some() {
             NOBODY
         } else {
-            unsafe_geteuid()
+            euid()
         }
     }
 }
 
-fn unsafe_geteuid() -> u32 {
+fn euid() -> u32 {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() }
 }

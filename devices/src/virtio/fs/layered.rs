@@ -286,7 +286,7 @@ impl LayeredFs {
         }
         // SAFETY: geteuid has no preconditions and cannot fail.
         let privileged = unsafe { libc::geteuid() } == 0;
-        let fs = LayeredFs {
+        let mut fs = LayeredFs {
             layers,
             has_upper,
             layer_dev,
@@ -329,7 +329,6 @@ impl LayeredFs {
                 },
             );
         }
-        let mut fs = fs;
         if fs.has_upper {
             fs.work = Some(fs.work_dir()?);
         }
