@@ -183,12 +183,7 @@ pub struct Cache {
 
 /// `${XDG_CACHE_HOME:-~/.cache}/minivm`.
 pub fn default_root() -> PathBuf {
-    std::env::var_os("XDG_CACHE_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from("/tmp"))
-        .join("minivm")
+    crate::host::cache_root()
 }
 
 /// The cache key for a manifest digest and size request.

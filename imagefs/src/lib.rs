@@ -9,6 +9,7 @@
 //! - [`cache`], [`convert`]: the content-addressed disk cache and the pipeline
 //!   that fills it; [`sparse`]: cheap copies of sparse images;
 //! - [`layerstore`]: layers unpacked once each, for booting over virtio-fs;
+//! - [`host`]: where minivm keeps its files, privilege, work-directory liveness;
 //! - [`testutil`]: test images built locally (used by the integration tests).
 
 pub mod cache;
@@ -16,6 +17,7 @@ pub mod convert;
 pub mod digest;
 pub mod ext4;
 pub mod flatten;
+pub mod host;
 pub mod layer;
 pub mod layerstore;
 pub mod reference;

@@ -131,7 +131,7 @@ impl LayerStore {
 
     /// Whether layers get real owners and devices (root, not forced unprivileged).
     pub fn privileged(&self) -> bool {
-        !self.opts.force_unprivileged && sys::is_root()
+        !self.opts.force_unprivileged && crate::host::is_root()
     }
 
     fn entry_dir(&self, digest: &Digest) -> PathBuf {
@@ -485,7 +485,7 @@ pub fn prepare_upper(layers: &[PathBuf], upper: &Path) -> io::Result<()> {
     let from = std::fs::File::open(top)?;
     let to = std::fs::File::open(upper)?;
     let st = sys::fstat(from.as_fd())?;
-    if sys::is_root() {
+    if crate::host::is_root() {
         sys::chown_fd(to.as_fd(), st.st_uid, st.st_gid)?;
     }
     sys::chmod_fd(to.as_fd(), st.st_mode & 0o7777)?;

@@ -400,9 +400,3 @@ pub(crate) fn syncfs(fd: BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: plain syscall on a valid descriptor.
     cvt(unsafe { libc::syncfs(fd.as_raw_fd()) }).map(drop)
 }
-
-/// Whether the process runs with effective uid 0.
-pub(crate) fn is_root() -> bool {
-    // SAFETY: geteuid cannot fail and touches no memory.
-    unsafe { libc::geteuid() == 0 }
-}
