@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use minivm_tests::*;
+use testkit::*;
 
 /// Generous: a boot to init takes ~80-130 s on the nested CI machines.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(900);
@@ -59,7 +59,7 @@ fn disk_boot_persists_writes_and_readonly_protects_the_image() {
         &dir,
         "disk1",
         BOOT1_INIT,
-        &[("check", boot2.as_bytes())],
+        &[TestEntry::executable("check", boot2)],
         24,
     );
     let kernel = default_kernel();

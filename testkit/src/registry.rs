@@ -1,7 +1,8 @@
 //! A throwaway local registry (Debian's `docker-registry`, i.e. the CNCF
 //! distribution registry) and skopeo, for tests that push and pull.
 
-use super::{TempDir, TestImageError};
+use crate::error::TestImageError;
+use crate::tempdir::TempDir;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};

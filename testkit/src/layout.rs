@@ -1,0 +1,144 @@
+//! Images built in memory (blobs and digests) and OCI image layouts written
+//! from them: blobs, `index.json` entries, `oci-layout`, layout archives.
+
+use crate::error::TestImageError;
+use crate::layer::write_tar;
+use imagefs::digest::Digest;
+use imagefs::source::media_types;
+use serde_json::json;
+use std::path::{Path, PathBuf};
+
+type Result<T> = std::result::Result<T, TestImageError>;
+
+/// One built layer.
+#[derive(Debug, Clone)]
+pub struct BuiltLayer {
+    /// The uncompressed tar.
+    pub tar: Vec<u8>,
+    /// The blob (compressed per the build's compression).
+    pub blob: Vec<u8>,
+    /// sha256 of `tar` (the config's diff_id).
+    pub diff_id: Digest,
+    /// sha256 of `blob`.
+    pub digest: Digest,
+    /// The OCI media type.
+    pub media_type: &'static str,
+}
+
+/// An image built in memory: blobs and their digests.
+#[derive(Debug, Clone)]
+pub struct BuiltImage {
+    /// Layers, lowest first.
+    pub layers: Vec<BuiltLayer>,
+    /// The config JSON.
+    pub config: Vec<u8>,
+    /// Its digest.
+    pub config_digest: Digest,
+    /// The OCI manifest JSON.
+    pub manifest: Vec<u8>,
+    /// Its digest.
+    pub manifest_digest: Digest,
+}
+
+pub(crate) fn json_bytes(v: &serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec(v).expect("JSON values serialize")
+}
+
+impl BuiltImage {
+    /// Every blob: layers, config, manifest.
+    pub fn blobs(&self) -> Vec<(&Digest, &[u8])> {
+        let mut v: Vec<(&Digest, &[u8])> = self
+            .layers
+            .iter()
+            .map(|l| (&l.digest, &l.blob[..]))
+            .collect();
+        v.push((&self.config_digest, &self.config));
+        v.push((&self.manifest_digest, &self.manifest));
+        v
+    }
+
+    /// The `index.json` descriptor of the manifest, tagged `tag`.
+    pub fn manifest_descriptor(&self, tag: Option<&str>) -> serde_json::Value {
+        let mut d = json!({
+            "mediaType": media_types::OCI_MANIFEST,
+            "digest": self.manifest_digest.to_string(),
+            "size": self.manifest.len(),
+        });
+        if let Some(t) = tag {
+            d["annotations"] = json!({"org.opencontainers.image.ref.name": t});
+        }
+        d
+    }
+
+    /// Writes the blobs, `oci-layout` and an `index.json` entry into `dir`.
+    pub fn write_layout(&self, dir: &Path, tag: Option<&str>) -> Result<()> {
+        for (_, data) in self.blobs() {
+            write_blob(dir, data)?;
+        }
+        set_index_entry(dir, tag, self.manifest_descriptor(tag))
+    }
+
+    /// Writes a tar holding the layout (`oci-layout`, `index.json`, `blobs/sha256/...`).
+    pub fn write_layout_archive(&self, file: &Path, tag: Option<&str>) -> Result<()> {
+        let index = json!({
+            "schemaVersion": 2,
+            "mediaType": media_types::OCI_INDEX,
+            "manifests": [self.manifest_descriptor(tag)],
+        });
+        let mut files: Vec<(String, Vec<u8>)> = vec![
+            (
+                "oci-layout".into(),
+                json_bytes(&json!({"imageLayoutVersion": "1.0.0"})),
+            ),
+            ("index.json".into(), json_bytes(&index)),
+        ];
+        for (d, data) in self.blobs() {
+            files.push((format!("blobs/sha256/{}", d.hex()), data.to_vec()));
+        }
+        write_tar(file, &["blobs", "blobs/sha256"], &files, &[])
+    }
+}
+
+/// Where a blob lives in a layout.
+pub fn blob_path(layout: &Path, digest: &Digest) -> PathBuf {
+    layout.join("blobs").join("sha256").join(digest.hex())
+}
+
+/// Writes `data` as a blob of the layout at `dir` (creating the layout's
+/// directories and `oci-layout` file). Returns its digest.
+pub fn write_blob(dir: &Path, data: &[u8]) -> Result<Digest> {
+    let d = Digest::of_bytes(data);
+    let p = blob_path(dir, &d);
+    std::fs::create_dir_all(p.parent().expect("blob paths have a parent"))
+        .map_err(TestImageError::io(format!("creating {}", dir.display())))?;
+    std::fs::write(&p, data).map_err(TestImageError::io(format!("writing {}", p.display())))?;
+    let layout = dir.join("oci-layout");
+    if !layout.exists() {
+        std::fs::write(&layout, br#"{"imageLayoutVersion":"1.0.0"}"#)
+            .map_err(TestImageError::io(format!("writing {}", layout.display())))?;
+    }
+    Ok(d)
+}
+
+/// Adds `descriptor` to the layout's `index.json`, replacing the entry with
+/// the same tag (when `tag` is Some) and creating the index if needed.
+pub fn set_index_entry(dir: &Path, tag: Option<&str>, descriptor: serde_json::Value) -> Result<()> {
+    let path = dir.join("index.json");
+    let mut index = match std::fs::read(&path) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map_err(|e| TestImageError::Other(format!("{}: {e}", path.display())))?,
+        Err(_) => {
+            json!({"schemaVersion": 2, "mediaType": media_types::OCI_INDEX, "manifests": []})
+        }
+    };
+    let manifests = index["manifests"]
+        .as_array_mut()
+        .ok_or_else(|| TestImageError::Other("index.json lacks manifests".into()))?;
+    if let Some(t) = tag {
+        manifests
+            .retain(|m| m["annotations"]["org.opencontainers.image.ref.name"].as_str() != Some(t));
+    }
+    manifests.push(descriptor);
+    std::fs::write(&path, json_bytes(&index))
+        .map_err(TestImageError::io(format!("writing {}", path.display())))
+}
