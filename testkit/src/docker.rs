@@ -68,8 +68,13 @@ pub fn write_docker_archive_images(
                 let mut desc = built
                     .manifest_descriptor(tags.first().map(|t| t.rsplit(':').next().unwrap_or(t)));
                 if let Some(t) = tags.first() {
-                    let name = imagefs::reference::normalize_docker_tag_name(t)
-                        .map_err(TestImageError::Other)?;
+                    let name =
+                        imagefs::reference::normalize_docker_tag_name(t).map_err(|reason| {
+                            TestImageError::BadTag {
+                                tag: t.to_string(),
+                                reason,
+                            }
+                        })?;
                     desc["annotations"]["io.containerd.image.name"] = json!(name);
                 }
                 index.push(desc);

@@ -125,15 +125,20 @@ pub fn write_blob(dir: &Path, data: &[u8]) -> Result<Digest> {
 pub fn set_index_entry(dir: &Path, tag: Option<&str>, descriptor: serde_json::Value) -> Result<()> {
     let path = dir.join("index.json");
     let mut index = match std::fs::read(&path) {
-        Ok(b) => serde_json::from_slice(&b)
-            .map_err(|e| TestImageError::Other(format!("{}: {e}", path.display())))?,
+        Ok(b) => serde_json::from_slice(&b).map_err(|e| TestImageError::BadIndex {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?,
         Err(_) => {
             json!({"schemaVersion": 2, "mediaType": media_types::OCI_INDEX, "manifests": []})
         }
     };
     let manifests = index["manifests"]
         .as_array_mut()
-        .ok_or_else(|| TestImageError::Other("index.json lacks manifests".into()))?;
+        .ok_or_else(|| TestImageError::BadIndex {
+            path: path.clone(),
+            reason: "no manifests array".into(),
+        })?;
     if let Some(t) = tag {
         manifests
             .retain(|m| m["annotations"]["org.opencontainers.image.ref.name"].as_str() != Some(t));

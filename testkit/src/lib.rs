@@ -27,6 +27,8 @@
 //! own unit tests use it too, and then see a second copy of imagefs, so only
 //! plain data (bytes, paths, this crate's types) crosses between them.
 
+#![warn(missing_docs)]
+
 mod custom;
 mod docker;
 mod entry;
@@ -60,6 +62,7 @@ pub use layer::{compress, layer_tar};
 pub use layout::{blob_path, set_index_entry, write_blob, BuiltImage, BuiltLayer};
 pub use minivm::{
     default_kernel, kvm_available, minivm_bin, run_minivm, run_minivm_with, scratch_dir, RunOutput,
+    BOOT_TIMEOUT,
 };
 pub use registry::{
     bcrypt_htpasswd_line, free_port, skopeo_copy, TestRegistry, HTPASSWD_PASSWORD, HTPASSWD_USER,

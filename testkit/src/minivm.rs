@@ -6,6 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+/// How long a real Linux boot may take: about 80-130 s to init on the
+/// nested CI machines (kvm-pvm), ~100 ms on hardware.
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(900);
+
 /// Whether KVM tests may run. Without /dev/kvm a test fails, unless
 /// `MINIVM_ALLOW_NO_KVM=1` is set, in which case it returns false (and the
 /// test should stop, having printed why).

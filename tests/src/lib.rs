@@ -5,6 +5,8 @@
 //! - [`guest_check`]: the tricky image checked from inside a booted guest;
 //! - [`runner`]: running minivm as the caller or unprivileged.
 
+#![warn(missing_docs)]
+
 pub mod guest_check;
 pub mod oci;
 pub mod runner;

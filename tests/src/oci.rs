@@ -7,9 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 use testkit::{minivm_bin, run_minivm_with, RunOutput};
 /// How long a conversion or pull may take.
-pub const T: Duration = Duration::from_secs(300);
-/// How long a boot may take: ~80-130 s on the nested CI machines.
-pub const BOOT_TIMEOUT: Duration = Duration::from_secs(900);
+pub const CONVERT_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// A minivm command with its own image cache.
 pub fn minivm(cache: &Path) -> Command {
@@ -18,9 +16,9 @@ pub fn minivm(cache: &Path) -> Command {
     c
 }
 
-/// Runs `cmd` with the conversion timeout [`T`].
+/// Runs `cmd` with [`CONVERT_TIMEOUT`].
 pub fn run(cmd: &mut Command) -> RunOutput {
-    run_minivm_with(cmd, T)
+    run_minivm_with(cmd, CONVERT_TIMEOUT)
 }
 
 /// (disk cache entries, leftovers in the cache's tmp) under `cache`.

@@ -1,12 +1,7 @@
 //! Real Linux boots with the default kernel (about 2 minutes each under
 //! kvm-pvm, ~100 ms on hardware). Few boots, each checking a lot.
 
-use std::time::Duration;
-
 use testkit::*;
-
-/// Generous: a boot to init takes ~80-130 s on the nested CI machines.
-const BOOT_TIMEOUT: Duration = Duration::from_secs(900);
 
 fn file_digest(p: &std::path::Path) -> Vec<u8> {
     // A cheap exact comparison: the whole file (test disks are small).

@@ -2,11 +2,9 @@
 //! read-only share, a write cap, and escape attempts from the guest.
 
 use std::path::Path;
-use std::time::Duration;
 
 use testkit::*;
 
-const BOOT_TIMEOUT: Duration = Duration::from_secs(900);
 const SECRET: &str = "host-secret-6b1f0e2d";
 
 /// A busybox root for the test's `INIT`, with a mount point for the share
