@@ -339,8 +339,7 @@ fn image_indexes_pick_linux_amd64_and_nest() {
         "{e}"
     );
     // A manifest whose config is arm64, named directly.
-    let arm_tag = serde_json::json!({"mediaType": m, "digest": arm.manifest_digest.to_string(), "size": arm_n,
-        "annotations": {"org.opencontainers.image.ref.name": "arm"}});
+    let arm_tag = testkit::descriptor(m, &arm.manifest_digest, arm_n, Some("arm"));
     testkit::set_index_entry(&dir, Some("arm"), arm_tag).unwrap();
     let e = resolve(&format!("{base}:arm"), &local()).err().unwrap();
     assert!(e.to_string().contains("linux/arm64"), "{e}");
@@ -356,8 +355,8 @@ fn docker_schema2_media_types_are_mapped() {
     let manifest = serde_json::to_vec(&serde_json::json!({
         "schemaVersion": 2,
         "mediaType": media_types::DOCKER_MANIFEST,
-        "config": {"mediaType": media_types::DOCKER_CONFIG, "digest": built.config_digest.to_string(), "size": built.config.len()},
-        "layers": [{"mediaType": layer::media_types::DOCKER_TAR_GZIP, "digest": l.digest.to_string(), "size": l.blob.len()}],
+        "config": testkit::descriptor(media_types::DOCKER_CONFIG, &built.config_digest, built.config.len(), None),
+        "layers": [testkit::descriptor(layer::media_types::DOCKER_TAR_GZIP, &l.digest, l.blob.len(), None)],
     }))
     .unwrap();
     let md = custom_layout(&dir, "docker", &[], None, Some(manifest));

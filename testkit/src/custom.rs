@@ -3,7 +3,9 @@
 //! image indexes.
 
 use crate::image::TestImage;
-use crate::layout::{set_index_entry, write_blob};
+use crate::layout::{
+    descriptor, index_json, json_bytes, manifest_json, set_index_entry, write_blob,
+};
 use imagefs::digest::Digest;
 use imagefs::source::media_types;
 use serde_json::json;
@@ -19,31 +21,16 @@ pub fn custom_layout(
     manifest: Option<Vec<u8>>,
 ) -> Digest {
     let diff_ids: Vec<Digest> = layers.iter().map(|(_, b)| Digest::of_bytes(b)).collect();
-    let config = config.unwrap_or_else(|| {
-        serde_json::to_vec(&TestImage::default().config_json(&diff_ids)).unwrap()
-    });
+    let config = config.unwrap_or_else(|| json_bytes(&TestImage::default().config_json(&diff_ids)));
     let config_digest = write_blob(dir, &config).unwrap();
     let descs: Vec<_> = layers
         .iter()
-        .map(|(mt, b)| {
-            let d = write_blob(dir, b).unwrap();
-            json!({"mediaType": mt, "digest": d.to_string(), "size": b.len()})
-        })
+        .map(|(mt, b)| descriptor(mt, &write_blob(dir, b).unwrap(), b.len(), None))
         .collect();
-    let manifest = manifest.unwrap_or_else(|| {
-        serde_json::to_vec(&json!({
-            "schemaVersion": 2,
-            "mediaType": media_types::OCI_MANIFEST,
-            "config": {"mediaType": media_types::OCI_CONFIG, "digest": config_digest.to_string(), "size": config.len()},
-            "layers": descs,
-        }))
-        .unwrap()
-    });
+    let manifest =
+        manifest.unwrap_or_else(|| json_bytes(&manifest_json(&config_digest, config.len(), descs)));
     let md = write_blob(dir, &manifest).unwrap();
-    let desc = json!({
-        "mediaType": media_types::OCI_MANIFEST, "digest": md.to_string(), "size": manifest.len(),
-        "annotations": {"org.opencontainers.image.ref.name": tag},
-    });
+    let desc = descriptor(media_types::OCI_MANIFEST, &md, manifest.len(), Some(tag));
     set_index_entry(dir, Some(tag), desc).unwrap();
     md
 }
@@ -59,19 +46,15 @@ pub fn index_blob(
     let manifests: Vec<_> = entries
         .iter()
         .map(|(d, size, mt, os, arch)| {
-            json!({"mediaType": mt, "digest": d.to_string(), "size": size, "platform": {"os": os, "architecture": arch}})
+            let mut desc = descriptor(mt, d, *size, None);
+            desc["platform"] = json!({"os": os, "architecture": arch});
+            desc
         })
         .collect();
-    let index = serde_json::to_vec(
-        &json!({"schemaVersion": 2, "mediaType": media_type, "manifests": manifests}),
-    )
-    .unwrap();
+    let index = json_bytes(&index_json(media_type, manifests));
     let d = write_blob(dir, &index).unwrap();
     if let Some(t) = tag {
-        let desc = json!({
-            "mediaType": media_type, "digest": d.to_string(), "size": index.len(),
-            "annotations": {"org.opencontainers.image.ref.name": t},
-        });
+        let desc = descriptor(media_type, &d, index.len(), Some(t));
         set_index_entry(dir, Some(t), desc).unwrap();
     }
     d

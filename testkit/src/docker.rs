@@ -3,7 +3,7 @@
 use crate::error::TestImageError;
 use crate::image::TestImage;
 use crate::layer::write_tar;
-use crate::layout::json_bytes;
+use crate::layout::{index_json, json_bytes, OCI_LAYOUT};
 use imagefs::digest::Digest;
 use imagefs::layer::Compression;
 use imagefs::source::media_types;
@@ -126,11 +126,8 @@ pub fn write_docker_archive_images(
     let mut top_dirs: Vec<&str> = dirs.iter().map(String::as_str).collect();
     match format {
         DockerFormat::Oci => {
-            files.push((
-                "oci-layout".into(),
-                json_bytes(&json!({"imageLayoutVersion": "1.0.0"})),
-            ));
-            let index = json!({"schemaVersion": 2, "mediaType": media_types::OCI_INDEX, "manifests": index});
+            files.push(("oci-layout".into(), OCI_LAYOUT.to_vec()));
+            let index = index_json(media_types::OCI_INDEX, index);
             files.push(("index.json".into(), json_bytes(&index)));
             top_dirs.extend(["blobs", "blobs/sha256"]);
         }

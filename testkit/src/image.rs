@@ -4,10 +4,9 @@
 use crate::entry::TestEntry;
 use crate::error::TestImageError;
 use crate::layer::{compress, layer_tar};
-use crate::layout::{json_bytes, BuiltImage, BuiltLayer};
+use crate::layout::{descriptor, json_bytes, manifest_json, BuiltImage, BuiltLayer};
 use imagefs::digest::Digest;
 use imagefs::layer::Compression;
-use imagefs::source::media_types;
 use serde_json::json;
 use std::path::Path;
 
@@ -152,18 +151,11 @@ impl TestImage {
         let diff_ids: Vec<Digest> = layers.iter().map(|l| l.diff_id.clone()).collect();
         let config = json_bytes(&self.config_json(&diff_ids));
         let config_digest = Digest::of_bytes(&config);
-        let manifest = json_bytes(&json!({
-            "schemaVersion": 2,
-            "mediaType": media_types::OCI_MANIFEST,
-            "config": {
-                "mediaType": media_types::OCI_CONFIG,
-                "digest": config_digest.to_string(),
-                "size": config.len(),
-            },
-            "layers": layers.iter().map(|l| json!({
-                "mediaType": l.media_type, "digest": l.digest.to_string(), "size": l.blob.len(),
-            })).collect::<Vec<_>>(),
-        }));
+        let descriptors = layers
+            .iter()
+            .map(|l| descriptor(l.media_type, &l.digest, l.blob.len(), None))
+            .collect();
+        let manifest = json_bytes(&manifest_json(&config_digest, config.len(), descriptors));
         let manifest_digest = Digest::of_bytes(&manifest);
         Ok(BuiltImage {
             layers,

@@ -10,6 +10,9 @@ use std::path::{Path, PathBuf};
 
 type Result<T> = std::result::Result<T, TestImageError>;
 
+/// The `oci-layout` file of every layout.
+pub(crate) const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
+
 /// One built layer.
 #[derive(Debug, Clone)]
 pub struct BuiltLayer {
@@ -44,6 +47,45 @@ pub(crate) fn json_bytes(v: &serde_json::Value) -> Vec<u8> {
     serde_json::to_vec(v).expect("JSON values serialize")
 }
 
+/// The descriptor of a blob (`mediaType`, `digest`, `size`), with `tag` as
+/// its `org.opencontainers.image.ref.name` annotation when given.
+pub fn descriptor(
+    media_type: &str,
+    digest: &Digest,
+    size: usize,
+    tag: Option<&str>,
+) -> serde_json::Value {
+    let mut d = json!({
+        "mediaType": media_type,
+        "digest": digest.to_string(),
+        "size": size,
+    });
+    if let Some(t) = tag {
+        d["annotations"] = json!({"org.opencontainers.image.ref.name": t});
+    }
+    d
+}
+
+/// An image index of `media_type` (OCI or Docker) over manifest descriptors.
+pub fn index_json(media_type: &str, manifests: Vec<serde_json::Value>) -> serde_json::Value {
+    json!({"schemaVersion": 2, "mediaType": media_type, "manifests": manifests})
+}
+
+/// An OCI image manifest over a config blob and layer descriptors (see
+/// [`descriptor`]).
+pub fn manifest_json(
+    config_digest: &Digest,
+    config_len: usize,
+    layers: Vec<serde_json::Value>,
+) -> serde_json::Value {
+    json!({
+        "schemaVersion": 2,
+        "mediaType": media_types::OCI_MANIFEST,
+        "config": descriptor(media_types::OCI_CONFIG, config_digest, config_len, None),
+        "layers": layers,
+    })
+}
+
 impl BuiltImage {
     /// Every blob: layers, config, manifest.
     pub fn blobs(&self) -> Vec<(&Digest, &[u8])> {
@@ -59,15 +101,12 @@ impl BuiltImage {
 
     /// The `index.json` descriptor of the manifest, tagged `tag`.
     pub fn manifest_descriptor(&self, tag: Option<&str>) -> serde_json::Value {
-        let mut d = json!({
-            "mediaType": media_types::OCI_MANIFEST,
-            "digest": self.manifest_digest.to_string(),
-            "size": self.manifest.len(),
-        });
-        if let Some(t) = tag {
-            d["annotations"] = json!({"org.opencontainers.image.ref.name": t});
-        }
-        d
+        descriptor(
+            media_types::OCI_MANIFEST,
+            &self.manifest_digest,
+            self.manifest.len(),
+            tag,
+        )
     }
 
     /// Writes the blobs, `oci-layout` and an `index.json` entry into `dir`.
@@ -80,16 +119,9 @@ impl BuiltImage {
 
     /// Writes a tar holding the layout (`oci-layout`, `index.json`, `blobs/sha256/...`).
     pub fn write_layout_archive(&self, file: &Path, tag: Option<&str>) -> Result<()> {
-        let index = json!({
-            "schemaVersion": 2,
-            "mediaType": media_types::OCI_INDEX,
-            "manifests": [self.manifest_descriptor(tag)],
-        });
+        let index = index_json(media_types::OCI_INDEX, vec![self.manifest_descriptor(tag)]);
         let mut files: Vec<(String, Vec<u8>)> = vec![
-            (
-                "oci-layout".into(),
-                json_bytes(&json!({"imageLayoutVersion": "1.0.0"})),
-            ),
+            ("oci-layout".into(), OCI_LAYOUT.to_vec()),
             ("index.json".into(), json_bytes(&index)),
         ];
         for (d, data) in self.blobs() {
@@ -114,7 +146,7 @@ pub fn write_blob(dir: &Path, data: &[u8]) -> Result<Digest> {
     std::fs::write(&p, data).map_err(TestImageError::io(format!("writing {}", p.display())))?;
     let layout = dir.join("oci-layout");
     if !layout.exists() {
-        std::fs::write(&layout, br#"{"imageLayoutVersion":"1.0.0"}"#)
+        std::fs::write(&layout, OCI_LAYOUT)
             .map_err(TestImageError::io(format!("writing {}", layout.display())))?;
     }
     Ok(d)
@@ -129,9 +161,7 @@ pub fn set_index_entry(dir: &Path, tag: Option<&str>, descriptor: serde_json::Va
             path: path.clone(),
             reason: e.to_string(),
         })?,
-        Err(_) => {
-            json!({"schemaVersion": 2, "mediaType": media_types::OCI_INDEX, "manifests": []})
-        }
+        Err(_) => index_json(media_types::OCI_INDEX, Vec::new()),
     };
     let manifests = index["manifests"]
         .as_array_mut()

@@ -59,7 +59,10 @@ pub use guest::{TinyEnd, TinyGuest, TINY_GUEST_ADDR};
 pub use image::TestImage;
 pub use imagefs::layer::Compression;
 pub use layer::{compress, layer_tar};
-pub use layout::{blob_path, set_index_entry, write_blob, BuiltImage, BuiltLayer};
+pub use layout::{
+    blob_path, descriptor, index_json, manifest_json, set_index_entry, write_blob, BuiltImage,
+    BuiltLayer,
+};
 pub use minivm::{
     default_kernel, kvm_available, minivm_bin, run_minivm, run_minivm_with, scratch_dir, RunOutput,
     BOOT_TIMEOUT,
