@@ -15,7 +15,10 @@ use imagefs::layer::{self, Compression};
 use imagefs::source::{media_types, SourceError, SourceOptions};
 use std::io::Read;
 use std::process::Command;
-use testkit::{self, busybox_layer, tricky_image, DockerFormat, TempDir, TestEntry, TestImage};
+use testkit::{
+    self, busybox_layer, custom_layout, index_blob, tricky_image, DockerFormat, TempDir, TestEntry,
+    TestImage,
+};
 
 fn local() -> SourceOptions {
     SourceOptions::default()

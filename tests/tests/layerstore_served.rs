@@ -3,7 +3,7 @@
 //! `prepare_upper`, queried through its `FileSystem` API (no FUSE mount
 //! needed). A store unpacked as root is served natively; one unpacked
 //! unprivileged is served in mapped mode, and both must show the image
-//! exactly.
+//! exactly. (Here rather than in imagefs, which does not depend on devices.)
 
 use devices::virtio::fs::{layered_fs, LayeredFs};
 use fuse_backend_rs::api::filesystem::{Context, DirEntry, FileSystem, GetxattrReply};

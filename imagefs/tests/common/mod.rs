@@ -7,10 +7,7 @@ use imagefs::reference::ImageRef;
 use imagefs::source::{self, media_types, ImageSource, ResolvedImage, SourceError, SourceOptions};
 use std::io::Read;
 use std::process::Command;
-pub use testkit::{
-    custom_layout, fake_token_registry, index_blob, BuiltImage, FakeServer, Response, TestEntry,
-    TestImage,
-};
+use testkit::{BuiltImage, TestEntry, TestImage};
 
 /// Parses a reference, panicking with the error.
 pub fn r(s: &str) -> ImageRef {

@@ -5,7 +5,7 @@ use crate::common::*;
 use imagefs::digest::Digest;
 use imagefs::layer::{self, Compression};
 use imagefs::source::{media_types, SourceError, SourceOptions};
-use testkit::{self, tricky_image, TempDir};
+use testkit::{self, fake_token_registry, index_blob, tricky_image, FakeServer, Response, TempDir};
 
 /// Pushes `oci:DIR:TAG` to `docker://HOST/REPO` with skopeo.
 fn push(dir: &std::path::Path, tag: &str, dest: &str, extra: &[&str]) {
