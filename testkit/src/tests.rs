@@ -180,3 +180,39 @@ fn busybox_roots_are_written_with_modes_and_links() {
         b"#!/bin/sh\necho hi\n"
     );
 }
+
+#[test]
+fn busybox_disks_and_initramfs_hold_the_root() {
+    use crate::rootfs::{busybox_disk, busybox_initramfs};
+    use std::process::Command;
+    let t = TempDir::new("unit-disk").unwrap();
+    let check = TestEntry::executable("check", "#!/bin/sh\necho check\n");
+    let img = busybox_disk(t.path(), "d", "#!/bin/sh\n", &[check], 16);
+    assert_eq!(std::fs::metadata(&img).unwrap().len(), 16 << 20);
+    let fsck = Command::new("e2fsck")
+        .arg("-fn")
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(fsck.status.success(), "{fsck:?}");
+    let cat = |p: &str| {
+        let out = Command::new("debugfs")
+            .args(["-R", &format!("cat {p}")])
+            .arg(&img)
+            .output()
+            .unwrap();
+        out.stdout
+    };
+    assert_eq!(cat("/check"), b"#!/bin/sh\necho check\n");
+    assert_eq!(cat("/etc/group"), b"root:x:0:\nnogroup:x:65534:\n");
+    let cpio = busybox_initramfs(t.path(), "#!/bin/sh\n");
+    let listing = Command::new("cpio")
+        .args(["-t", "--quiet", "-F"])
+        .arg(&cpio)
+        .output()
+        .unwrap();
+    let names = String::from_utf8_lossy(&listing.stdout).into_owned();
+    for want in ["init", "bin/busybox", "bin/sh"] {
+        assert!(names.lines().any(|l| l == want), "{want} in {names}");
+    }
+}
