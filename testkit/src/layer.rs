@@ -124,29 +124,21 @@ pub fn layer_tar(entries: &[TestEntry]) -> std::io::Result<Vec<u8>> {
                 major,
                 minor,
                 meta,
-            } => append_entry(
-                &mut b,
-                T::Char,
-                path,
-                meta,
-                &[],
-                None,
-                Some((*major, *minor)),
-            )?,
-            TestEntry::BlockDev {
+            }
+            | TestEntry::BlockDev {
                 path,
                 major,
                 minor,
                 meta,
-            } => append_entry(
-                &mut b,
-                T::Block,
-                path,
-                meta,
-                &[],
-                None,
-                Some((*major, *minor)),
-            )?,
+            } => {
+                let kind = if matches!(e, TestEntry::CharDev { .. }) {
+                    T::Char
+                } else {
+                    T::Block
+                };
+                let dev = Some((*major, *minor));
+                append_entry(&mut b, kind, path, meta, &[], None, dev)?
+            }
             TestEntry::Fifo { path, meta } => {
                 append_entry(&mut b, T::Fifo, path, meta, &[], None, None)?
             }
