@@ -10,7 +10,6 @@
 //!   that fills it; [`sparse`]: cheap copies of sparse images;
 //! - [`layerstore`]: layers unpacked once each, for booting over virtio-fs;
 //! - [`host`]: where minivm keeps its files, privilege, work-directory liveness;
-//! - [`testutil`]: test images built locally (used by the integration tests).
 
 pub mod cache;
 pub mod convert;
@@ -23,5 +22,4 @@ pub mod layerstore;
 pub mod reference;
 pub mod source;
 pub mod sparse;
-pub mod testutil;
 pub mod tree;

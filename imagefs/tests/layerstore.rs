@@ -1,4 +1,4 @@
-//! The layer store end to end: images written as OCI layouts by `testutil`,
+//! The layer store end to end: images written as OCI layouts by `testkit`,
 //! unpacked layer by layer, then merged by a small reference overlay (the
 //! rules of kernel overlayfs and fuse-backend-rs: a character device 0:0 is a
 //! whiteout, `user.overlay.opaque=y` hides lower directories) and compared
@@ -10,18 +10,14 @@ mod layerstore {
     use imagefs::digest::Digest;
     use imagefs::layerstore::{LayerEvent, LayerStore, LayerStoreError, StoreOptions};
     use imagefs::source::{self, ImageSource, ResolvedImage, SourceError, SourceOptions};
-    use imagefs::testutil::{
-        hostile_image, tricky_expectations, tricky_image, Compression, Expect, TempDir, TestEntry,
-        TestImage,
-    };
     use oci_spec::image::Descriptor;
     use std::collections::BTreeSet;
-    use std::ffi::CString;
     use std::fs;
     use std::io::Read;
     use std::os::unix::fs::MetadataExt;
     use std::path::{Path, PathBuf};
     use std::process::Command;
+    use testkit::{hostile_image, tricky_image, Compression, TempDir, TestEntry, TestImage};
 
     fn open(layout: &Path) -> (Box<dyn ImageSource>, ResolvedImage) {
         let r = format!("oci:{}:latest", layout.display()).parse().unwrap();
@@ -498,5 +494,4 @@ mod layerstore {
     }
 
     mod differential;
-    mod fuse;
 }

@@ -1,4 +1,4 @@
-//! Image sources end to end: images written by `testutil` read back through
+//! Image sources end to end: images written by `testkit` read back through
 //! every transport, checked by skopeo and umoci, bad inputs, and a real
 //! registry (Debian's docker-registry) pushed to with skopeo.
 //!
@@ -13,11 +13,12 @@ use common::*;
 use imagefs::digest::{Digest, VerifyError};
 use imagefs::layer::{self, Compression};
 use imagefs::source::{media_types, SourceError, SourceOptions};
-use imagefs::testutil::{
-    self, busybox_layer, tricky_image, DockerFormat, TempDir, TestEntry, TestImage,
-};
 use std::io::Read;
 use std::process::Command;
+use testkit::{
+    self, busybox_layer, custom_layout, index_blob, tricky_image, DockerFormat, TempDir, TestEntry,
+    TestImage,
+};
 
 fn local() -> SourceOptions {
     SourceOptions::default()
@@ -93,7 +94,7 @@ fn docker_archive_round_trip_every_format() {
     .enumerate()
     {
         let file = tmp.path().join(format!("docker{i}.tar"));
-        let ids = testutil::write_docker_archive_images(
+        let ids = testkit::write_docker_archive_images(
             &file,
             &[(&image, &["example.com/tricky:v1"])],
             format,
@@ -162,7 +163,7 @@ fn docker_archive_with_several_images() {
     let tmp = TempDir::new("src-docker-multi").unwrap();
     let file = tmp.path().join("multi.tar");
     let (a, b) = (small_image("a"), small_image("b"));
-    let ids = testutil::write_docker_archive_images(
+    let ids = testkit::write_docker_archive_images(
         &file,
         &[(&a, &["a:1", "a:latest"]), (&b, &["quay.io/b/b:2"])],
         DockerFormat::Legacy,
@@ -307,7 +308,7 @@ fn image_indexes_pick_linux_amd64_and_nest() {
         &[(amd_d.clone(), amd_n, m, "linux", "amd64")],
         media_types::DOCKER_LIST,
     );
-    let inner_len = std::fs::read(testutil::blob_path(&dir, &inner))
+    let inner_len = std::fs::read(testkit::blob_path(&dir, &inner))
         .unwrap()
         .len();
     index_blob(
@@ -341,9 +342,8 @@ fn image_indexes_pick_linux_amd64_and_nest() {
         "{e}"
     );
     // A manifest whose config is arm64, named directly.
-    let arm_tag = serde_json::json!({"mediaType": m, "digest": arm.manifest_digest.to_string(), "size": arm_n,
-        "annotations": {"org.opencontainers.image.ref.name": "arm"}});
-    testutil::set_index_entry(&dir, Some("arm"), arm_tag).unwrap();
+    let arm_tag = testkit::descriptor(m, &arm.manifest_digest, arm_n, Some("arm"));
+    testkit::set_index_entry(&dir, Some("arm"), arm_tag).unwrap();
     let e = resolve(&format!("{base}:arm"), &local()).err().unwrap();
     assert!(e.to_string().contains("linux/arm64"), "{e}");
 }
@@ -358,8 +358,8 @@ fn docker_schema2_media_types_are_mapped() {
     let manifest = serde_json::to_vec(&serde_json::json!({
         "schemaVersion": 2,
         "mediaType": media_types::DOCKER_MANIFEST,
-        "config": {"mediaType": media_types::DOCKER_CONFIG, "digest": built.config_digest.to_string(), "size": built.config.len()},
-        "layers": [{"mediaType": layer::media_types::DOCKER_TAR_GZIP, "digest": l.digest.to_string(), "size": l.blob.len()}],
+        "config": testkit::descriptor(media_types::DOCKER_CONFIG, &built.config_digest, built.config.len(), None),
+        "layers": [testkit::descriptor(layer::media_types::DOCKER_TAR_GZIP, &l.digest, l.blob.len(), None)],
     }))
     .unwrap();
     let md = custom_layout(&dir, "docker", &[], None, Some(manifest));
@@ -400,13 +400,13 @@ fn skopeo_accepts_what_testutil_writes() {
     // skopeo copies our layout into an oci-archive and a docker-archive; we read those back.
     let archive = tmp.path().join("copy.tar");
     let dockerfile = tmp.path().join("copy-docker.tar");
-    testutil::skopeo_copy(
+    testkit::skopeo_copy(
         &format!("oci:{}:t1", dir.display()),
         &format!("oci-archive:{}:t1", archive.display()),
         &[],
     )
     .unwrap();
-    testutil::skopeo_copy(
+    testkit::skopeo_copy(
         &format!("oci:{}:t1", dir.display()),
         &format!("docker-archive:{}:skopeo/copy:t1", dockerfile.display()),
         &[],
@@ -448,7 +448,7 @@ fn skopeo_accepts_what_testutil_writes() {
     .enumerate()
     {
         let f = tmp.path().join(format!("d{i}.tar"));
-        testutil::write_docker_archive_images(&f, &[(&image, &["minivm/x:1"])], format).unwrap();
+        testkit::write_docker_archive_images(&f, &[(&image, &["minivm/x:1"])], format).unwrap();
         let v = inspect(&format!("docker-archive:{}", f.display()));
         assert_eq!(
             v["layers"].as_array().map(Vec::len),
@@ -477,7 +477,7 @@ fn umoci_unpacks_what_testutil_writes() {
     assert_eq!(read("c/y"), "c/y from layer 1\n");
     assert_eq!(read("replaced"), "file again in layer 2\n");
     assert_eq!(read("hl-lower"), "hardlink target in layer 0\n");
-    assert_eq!(read(&testutil::long_names::pax_file()), "pax long name\n");
+    assert_eq!(read(&testkit::long_names::pax_file()), "pax long name\n");
     for gone in [
         "a/gone",
         "opq/old1",
@@ -525,7 +525,7 @@ fn corrupt_layer(
     let dir = tmp.path().join("l");
     let built = tricky_image().build(c).unwrap();
     built.write_layout(&dir, Some(tag)).unwrap();
-    let p = testutil::blob_path(&dir, &built.layers[0].digest);
+    let p = testkit::blob_path(&dir, &built.layers[0].digest);
     let mut data = std::fs::read(&p).unwrap();
     f(&mut data);
     std::fs::write(&p, data).unwrap();
@@ -594,7 +594,7 @@ fn bad_documents_are_reported() {
     let dir = tmp.path().join("l");
     let base = format!("oci:{}", dir.display());
     let tar = layer::media_types::TAR;
-    let layer = testutil::layer_tar(&[TestEntry::file("f", "x")]).unwrap();
+    let layer = testkit::layer_tar(&[TestEntry::file("f", "x")]).unwrap();
     /// (tag, config override, manifest override, expected error text)
     type Case<'a> = (&'a str, Option<Vec<u8>>, Option<Vec<u8>>, &'a str);
     let cases: Vec<Case> = vec![
@@ -645,7 +645,7 @@ fn missing_things_are_reported() {
     built.write_layout(&dir, Some("m")).unwrap();
     let reference = format!("oci:{}:m", dir.display());
     // Missing layer blob: open_blob fails.
-    std::fs::remove_file(testutil::blob_path(&dir, &built.layers[0].digest)).unwrap();
+    std::fs::remove_file(testkit::blob_path(&dir, &built.layers[0].digest)).unwrap();
     let (mut src, resolved) = resolve(&reference, &local()).unwrap();
     let e = src.open_blob(&resolved.manifest.layers()[0]).err().unwrap();
     assert!(matches!(e, SourceError::NotFound { .. }));
@@ -654,7 +654,7 @@ fn missing_things_are_reported() {
         "{e}"
     );
     // Missing config blob: resolve fails.
-    std::fs::remove_file(testutil::blob_path(&dir, &built.config_digest)).unwrap();
+    std::fs::remove_file(testkit::blob_path(&dir, &built.config_digest)).unwrap();
     let e = resolve(&reference, &local()).err().unwrap();
     assert!(
         matches!(e, SourceError::NotFound { .. }) && err_text(&e, &reference).contains("config"),

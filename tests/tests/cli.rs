@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use minivm_tests::*;
+use testkit::*;
 
 const T: Duration = Duration::from_secs(30);
 

@@ -1,12 +1,7 @@
 //! Real Linux boots with the default kernel (about 2 minutes each under
 //! kvm-pvm, ~100 ms on hardware). Few boots, each checking a lot.
 
-use std::time::Duration;
-
-use minivm_tests::*;
-
-/// Generous: a boot to init takes ~80-130 s on the nested CI machines.
-const BOOT_TIMEOUT: Duration = Duration::from_secs(900);
+use testkit::*;
 
 fn file_digest(p: &std::path::Path) -> Vec<u8> {
     // A cheap exact comparison: the whole file (test disks are small).
@@ -59,7 +54,7 @@ fn disk_boot_persists_writes_and_readonly_protects_the_image() {
         &dir,
         "disk1",
         BOOT1_INIT,
-        &[("check", boot2.as_bytes())],
+        &[TestEntry::executable("check", boot2)],
         24,
     );
     let kernel = default_kernel();

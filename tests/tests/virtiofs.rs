@@ -2,31 +2,25 @@
 //! read-only share, a write cap, and escape attempts from the guest.
 
 use std::path::Path;
-use std::time::Duration;
 
-use minivm_tests::*;
+use testkit::*;
 
-const BOOT_TIMEOUT: Duration = Duration::from_secs(900);
 const SECRET: &str = "host-secret-6b1f0e2d";
 
+/// A busybox root for the test's `INIT`, with a mount point for the share
+/// and escape bait: links pointing at the host file outside the share.
 fn busybox_rootfs(dir: &Path, init: &str) -> std::path::PathBuf {
     let root = dir.join("rootfs");
-    for d in ["bin", "dev", "proc", "sys", "tmp", "mnt/data", "etc"] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox-static is needed");
-    for a in [
-        "sh", "mount", "cat", "echo", "dd", "printf", "ls", "rm", "df", "ln", "mv", "tail", "stat",
-        "sync", "mkdir",
-    ] {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(a)).unwrap();
-    }
-    std::fs::write(root.join("init"), init).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(root.join("init"), std::fs::Permissions::from_mode(0o755)).unwrap();
-    // Escape bait inside the share: links pointing at the host file outside.
-    std::os::unix::fs::symlink("../secret.txt", root.join("rel-link")).unwrap();
-    std::os::unix::fs::symlink(dir.join("secret.txt"), root.join("abs-link")).unwrap();
+    let secret = dir.join("secret.txt");
+    busybox_root(
+        &root,
+        init,
+        &[
+            TestEntry::dir("mnt/data"),
+            TestEntry::symlink("rel-link", "../secret.txt"),
+            TestEntry::symlink("abs-link", secret.to_str().unwrap()),
+        ],
+    );
     root
 }
 

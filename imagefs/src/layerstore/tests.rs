@@ -6,7 +6,6 @@ use super::*;
 use crate::digest::VerifyingReader;
 use crate::reference::ImageRef;
 use crate::source::{ImageSource, ResolvedImage, SourceError};
-use crate::testutil::{layer_tar, TempDir, TestEntry};
 use oci_spec::image::{Descriptor, MediaType};
 use std::collections::HashMap;
 use std::fs;
@@ -14,6 +13,7 @@ use std::io::{Cursor, Read};
 use std::os::fd::AsFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use testkit::{layer_tar, TempDir, TestEntry};
 
 /// Blobs served from memory, verified like the real sources.
 struct MemSource {

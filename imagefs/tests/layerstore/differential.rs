@@ -7,11 +7,11 @@ use super::*;
 use imagefs::digest::VerifyingReader;
 use imagefs::flatten::{DataSink, Flattener, SinkError};
 use imagefs::reference::ImageRef;
-use imagefs::testutil::layer_tar;
 use imagefs::tree::{DataId, NodeKind, Tree};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Cursor;
 use std::os::unix::ffi::OsStrExt;
+use testkit::layer_tar;
 
 /// Keeps file data in memory.
 #[derive(Default)]

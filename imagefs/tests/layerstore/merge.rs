@@ -4,13 +4,13 @@
 //! store must.
 
 use imagefs::layerstore::Override;
-use imagefs::testutil::{tricky_expectations, Expect};
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{CString, OsStr};
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use testkit::{tricky_expectations, Expect};
 
 pub fn is_root() -> bool {
     // SAFETY: geteuid cannot fail and touches no memory.

@@ -5,19 +5,19 @@ use crate::common::*;
 use imagefs::digest::Digest;
 use imagefs::layer::{self, Compression};
 use imagefs::source::{media_types, SourceError, SourceOptions};
-use imagefs::testutil::{self, tricky_image, TempDir};
+use testkit::{self, fake_token_registry, index_blob, tricky_image, FakeServer, Response, TempDir};
 
 /// Pushes `oci:DIR:TAG` to `docker://HOST/REPO` with skopeo.
 fn push(dir: &std::path::Path, tag: &str, dest: &str, extra: &[&str]) {
     let mut args = vec!["--dest-tls-verify=false"];
     args.extend_from_slice(extra);
-    testutil::skopeo_copy(&format!("oci:{}:{tag}", dir.display()), dest, &args)
+    testkit::skopeo_copy(&format!("oci:{}:{tag}", dir.display()), dest, &args)
         .unwrap_or_else(|e| panic!("{e}"));
 }
 
 #[test]
 fn registry_pull_by_tag_and_digest() {
-    let reg = testutil::TestRegistry::start(None).unwrap();
+    let reg = testkit::TestRegistry::start(None).unwrap();
     let tmp = TempDir::new("src-reg").unwrap();
     let dir = tmp.path().join("l");
     let image = tricky_image();
@@ -48,7 +48,7 @@ fn registry_pull_by_tag_and_digest() {
 
 #[test]
 fn registry_pull_index_and_docker_schema2() {
-    let reg = testutil::TestRegistry::start(None).unwrap();
+    let reg = testkit::TestRegistry::start(None).unwrap();
     let tmp = TempDir::new("src-reg-index").unwrap();
     let dir = tmp.path().join("l");
     let amd = small_image("amd64").build(Compression::Gzip).unwrap();
@@ -121,7 +121,7 @@ fn registry_pull_index_and_docker_schema2() {
 
 #[test]
 fn registry_errors_name_the_image() {
-    let reg = testutil::TestRegistry::start(None).unwrap();
+    let reg = testkit::TestRegistry::start(None).unwrap();
     let tmp = TempDir::new("src-reg-err").unwrap();
     let dir = tmp.path().join("l");
     small_image("e")
@@ -160,7 +160,7 @@ fn registry_errors_name_the_image() {
         "{e}"
     );
     // Nothing listening.
-    let closed = format!("docker://127.0.0.1:{}/x/y:z", testutil::free_port());
+    let closed = format!("docker://127.0.0.1:{}/x/y:z", testkit::free_port());
     let e = resolve(&closed, &insecure(None)).err().unwrap();
     assert!(matches!(e, SourceError::Connect { .. }), "{e}");
     err_text(&e, &closed);
@@ -168,18 +168,14 @@ fn registry_errors_name_the_image() {
 
 #[test]
 fn registry_basic_auth() {
-    let reg = testutil::TestRegistry::start(Some(&testutil::bcrypt_htpasswd_line())).unwrap();
+    let reg = testkit::TestRegistry::start(Some(&testkit::bcrypt_htpasswd_line())).unwrap();
     let tmp = TempDir::new("src-reg-auth").unwrap();
     let dir = tmp.path().join("l");
     let digest = small_image("auth")
         .write_oci_layout(&dir, "a", Compression::Gzip)
         .unwrap();
     let host = reg.host();
-    let creds = format!(
-        "{}:{}",
-        testutil::HTPASSWD_USER,
-        testutil::HTPASSWD_PASSWORD
-    );
+    let creds = format!("{}:{}", testkit::HTPASSWD_USER, testkit::HTPASSWD_PASSWORD);
     push(
         &dir,
         "a",
@@ -187,14 +183,14 @@ fn registry_basic_auth() {
         &["--dest-creds", &creds],
     );
     let reference = format!("docker://{host}/auth/img:a");
-    let good = insecure(Some((testutil::HTPASSWD_USER, testutil::HTPASSWD_PASSWORD)));
+    let good = insecure(Some((testkit::HTPASSWD_USER, testkit::HTPASSWD_PASSWORD)));
     let (mut src, resolved) =
         resolve(&reference, &good).unwrap_or_else(|e| panic!("{e}\n{}", reg.log()));
     assert_eq!(resolved.manifest_digest, digest);
     assert_eq!(read_layers(src.as_mut(), &resolved).len(), 1);
     let e = resolve(
         &reference,
-        &insecure(Some((testutil::HTPASSWD_USER, "wrong"))),
+        &insecure(Some((testkit::HTPASSWD_USER, "wrong"))),
     )
     .err()
     .unwrap();
@@ -237,7 +233,7 @@ fn registry_bearer_token_flow() {
 
 /// A fake registry serving `small_image` with blobs redirected to
 /// `/storage/...`; `lie` makes it send a wrong Docker-Content-Digest.
-fn fake_redirecting_registry(lie: bool) -> (FakeServer, testutil::BuiltImage) {
+fn fake_redirecting_registry(lie: bool) -> (FakeServer, testkit::BuiltImage) {
     let built = small_image("redirect").build(Compression::Gzip).unwrap();
     let b = built.clone();
     let server = FakeServer::start(Box::new(move |req, _| {

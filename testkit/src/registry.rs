@@ -1,7 +1,8 @@
 //! A throwaway local registry (Debian's `docker-registry`, i.e. the CNCF
 //! distribution registry) and skopeo, for tests that push and pull.
 
-use super::{TempDir, TestImageError};
+use crate::error::TestImageError;
+use crate::tempdir::TempDir;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -26,10 +27,15 @@ pub fn free_port() -> u16 {
         .expect("binding 127.0.0.1:0")
 }
 
-fn tool_missing(tool: &str, package: &str, e: std::io::Error) -> TestImageError {
-    TestImageError::Other(format!(
-        "cannot run {tool}: {e} (install the Debian package {package}: scripts/setup-debian.sh)"
-    ))
+fn tool_missing(
+    tool: &'static str,
+    package: &'static str,
+) -> impl FnOnce(std::io::Error) -> TestImageError {
+    move |source| TestImageError::ToolMissing {
+        tool,
+        package,
+        source,
+    }
 }
 
 /// Runs `skopeo --insecure-policy copy EXTRA.. SRC DST`; the error holds skopeo's stderr.
@@ -40,13 +46,13 @@ pub fn skopeo_copy(src: &str, dst: &str, extra: &[&str]) -> Result<(), TestImage
         .args(extra)
         .args([src, dst])
         .output()
-        .map_err(|e| tool_missing("skopeo", "skopeo", e))?;
+        .map_err(tool_missing("skopeo", "skopeo"))?;
     if !out.status.success() {
-        return Err(TestImageError::Other(format!(
-            "skopeo copy {src} {dst} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        )));
+        return Err(TestImageError::ToolFailed {
+            what: format!("skopeo copy {src} {dst}"),
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
     }
     Ok(())
 }
@@ -93,7 +99,7 @@ impl TestRegistry {
             .stdout(log)
             .stderr(log2)
             .spawn()
-            .map_err(|e| tool_missing("docker-registry", "docker-registry", e))?;
+            .map_err(tool_missing("docker-registry", "docker-registry"))?;
         let mut reg = TestRegistry { child, port, dir };
         reg.wait_ready()?;
         Ok(reg)
@@ -103,10 +109,11 @@ impl TestRegistry {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(TestImageError::Other(format!(
-                    "docker-registry exited ({status}): {}",
-                    self.log()
-                )));
+                return Err(TestImageError::ToolFailed {
+                    what: "docker-registry serve".into(),
+                    status,
+                    stderr: self.log(),
+                });
             }
             if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) {
                 let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
@@ -120,11 +127,10 @@ impl TestRegistry {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Err(TestImageError::Other(format!(
-            "docker-registry did not answer on port {}: {}",
-            self.port,
-            self.log()
-        )))
+        Err(TestImageError::RegistryNotReady {
+            port: self.port,
+            log: self.log(),
+        })
     }
 
     /// `127.0.0.1:PORT`.

@@ -3,12 +3,32 @@
 //! `prepare_upper`, queried through its `FileSystem` API (no FUSE mount
 //! needed). A store unpacked as root is served natively; one unpacked
 //! unprivileged is served in mapped mode, and both must show the image
-//! exactly.
+//! exactly. (Here rather than in imagefs, which does not depend on devices.)
 
-use super::*;
 use devices::virtio::fs::{layered_fs, LayeredFs};
 use fuse_backend_rs::api::filesystem::{Context, DirEntry, FileSystem, GetxattrReply};
-use imagefs::layerstore::prepare_upper;
+use imagefs::layerstore::{prepare_upper, LayerStore, StoreOptions};
+use imagefs::source::{self, SourceOptions};
+use std::collections::BTreeSet;
+use std::ffi::CString;
+use std::fs;
+use std::path::{Path, PathBuf};
+use testkit::{
+    tricky_expectations, tricky_image, Compression, Expect, TempDir, TestEntry, TestImage,
+};
+
+/// Writes `image` as an OCI layout at `dir` and unpacks it into `store`.
+fn unpack(store: &LayerStore, image: &TestImage, dir: &Path) -> Vec<PathBuf> {
+    image
+        .write_oci_layout(dir, "latest", Compression::Gzip)
+        .unwrap();
+    let r = format!("oci:{}:latest", dir.display()).parse().unwrap();
+    let mut src = source::open(&r, &SourceOptions::default()).unwrap();
+    let resolved = src.resolve().unwrap();
+    store
+        .ensure_image(src.as_mut(), &resolved, "test", &mut |_| {})
+        .unwrap()
+}
 
 /// (inode, stat) of `path`, or the lookup's errno.
 fn lookup(fs: &LayeredFs, path: &[u8]) -> Result<(u64, libc::stat64), i32> {
@@ -56,7 +76,11 @@ fn the_merged_image_as_root() {
 #[test]
 fn the_merged_image_unprivileged_in_mapped_mode() {
     let tmp = TempDir::new("ls-fuse-mapped").unwrap();
-    let store = unprivileged_store(&tmp.path().join("store"));
+    let opts = StoreOptions {
+        force_unprivileged: true,
+        ..StoreOptions::default()
+    };
+    let store = LayerStore::with_options(tmp.path().join("store"), opts);
     served_image_matches(&store, tmp.path());
 }
 
@@ -64,8 +88,7 @@ fn the_merged_image_unprivileged_in_mapped_mode() {
 /// owners, modes, devices, sizes, links, children, xattrs, symlink targets,
 /// byte names; hardlinks are one inode; no bookkeeping xattr shows.
 fn served_image_matches(store: &LayerStore, tmp: &Path) {
-    let layout = write(&tricky_image(), &tmp.join("oci"), Compression::Gzip);
-    let dirs = ensure(store, &layout).unwrap();
+    let dirs = unpack(store, &tricky_image(), &tmp.join("oci"));
     let fs = serve(store, &dirs, tmp);
     let ctx = Context::default();
     for (path, expect) in tricky_expectations() {
@@ -157,9 +180,8 @@ fn the_root_shows_the_upper_directory_made_like_the_image_root() {
             .mode(0o750)
             .mtime(1_600_000_000, 0)],
     ]);
-    let layout = write(&image, &tmp.path().join("oci"), Compression::Gzip);
     let store = LayerStore::new(tmp.path().join("store"));
-    let dirs = ensure(&store, &layout).unwrap();
+    let dirs = unpack(&store, &image, &tmp.path().join("oci"));
     let fs = serve(&store, &dirs, tmp.path());
     let (_, st) = lookup(&fs, b"").unwrap();
     assert_eq!((st.st_mode & 0o7777, st.st_mtime), (0o750, 1_600_000_000));

@@ -2,7 +2,8 @@
 //! every OCI layer case (with the merged tree it must flatten to), and a
 //! hostile image.
 
-use super::{TestEntry, TestImage};
+use crate::entry::TestEntry;
+use crate::image::TestImage;
 
 /// Applets [`busybox_layer`] links in `/bin`.
 pub const BUSYBOX_APPLETS: &[&str] = &[

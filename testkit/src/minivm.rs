@@ -1,0 +1,146 @@
+//! Running the `minivm` binary under test: where it and the default kernel
+//! are, whether KVM is usable, scratch directories, runs with a timeout.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a real Linux boot may take: about 80-130 s to init on the
+/// nested CI machines (kvm-pvm), ~100 ms on hardware.
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// Whether KVM tests may run. Without /dev/kvm a test fails, unless
+/// `MINIVM_ALLOW_NO_KVM=1` is set, in which case it returns false (and the
+/// test should stop, having printed why).
+pub fn kvm_available() -> bool {
+    let ok = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    if ok {
+        return true;
+    }
+    if std::env::var("MINIVM_ALLOW_NO_KVM").as_deref() == Ok("1") {
+        eprintln!("/dev/kvm is not usable; MINIVM_ALLOW_NO_KVM=1, so this KVM test does nothing");
+        return false;
+    }
+    panic!("/dev/kvm is missing or not accessible: KVM tests need it (set MINIVM_ALLOW_NO_KVM=1 to allow this)");
+}
+
+/// The `minivm` binary of the build these tests belong to.
+pub fn minivm_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("MINIVM_BIN") {
+        return PathBuf::from(p);
+    }
+    // target/<profile>/deps/<test-binary> -> target/<profile>/minivm
+    let exe = std::env::current_exe().expect("current_exe");
+    let p = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("minivm");
+    assert!(
+        p.is_file(),
+        "{} does not exist: run `cargo build` before `cargo test`",
+        p.display()
+    );
+    p
+}
+
+/// The default guest kernel built by kernel/build.sh.
+pub fn default_kernel() -> PathBuf {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache"));
+    let p = cache.join("minivm/kernel/default/vmlinux");
+    assert!(
+        p.is_file(),
+        "{} does not exist: run kernel/build.sh first",
+        p.display()
+    );
+    p
+}
+
+/// A fresh directory for one test's files.
+pub fn scratch_dir(name: &str) -> PathBuf {
+    let base = std::env::var_os("CARGO_TARGET_TMPDIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir)
+        .join("minivm-tests");
+    let d = base.join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// What a minivm run produced.
+#[derive(Debug)]
+pub struct RunOutput {
+    /// Exit status (None if it had to be killed at the timeout).
+    pub status: Option<ExitStatus>,
+    /// Guest console output.
+    pub stdout: String,
+    /// minivm's own messages.
+    pub stderr: String,
+    /// How long it ran.
+    pub elapsed: Duration,
+}
+
+impl RunOutput {
+    /// The exit code, panicking with the output if minivm timed out or was killed.
+    pub fn code(&self) -> i32 {
+        match self.status.and_then(|s| s.code()) {
+            Some(c) => c,
+            None => panic!("minivm did not exit by itself: {self:#?}"),
+        }
+    }
+}
+
+/// Runs `minivm` with `args`, stdin from /dev/null, killing it after `timeout`.
+pub fn run_minivm(args: &[&str], timeout: Duration) -> RunOutput {
+    run_minivm_with(Command::new(minivm_bin()).args(args), timeout)
+}
+
+/// Runs a prepared command (stdout/stderr captured, stdin null) with a timeout.
+pub fn run_minivm_with(cmd: &mut Command, timeout: Duration) -> RunOutput {
+    let start = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn minivm");
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let t_out = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = out.read_to_end(&mut s);
+        s
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = err.read_to_end(&mut s);
+        s
+    });
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break Some(s);
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stdout = String::from_utf8_lossy(&t_out.join().unwrap()).into_owned();
+    let stderr = String::from_utf8_lossy(&t_err.join().unwrap()).into_owned();
+    RunOutput {
+        status,
+        stdout,
+        stderr,
+        elapsed: start.elapsed(),
+    }
+}
