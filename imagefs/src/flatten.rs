@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::io::Read;
 
 use crate::tree::{DataId, Metadata, Node, NodeId, NodeKind, Tree};
+use crate::walk::{show, walk_layer, Entry, EntryCount, Meta, Op, Special, WalkError};
 
 /// An error from a data sink, kept as-is for the caller to inspect.
 pub type SinkError = Box<dyn std::error::Error + Send + Sync>;
@@ -25,60 +26,18 @@ pub trait DataSink {
     fn free_data(&mut self, id: DataId);
 }
 
-/// Errors from flattening; `layer` names the layer (its digest).
+/// Errors from flattening; they name the layer (its digest) and the entry.
 #[derive(Debug, thiserror::Error)]
 pub enum FlattenError {
-    /// The tar stream is corrupt or truncated, or its blob failed verification.
-    #[error("layer {layer}: cannot read the tar stream: {source}")]
-    Tar {
-        layer: String,
-        source: std::io::Error,
-    },
-    /// An entry path is absolute, contains `..`, or is otherwise unusable.
-    #[error("layer {layer}: entry {path:?}: {problem}")]
-    BadPath {
-        layer: String,
-        path: String,
-        problem: &'static str,
-    },
-    /// An entry would be written through a symlink of the image.
-    #[error("layer {layer}: entry {path:?} would be written through the symlink {symlink:?}")]
-    ThroughSymlink {
-        layer: String,
-        path: String,
-        symlink: String,
-    },
-    /// A path component is a file, not a directory.
-    #[error("layer {layer}: entry {path:?}: {component:?} is not a directory")]
-    NotADirectory {
-        layer: String,
-        path: String,
-        component: String,
-    },
-    /// A hardlink whose target is missing, a directory, or outside the image.
-    #[error("layer {layer}: hardlink {path:?} -> {target:?}: {problem}")]
-    Hardlink {
-        layer: String,
-        path: String,
-        target: String,
-        problem: &'static str,
-    },
-    /// More entries than the limit (a tar bomb of tiny files).
-    #[error("layer {layer}: more than {limit} entries")]
-    TooManyEntries { layer: String, limit: u64 },
+    /// The tar stream or an entry breaks the layer rules (see [`WalkError`]).
+    #[error(transparent)]
+    Walk(#[from] WalkError),
     /// The data sink failed (e.g. the disk is full).
     #[error("layer {layer}: {path:?}: {source}")]
     Data {
         layer: String,
         path: String,
         source: SinkError,
-    },
-    /// An entry type minivm does not support (e.g. GNU sparse files).
-    #[error("layer {layer}: entry {path:?}: unsupported tar entry type {kind}")]
-    Unsupported {
-        layer: String,
-        path: String,
-        kind: String,
     },
 }
 
@@ -99,13 +58,7 @@ pub struct FlattenStats {
     pub entries: u64,
 }
 
-/// Default cap on tar entries per image.
-pub const DEFAULT_MAX_ENTRIES: u64 = 4_000_000;
-
-const WHITEOUT_PREFIX: &[u8] = b".wh.";
-const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
-/// Other `.wh..wh.` names are aufs metadata (e.g. `.wh..wh.plnk`), not content.
-const AUFS_META_PREFIX: &[u8] = b".wh..wh.";
+pub use crate::walk::DEFAULT_MAX_ENTRIES;
 
 /// Applies layers in order onto one tree.
 pub struct Flattener<'s> {
@@ -118,29 +71,6 @@ pub struct Flattener<'s> {
     layer: String,
     stats: FlattenStats,
     max_entries: u64,
-}
-
-fn show(path: &[u8]) -> String {
-    String::from_utf8_lossy(path).into_owned()
-}
-
-/// Splits a tar path into components: `./` and empty components dropped;
-/// absolute paths and `..` refused.
-pub fn normalize(path: &[u8]) -> Result<Vec<&[u8]>, &'static str> {
-    if path.first() == Some(&b'/') {
-        return Err("absolute path");
-    }
-    let mut out = Vec::new();
-    for c in path.split(|&b| b == b'/') {
-        match c {
-            b"" | b"." => {}
-            b".." => return Err("path contains '..'"),
-            c if c.contains(&0) => return Err("NUL in path"),
-            c if c.len() > 255 => return Err("a path component is longer than 255 bytes"),
-            c => out.push(c),
-        }
-    }
-    Ok(out)
 }
 
 impl<'s> Flattener<'s> {
@@ -172,88 +102,57 @@ impl<'s> Flattener<'s> {
     pub fn apply_layer(&mut self, name: &str, tar: &mut dyn Read) -> Result<(), FlattenError> {
         self.layer = name.to_string();
         self.created.clear();
-        let mut archive = tar::Archive::new(tar);
-        let entries = archive.entries().map_err(|source| self.tar_err(source))?;
-        for entry in entries {
-            let mut entry = entry.map_err(|source| self.tar_err(source))?;
-            self.stats.entries += 1;
-            if self.stats.entries > self.max_entries {
-                return Err(FlattenError::TooManyEntries {
-                    layer: self.layer.clone(),
-                    limit: self.max_entries,
-                });
-            }
-            self.apply_entry(&mut entry)?;
-        }
-        Ok(())
+        let mut count = EntryCount {
+            entries: self.stats.entries,
+            max: self.max_entries,
+        };
+        let r = walk_layer(name, tar, &mut count, &mut |e| self.apply(e));
+        self.stats.entries = count.entries;
+        r
     }
 
-    fn tar_err(&self, source: std::io::Error) -> FlattenError {
-        FlattenError::Tar {
-            layer: self.layer.clone(),
-            source,
-        }
-    }
-
-    fn bad_path(&self, path: &[u8], problem: &'static str) -> FlattenError {
-        FlattenError::BadPath {
-            layer: self.layer.clone(),
-            path: show(path),
-            problem,
-        }
-    }
-
-    fn apply_entry(
-        &mut self,
-        entry: &mut tar::Entry<'_, &mut dyn Read>,
-    ) -> Result<(), FlattenError> {
-        use tar::EntryType as T;
-        let raw_path = entry.path_bytes().into_owned();
-        let kind = entry.header().entry_type();
-        if matches!(
-            kind,
-            T::XGlobalHeader | T::XHeader | T::GNULongName | T::GNULongLink
-        ) {
+    fn apply(&mut self, e: Entry<'_>) -> Result<(), FlattenError> {
+        let full = e.full();
+        if matches!(e.op, Op::Opaque) {
+            let dir = self
+                .parent_dir(&e.raw, &e.path, true)?
+                .expect("created when missing");
+            self.prune_lower(dir, &full);
             return Ok(());
         }
-        let comps = normalize(&raw_path).map_err(|p| self.bad_path(&raw_path, p))?;
-        let Some((&name, parents)) = comps.split_last() else {
-            // "./": the root directory's own metadata.
-            if kind == T::Directory {
-                self.tree.nodes[self.tree.root].meta = self.metadata(entry)?;
-                return Ok(());
+        let Some((name, parents)) = e.path.split_last() else {
+            if let Op::Dir(meta) = e.op {
+                self.tree.nodes[self.tree.root].meta = metadata(meta);
             }
-            return Err(self.bad_path(&raw_path, "a non-directory entry for the root"));
+            return Ok(()); // The walker gives the root nothing else.
         };
-        let full = comps.join(&b'/');
-
-        if name.starts_with(WHITEOUT_PREFIX) {
-            return self.whiteout(&raw_path, parents, name);
+        if matches!(e.op, Op::Whiteout) {
+            // Whiteouts only hide lower layers: this layer's own entry stays.
+            if !self.created.contains(&full) {
+                if let Some(parent) = self.parent_dir(&e.raw, parents, false)? {
+                    self.unlink(parent, name);
+                }
+            }
+            return Ok(());
         }
-
-        let meta = self.metadata(entry)?;
         let parent = self
-            .parent_dir(&raw_path, parents, true)?
+            .parent_dir(&e.raw, parents, true)?
             .expect("created when missing");
-        let node_kind = match kind {
-            T::Directory => {
-                let existing = self
-                    .tree
-                    .children(parent)
-                    .and_then(|c| c.get(name))
-                    .copied();
+        let node_kind = match e.op {
+            Op::Dir(meta) => {
+                let existing = self.child(parent, name);
                 if let Some(id) = existing {
                     if matches!(self.tree.nodes[id].kind, NodeKind::Dir(_)) {
                         // A directory over a directory merges: only its metadata changes.
-                        self.tree.nodes[id].meta = meta;
+                        self.tree.nodes[id].meta = metadata(meta);
                         self.created.insert(full);
                         return Ok(());
                     }
                 }
-                NodeKind::Dir(BTreeMap::new())
+                self.add(parent, name, full, NodeKind::Dir(BTreeMap::new()), meta);
+                return Ok(());
             }
-            T::Regular | T::Continuous => {
-                let size = entry.size();
+            Op::File { meta, size, data } => {
                 // Unlink first: a replaced file's blocks can be reused for the new one.
                 self.unlink(parent, name);
                 let data = if size == 0 {
@@ -261,99 +160,74 @@ impl<'s> Flattener<'s> {
                 } else {
                     let id =
                         self.sink
-                            .write_data(entry, size)
+                            .write_data(data, size)
                             .map_err(|source| FlattenError::Data {
                                 layer: self.layer.clone(),
-                                path: show(&raw_path),
+                                path: show(&e.raw),
                                 source,
                             })?;
                     Some(id)
                 };
-                NodeKind::File { size, data }
+                (NodeKind::File { size, data }, meta)
             }
-            T::Symlink => {
-                let target = entry
-                    .link_name_bytes()
-                    .map(|c| c.into_owned())
-                    .unwrap_or_default();
-                if target.is_empty() {
-                    return Err(self.bad_path(&raw_path, "symlink with an empty target"));
-                }
-                NodeKind::Symlink(target)
+            Op::Symlink { meta, target } => (NodeKind::Symlink(target), meta),
+            Op::Hardlink { ref target, .. } => {
+                return self.hardlink(&e, target, parent, name, full)
             }
-            T::Link => return self.hardlink(entry, &raw_path, parent, name, full),
-            T::Char | T::Block => {
-                let h = entry.header();
-                let major = h.device_major().ok().flatten().unwrap_or(0);
-                let minor = h.device_minor().ok().flatten().unwrap_or(0);
-                if kind == T::Char {
-                    NodeKind::CharDev { major, minor }
-                } else {
-                    NodeKind::BlockDev { major, minor }
-                }
+            Op::Special {
+                meta,
+                kind,
+                major,
+                minor,
+            } => {
+                let kind = match kind {
+                    Special::Char => NodeKind::CharDev { major, minor },
+                    Special::Block => NodeKind::BlockDev { major, minor },
+                    Special::Fifo => NodeKind::Fifo,
+                };
+                (kind, meta)
             }
-            T::Fifo => NodeKind::Fifo,
-            other => {
-                return Err(FlattenError::Unsupported {
-                    layer: self.layer.clone(),
-                    path: show(&raw_path),
-                    kind: format!("{other:?}"),
-                })
-            }
+            Op::Whiteout | Op::Opaque => unreachable!("handled above"),
         };
+        let (kind, meta) = node_kind;
+        self.add(parent, name, full, kind, meta);
+        Ok(())
+    }
+
+    /// Puts a new node at `parent/name`, replacing what was there.
+    fn add(&mut self, parent: NodeId, name: &[u8], full: Vec<u8>, kind: NodeKind, meta: Meta) {
         self.unlink(parent, name);
         let id = self.tree.add(Node {
-            kind: node_kind,
-            meta,
+            kind,
+            meta: metadata(meta),
         });
         self.refs.push(0);
         self.link(parent, name, id);
         self.created.insert(full);
-        Ok(())
+    }
+
+    fn child(&self, dir: NodeId, name: &[u8]) -> Option<NodeId> {
+        self.tree.children(dir).and_then(|c| c.get(name)).copied()
     }
 
     fn hardlink(
         &mut self,
-        entry: &tar::Entry<'_, &mut dyn Read>,
-        raw_path: &[u8],
+        e: &Entry<'_>,
+        target_path: &[Vec<u8>],
         parent: NodeId,
         name: &[u8],
         full: Vec<u8>,
     ) -> Result<(), FlattenError> {
-        let target_raw = entry
-            .link_name_bytes()
-            .map(|c| c.into_owned())
-            .unwrap_or_default();
-        let layer = self.layer.clone();
-        let err = |problem| FlattenError::Hardlink {
-            layer: layer.clone(),
-            path: show(raw_path),
-            target: show(&target_raw),
-            problem,
-        };
-        let target_comps =
-            normalize(&target_raw).map_err(|_| err("target is outside the image"))?;
-        let Some((&tname, tparents)) = target_comps.split_last() else {
-            return Err(err("target is the root directory"));
-        };
+        let (tname, tparents) = target_path.split_last().expect("never the root");
+        let missing = || e.hardlink_err("target not (yet) in the image");
         let tparent = self
-            .parent_dir(&target_raw, tparents, false)?
-            .ok_or_else(|| err("target not (yet) in the image"))?;
-        let target = self
-            .tree
-            .children(tparent)
-            .and_then(|c| c.get(tname))
-            .copied()
-            .ok_or_else(|| err("target not (yet) in the image"))?;
+            .parent_dir(&e.raw, tparents, false)?
+            .ok_or_else(missing)?;
+        let target = self.child(tparent, tname).ok_or_else(missing)?;
         if matches!(self.tree.nodes[target].kind, NodeKind::Dir(_)) {
-            return Err(err("target is a directory"));
+            return Err(e.hardlink_err("target is a directory").into());
         }
-        let existing = self
-            .tree
-            .children(parent)
-            .and_then(|c| c.get(name))
-            .copied();
-        if existing != Some(target) {
+        if self.child(parent, name) != Some(target) {
             // Link before unlinking: the old entry may hold the target's only other reference.
             self.refs[target] += 1;
             self.unlink(parent, name);
@@ -361,42 +235,6 @@ impl<'s> Flattener<'s> {
             self.link(parent, name, target);
         }
         self.created.insert(full);
-        Ok(())
-    }
-
-    fn whiteout(
-        &mut self,
-        raw_path: &[u8],
-        parents: &[&[u8]],
-        name: &[u8],
-    ) -> Result<(), FlattenError> {
-        if name == OPAQUE_MARKER {
-            let dir = self
-                .parent_dir(raw_path, parents, true)?
-                .expect("created when missing");
-            let prefix = parents.join(&b'/');
-            self.prune_lower(dir, &prefix);
-            return Ok(());
-        }
-        if name.starts_with(AUFS_META_PREFIX) {
-            return Ok(());
-        }
-        let target = &name[WHITEOUT_PREFIX.len()..];
-        if target.is_empty() || target == b"." || target == b".." {
-            return Err(self.bad_path(raw_path, "whiteout of an empty, '.' or '..' name"));
-        }
-        let mut full = parents.join(&b'/');
-        if !full.is_empty() {
-            full.push(b'/');
-        }
-        full.extend_from_slice(target);
-        // Whiteouts only hide lower layers: this layer's own entry stays.
-        if self.created.contains(&full) {
-            return Ok(());
-        }
-        if let Some(parent) = self.parent_dir(raw_path, parents, false)? {
-            self.unlink(parent, target);
-        }
         Ok(())
     }
 
@@ -426,28 +264,21 @@ impl<'s> Flattener<'s> {
     fn parent_dir(
         &mut self,
         raw_path: &[u8],
-        parents: &[&[u8]],
+        parents: &[Vec<u8>],
         create: bool,
     ) -> Result<Option<NodeId>, FlattenError> {
         let mut dir = self.tree.root;
-        for (i, &c) in parents.iter().enumerate() {
-            let next = self.tree.children(dir).and_then(|ch| ch.get(c)).copied();
+        for (i, c) in parents.iter().enumerate() {
+            let next = self.child(dir, c);
             dir = match next {
                 Some(id) => match &self.tree.nodes[id].kind {
                     NodeKind::Dir(_) => id,
-                    NodeKind::Symlink(_) => {
-                        return Err(FlattenError::ThroughSymlink {
-                            layer: self.layer.clone(),
-                            path: show(raw_path),
-                            symlink: show(&parents[..=i].join(&b'/')),
-                        })
-                    }
-                    _ => {
-                        return Err(FlattenError::NotADirectory {
-                            layer: self.layer.clone(),
-                            path: show(raw_path),
-                            component: show(&parents[..=i].join(&b'/')),
-                        })
+                    other => {
+                        let symlink = matches!(other, NodeKind::Symlink(_));
+                        let component = parents[..=i].join(&b'/');
+                        return Err(
+                            WalkError::blocked(&self.layer, raw_path, &component, symlink).into(),
+                        );
                     }
                 },
                 None if create => {
@@ -504,71 +335,17 @@ impl<'s> Flattener<'s> {
             }
         }
     }
-
-    fn metadata(
-        &self,
-        entry: &mut tar::Entry<'_, &mut dyn Read>,
-    ) -> Result<Metadata, FlattenError> {
-        let h = entry.header();
-        let path = entry.path_bytes().into_owned();
-        let bad = |what: &'static str| self.bad_path(&path, what);
-        let mut meta = Metadata {
-            perm: (h.mode().map_err(|_| bad("unreadable mode"))? & 0o7777) as u16,
-            uid: u32::try_from(h.uid().map_err(|_| bad("unreadable uid"))?)
-                .map_err(|_| bad("uid out of range"))?,
-            gid: u32::try_from(h.gid().map_err(|_| bad("unreadable gid"))?)
-                .map_err(|_| bad("gid out of range"))?,
-            mtime: h.mtime().map(|t| t as i64).unwrap_or(0),
-            mtime_nsec: 0,
-            xattrs: BTreeMap::new(),
-        };
-        if let Some(exts) = entry
-            .pax_extensions()
-            .map_err(|source| self.tar_err(source))?
-        {
-            for ext in exts {
-                let ext = ext.map_err(|source| self.tar_err(source))?;
-                let key = ext.key_bytes();
-                let value = ext.value_bytes();
-                if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
-                    meta.xattrs.insert(name.to_vec(), value.to_vec());
-                } else if key == b"uid" {
-                    meta.uid = parse_num(value).ok_or_else(|| bad("bad PAX uid"))?;
-                } else if key == b"gid" {
-                    meta.gid = parse_num(value).ok_or_else(|| bad("bad PAX gid"))?;
-                } else if key == b"mtime" {
-                    let (s, ns) = parse_pax_time(value).ok_or_else(|| bad("bad PAX mtime"))?;
-                    meta.mtime = s;
-                    meta.mtime_nsec = ns;
-                }
-            }
-        }
-        Ok(meta)
-    }
 }
 
-fn parse_num(v: &[u8]) -> Option<u32> {
-    std::str::from_utf8(v).ok()?.parse().ok()
-}
-
-/// Parses a PAX time, e.g. `1700000000.123456789` or `-1.5` (1.5 s before the epoch).
-pub fn parse_pax_time(v: &[u8]) -> Option<(i64, u32)> {
-    let s = std::str::from_utf8(v).ok()?;
-    let (int, frac) = s.split_once('.').unwrap_or((s, ""));
-    let secs: i64 = int.parse().ok()?;
-    if !frac.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let mut digits: String = frac.chars().take(9).collect();
-    while digits.len() < 9 {
-        digits.push('0');
-    }
-    let ns: u32 = digits.parse().ok()?;
-    if int.starts_with('-') && ns > 0 {
-        // -1.5 is 2 seconds before the epoch plus 0.5 s.
-        Some((secs - 1, 1_000_000_000 - ns))
-    } else {
-        Some((secs, ns))
+/// The tree's form of an entry's metadata.
+fn metadata(m: Meta) -> Metadata {
+    Metadata {
+        perm: m.mode as u16,
+        uid: m.uid,
+        gid: m.gid,
+        mtime: m.mtime,
+        mtime_nsec: m.nsec,
+        xattrs: m.xattrs.into_iter().collect(),
     }
 }
 

@@ -14,6 +14,7 @@ mod layerstore {
         hostile_image, tricky_expectations, tricky_image, Compression, Expect, TempDir, TestEntry,
         TestImage,
     };
+    use imagefs::walk::WalkError;
     use oci_spec::image::Descriptor;
     use std::collections::BTreeSet;
     use std::ffi::CString;
@@ -246,7 +247,10 @@ mod layerstore {
             Compression::Gzip,
         );
         let e = ensure(&store, &layout).unwrap_err();
-        assert!(matches!(e, LayerStoreError::BadPath { .. }), "{e}");
+        assert!(
+            matches!(e, LayerStoreError::Walk(WalkError::BadPath { .. })),
+            "{e}"
+        );
     }
 
     #[test]

@@ -81,7 +81,6 @@ mod unpack;
 
 pub use store::prepare_upper;
 
-use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -90,15 +89,10 @@ use serde::{Deserialize, Serialize};
 use crate::digest::{Digest, DigestError, VerifyError};
 use crate::layer::LayerError;
 use crate::source::SourceError;
+use crate::walk::WalkError;
 
-/// Version of the on-disk layout of an entry; entries of other versions are rebuilt.
-pub const LAYER_FORMAT: &str = "minivm-layer-1";
-/// Xattr marking an opaque directory (value `y`).
-pub const OPAQUE_XATTR: &str = "user.overlay.opaque";
-/// Unprivileged stores: xattr with the image's owner, mode and device number.
-pub const OVERRIDE_XATTR: &str = "user.minivm.override";
-/// Unprivileged stores: prefix under which xattrs outside `user.` are kept.
-pub const XATTR_PREFIX: &str = "user.minivm.xattr.";
+pub use layerfmt::{Override, LAYER_FORMAT, OVERRIDE_XATTR};
+
 /// Default cap on the bytes one layer unpacks to (decompressed tar stream).
 pub const DEFAULT_MAX_LAYER_BYTES: u64 = 64 << 30;
 
@@ -128,51 +122,12 @@ pub enum LayerStoreError {
     /// Reading the blob failed (network, file).
     #[error("layer {layer}: reading the blob: {detail}")]
     Blob { layer: String, detail: String },
-    /// The (decompressed) tar stream is corrupt or truncated.
-    #[error("layer {layer}: cannot read the tar stream: {source}")]
-    Tar { layer: String, source: io::Error },
-    /// An entry path is absolute, contains `..`, or is otherwise unusable.
-    #[error("layer {layer}: entry {path:?}: {problem}")]
-    BadPath {
-        layer: String,
-        path: String,
-        problem: &'static str,
-    },
-    /// An entry would be written through a symlink (of this or a lower layer).
-    #[error("layer {layer}: entry {path:?} would be written through the symlink {symlink:?}")]
-    ThroughSymlink {
-        layer: String,
-        path: String,
-        symlink: String,
-    },
-    /// A path component is a file, not a directory.
-    #[error("layer {layer}: entry {path:?}: {component:?} is not a directory")]
-    NotADirectory {
-        layer: String,
-        path: String,
-        component: String,
-    },
-    /// A hardlink whose target is missing, a directory, or outside the image.
-    #[error("layer {layer}: hardlink {path:?} -> {target:?}: {problem}")]
-    Hardlink {
-        layer: String,
-        path: String,
-        target: String,
-        problem: &'static str,
-    },
-    /// An entry type that cannot be unpacked (e.g. GNU sparse files).
-    #[error("layer {layer}: entry {path:?}: unsupported tar entry type {kind}")]
-    Unsupported {
-        layer: String,
-        path: String,
-        kind: String,
-    },
+    /// The tar stream or an entry breaks the layer rules (see [`WalkError`]).
+    #[error(transparent)]
+    Walk(#[from] WalkError),
     /// The layer unpacks to more than the byte limit (a decompression bomb?).
     #[error("layer {layer}: unpacks to more than {limit} bytes")]
     TooLarge { layer: String, limit: u64 },
-    /// More entries than the limit (a tar bomb of tiny files).
-    #[error("layer {layer}: more than {limit} entries")]
-    TooManyEntries { layer: String, limit: u64 },
     /// Creating an entry failed.
     #[error("layer {layer}: entry {path:?}: {op}: {source}")]
     Entry {
@@ -194,60 +149,11 @@ fn io_err<'a>(
     }
 }
 
-/// The image's owner, mode and device number of an entry of an unprivileged
-/// store, kept in [`OVERRIDE_XATTR`] as `uid:gid:mode[:major:minor]`, mode
-/// being the whole `st_mode` (file type included) in octal, e.g.
-/// `0:0:104755` (a setuid root file) or `0:0:20666:1:3` (`/dev/null`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Override {
-    /// Owner.
-    pub uid: u32,
-    /// Group.
-    pub gid: u32,
-    /// File type and permission bits (`st_mode`).
-    pub mode: u32,
-    /// Major and minor number, for devices.
-    pub rdev: Option<(u32, u32)>,
-}
-
-impl Override {
-    /// Parses the xattr value.
-    pub fn parse(value: &[u8]) -> Option<Override> {
-        let s = std::str::from_utf8(value).ok()?;
-        let f: Vec<&str> = s.split(':').collect();
-        let (uid, gid, mode) = (
-            f.first()?.parse().ok()?,
-            f.get(1)?.parse().ok()?,
-            u32::from_str_radix(f.get(2)?, 8).ok()?,
-        );
-        let rdev = match f.len() {
-            3 => None,
-            5 => Some((f[3].parse().ok()?, f[4].parse().ok()?)),
-            _ => return None,
-        };
-        Some(Override {
-            uid,
-            gid,
-            mode,
-            rdev,
-        })
-    }
-
-    /// Reads it from a file (without following a symlink); None if absent.
-    pub fn read(path: &Path) -> io::Result<Option<Override>> {
-        let v = sys::lget_xattr(path, &sys::cstr(OVERRIDE_XATTR.as_bytes())?)?;
-        Ok(v.and_then(|v| Override::parse(&v)))
-    }
-}
-
-impl fmt::Display for Override {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{:o}", self.uid, self.gid, self.mode)?;
-        if let Some((major, minor)) = self.rdev {
-            write!(f, ":{major}:{minor}")?;
-        }
-        Ok(())
-    }
+/// Reads the [`Override`] of a file of an unprivileged store (without
+/// following a symlink); None if it has none (or one not in the format).
+pub fn read_override(path: &Path) -> io::Result<Option<Override>> {
+    let v = sys::lget_xattr(path, &sys::cstr(OVERRIDE_XATTR.as_bytes())?)?;
+    Ok(v.and_then(|v| Override::parse(&v)))
 }
 
 /// What `meta.json` records about an entry.
@@ -331,7 +237,7 @@ impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
             max_layer_bytes: DEFAULT_MAX_LAYER_BYTES,
-            max_entries: crate::flatten::DEFAULT_MAX_ENTRIES,
+            max_entries: crate::walk::DEFAULT_MAX_ENTRIES,
             force_unprivileged: false,
             durable: true,
         }

@@ -16,6 +16,7 @@ use super::{
 };
 use crate::digest::{Digest, VerifyError};
 use crate::source::{ImageSource, ResolvedImage};
+use crate::walk::WalkError;
 
 /// Fails reads once more than `limit` bytes went through.
 struct Limited<R> {
@@ -339,10 +340,7 @@ impl LayerStore {
         .and_then(|mut u| {
             u.run(&mut limited)?;
             // Read to EOF so that the blob's digest is verified.
-            crate::layer::drain(&mut limited).map_err(|source| LayerStoreError::Tar {
-                layer: layer.clone(),
-                source,
-            })?;
+            crate::layer::drain(&mut limited).map_err(|e| WalkError::tar(&layer, e))?;
             u.finish()
         });
         let stats = result.map_err(|e| {

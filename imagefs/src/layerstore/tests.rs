@@ -7,6 +7,7 @@ use crate::digest::VerifyingReader;
 use crate::reference::ImageRef;
 use crate::source::{ImageSource, ResolvedImage, SourceError};
 use crate::testutil::{layer_tar, TempDir, TestEntry};
+use crate::walk::WalkError;
 use oci_spec::image::{Descriptor, MediaType};
 use std::collections::HashMap;
 use std::fs;
@@ -106,30 +107,6 @@ fn opaque(p: &Path) -> bool {
         .unwrap()
         .as_deref()
         == Some(b"y")
-}
-
-#[test]
-fn override_round_trip() {
-    let o = Override {
-        uid: 0,
-        gid: 5,
-        mode: libc::S_IFCHR | 0o620,
-        rdev: Some((4, 1)),
-    };
-    assert_eq!(o.to_string(), "0:5:20620:4:1");
-    assert_eq!(Override::parse(b"0:5:20620:4:1"), Some(o));
-    let f = Override::parse(b"1000:1000:104755").unwrap();
-    assert_eq!((f.uid, f.mode, f.rdev), (1000, 0o104755, None));
-    for bad in [
-        &b""[..],
-        b"1:2",
-        b"1:2:9",
-        b"1:2:644:1",
-        b"a:2:644",
-        b"1:2:644:1:2:3",
-    ] {
-        assert_eq!(Override::parse(bad), None, "{bad:?}");
-    }
 }
 
 #[test]
@@ -295,7 +272,10 @@ fn hardlinks_to_lower_layers_are_copies() {
             std::slice::from_ref(&base),
         )
         .unwrap_err();
-    assert!(matches!(e, LayerStoreError::Hardlink { .. }), "{e}");
+    assert!(
+        matches!(e, LayerStoreError::Walk(WalkError::Hardlink { .. })),
+        "{e}"
+    );
     let e = f
         .layer(
             &[
@@ -351,7 +331,7 @@ fn unprivileged_encoding() {
             &[],
         )
         .unwrap();
-    let ov = |p: &str| Override::read(&top.join(p)).unwrap().unwrap();
+    let ov = |p: &str| read_override(&top.join(p)).unwrap().unwrap();
     let mode = |p: &str| fs::symlink_metadata(top.join(p)).unwrap().mode();
     assert_eq!(ov("tmp").mode, libc::S_IFDIR | 0o1777);
     assert_eq!(mode("tmp") & 0o7777, 0o777);
@@ -430,7 +410,10 @@ fn limits() {
         .collect();
     let e = f.layer(&many, &[]).unwrap_err();
     assert!(
-        matches!(e, LayerStoreError::TooManyEntries { limit: 3, .. }),
+        matches!(
+            e,
+            LayerStoreError::Walk(WalkError::TooManyEntries { limit: 3, .. })
+        ),
         "{e}"
     );
     f.store.opts.max_layer_bytes = 100_000;
@@ -465,10 +448,7 @@ fn upper_dir_takes_the_image_root() {
             (b.mode(), b.uid(), b.mtime())
         );
         assert_eq!(b.mtime(), 1_234_567_890);
-        assert_eq!(
-            Override::read(&upper).unwrap(),
-            Override::read(&top).unwrap()
-        );
-        assert_eq!(Override::read(&upper).unwrap().is_some(), unprivileged);
+        assert_eq!(read_override(&upper).unwrap(), read_override(&top).unwrap());
+        assert_eq!(read_override(&upper).unwrap().is_some(), unprivileged);
     }
 }
