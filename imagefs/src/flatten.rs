@@ -13,7 +13,9 @@ use std::collections::{BTreeMap, HashSet};
 use std::io::Read;
 
 use crate::tree::{DataId, Metadata, Node, NodeId, NodeKind, Tree};
-use crate::walk::{show, walk_layer, Entry, EntryCount, Meta, Op, Special, WalkError};
+use crate::walk::{
+    show, walk_layer, At, Create, Device, DeviceKind, EntryCount, LayerOps, Meta, WalkError,
+};
 
 /// An error from a data sink, kept as-is for the caller to inspect.
 pub type SinkError = Box<dyn std::error::Error + Send + Sync>;
@@ -106,92 +108,9 @@ impl<'s> Flattener<'s> {
             entries: self.stats.entries,
             max: self.max_entries,
         };
-        let r = walk_layer(name, tar, &mut count, &mut |e| self.apply(e));
+        let r = walk_layer(name, tar, &mut count, self);
         self.stats.entries = count.entries;
         r
-    }
-
-    fn apply(&mut self, e: Entry<'_>) -> Result<(), FlattenError> {
-        let full = e.full();
-        if matches!(e.op, Op::Opaque) {
-            let dir = self
-                .parent_dir(&e.raw, &e.path, true)?
-                .expect("created when missing");
-            self.prune_lower(dir, &full);
-            return Ok(());
-        }
-        let Some((name, parents)) = e.path.split_last() else {
-            if let Op::Dir(meta) = e.op {
-                self.tree.nodes[self.tree.root].meta = metadata(meta);
-            }
-            return Ok(()); // The walker gives the root nothing else.
-        };
-        if matches!(e.op, Op::Whiteout) {
-            // Whiteouts only hide lower layers: this layer's own entry stays.
-            if !self.created.contains(&full) {
-                if let Some(parent) = self.parent_dir(&e.raw, parents, false)? {
-                    self.unlink(parent, name);
-                }
-            }
-            return Ok(());
-        }
-        let parent = self
-            .parent_dir(&e.raw, parents, true)?
-            .expect("created when missing");
-        let node_kind = match e.op {
-            Op::Dir(meta) => {
-                let existing = self.child(parent, name);
-                if let Some(id) = existing {
-                    if matches!(self.tree.nodes[id].kind, NodeKind::Dir(_)) {
-                        // A directory over a directory merges: only its metadata changes.
-                        self.tree.nodes[id].meta = metadata(meta);
-                        self.created.insert(full);
-                        return Ok(());
-                    }
-                }
-                self.add(parent, name, full, NodeKind::Dir(BTreeMap::new()), meta);
-                return Ok(());
-            }
-            Op::File { meta, size, data } => {
-                // Unlink first: a replaced file's blocks can be reused for the new one.
-                self.unlink(parent, name);
-                let data = if size == 0 {
-                    None
-                } else {
-                    let id =
-                        self.sink
-                            .write_data(data, size)
-                            .map_err(|source| FlattenError::Data {
-                                layer: self.layer.clone(),
-                                path: show(&e.raw),
-                                source,
-                            })?;
-                    Some(id)
-                };
-                (NodeKind::File { size, data }, meta)
-            }
-            Op::Symlink { meta, target } => (NodeKind::Symlink(target), meta),
-            Op::Hardlink { ref target, .. } => {
-                return self.hardlink(&e, target, parent, name, full)
-            }
-            Op::Special {
-                meta,
-                kind,
-                major,
-                minor,
-            } => {
-                let kind = match kind {
-                    Special::Char => NodeKind::CharDev { major, minor },
-                    Special::Block => NodeKind::BlockDev { major, minor },
-                    Special::Fifo => NodeKind::Fifo,
-                };
-                (kind, meta)
-            }
-            Op::Whiteout | Op::Opaque => unreachable!("handled above"),
-        };
-        let (kind, meta) = node_kind;
-        self.add(parent, name, full, kind, meta);
-        Ok(())
     }
 
     /// Puts a new node at `parent/name`, replacing what was there.
@@ -212,20 +131,22 @@ impl<'s> Flattener<'s> {
 
     fn hardlink(
         &mut self,
-        e: &Entry<'_>,
-        target_path: &[Vec<u8>],
+        raw: &[u8],
+        (target_path, target_raw): (&[Vec<u8>], &[u8]),
         parent: NodeId,
         name: &[u8],
         full: Vec<u8>,
     ) -> Result<(), FlattenError> {
+        let layer = self.layer.clone();
+        let err = |problem| WalkError::hardlink(&layer, raw, target_raw, problem);
         let (tname, tparents) = target_path.split_last().expect("never the root");
-        let missing = || e.hardlink_err("target not (yet) in the image");
+        let missing = "target not (yet) in the image";
         let tparent = self
-            .parent_dir(&e.raw, tparents, false)?
-            .ok_or_else(missing)?;
-        let target = self.child(tparent, tname).ok_or_else(missing)?;
+            .parent_dir(raw, tparents, false)?
+            .ok_or_else(|| err(missing))?;
+        let target = self.child(tparent, tname).ok_or_else(|| err(missing))?;
         if matches!(self.tree.nodes[target].kind, NodeKind::Dir(_)) {
-            return Err(e.hardlink_err("target is a directory").into());
+            return Err(err("target is a directory").into());
         }
         if self.child(parent, name) != Some(target) {
             // Link before unlinking: the old entry may hold the target's only other reference.
@@ -334,6 +255,86 @@ impl<'s> Flattener<'s> {
                 _ => {}
             }
         }
+    }
+}
+
+impl LayerOps for Flattener<'_> {
+    type Error = FlattenError;
+
+    fn root(&mut self, _: &At<'_>, meta: Meta) -> Result<(), FlattenError> {
+        self.tree.nodes[self.tree.root].meta = metadata(meta);
+        Ok(())
+    }
+
+    fn opaque(&mut self, at: &At<'_>) -> Result<(), FlattenError> {
+        let dir = self.parent_dir(at.raw, at.path, true)?;
+        self.prune_lower(dir.expect("created when missing"), &at.full());
+        Ok(())
+    }
+
+    fn whiteout(&mut self, at: &At<'_>) -> Result<(), FlattenError> {
+        let (parents, name) = at.split();
+        // Whiteouts only hide lower layers: this layer's own entry stays.
+        if !self.created.contains(&at.full()) {
+            if let Some(parent) = self.parent_dir(at.raw, parents, false)? {
+                self.unlink(parent, name);
+            }
+        }
+        Ok(())
+    }
+
+    fn create(&mut self, at: &At<'_>, what: Create<'_>) -> Result<(), FlattenError> {
+        let (parents, name) = at.split();
+        let (raw, full) = (at.raw, at.full());
+        let parent = self
+            .parent_dir(raw, parents, true)?
+            .expect("created when missing");
+        let (kind, meta) = match what {
+            Create::Dir(meta) => {
+                let existing = self.child(parent, name);
+                if let Some(id) = existing {
+                    if matches!(self.tree.nodes[id].kind, NodeKind::Dir(_)) {
+                        // A directory over a directory merges: only its metadata changes.
+                        self.tree.nodes[id].meta = metadata(meta);
+                        self.created.insert(full);
+                        return Ok(());
+                    }
+                }
+                (NodeKind::Dir(BTreeMap::new()), meta)
+            }
+            Create::File { meta, size, data } => {
+                // Unlink first: a replaced file's blocks can be reused for the new one.
+                self.unlink(parent, name);
+                let data = match size {
+                    0 => None,
+                    _ => Some(self.sink.write_data(data, size).map_err(|source| {
+                        FlattenError::Data {
+                            layer: self.layer.clone(),
+                            path: show(raw),
+                            source,
+                        }
+                    })?),
+                };
+                (NodeKind::File { size, data }, meta)
+            }
+            Create::Symlink { meta, target } => (NodeKind::Symlink(target), meta),
+            Create::Hardlink { target, target_raw } => {
+                return self.hardlink(raw, (&target, &target_raw), parent, name, full)
+            }
+            Create::Device { meta, dev } => (device_node(dev), meta),
+        };
+        self.add(parent, name, full, kind, meta);
+        Ok(())
+    }
+}
+
+/// The tree's node for a device or FIFO.
+fn device_node(dev: Device) -> NodeKind {
+    let Device { kind, major, minor } = dev;
+    match kind {
+        DeviceKind::Char => NodeKind::CharDev { major, minor },
+        DeviceKind::Block => NodeKind::BlockDev { major, minor },
+        DeviceKind::Fifo => NodeKind::Fifo,
     }
 }
 

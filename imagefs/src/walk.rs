@@ -83,6 +83,16 @@ impl WalkError {
         }
     }
 
+    /// Hardlink `path` -> `target` cannot be made.
+    pub fn hardlink(layer: &str, path: &[u8], target: &[u8], problem: &'static str) -> WalkError {
+        WalkError::Hardlink {
+            layer: layer.to_string(),
+            path: show(path),
+            target: show(target),
+            problem,
+        }
+    }
+
     /// Entry `path` cannot be applied: component `component` of a path is a
     /// symlink (`symlink`) or another non-directory.
     pub fn blocked(layer: &str, path: &[u8], component: &[u8], symlink: bool) -> WalkError {
@@ -166,9 +176,9 @@ pub struct Meta {
     pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
-/// The kind of a special file.
+/// The kind of a device node or FIFO.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Special {
+pub enum DeviceKind {
     /// Character device.
     Char,
     /// Block device.
@@ -177,10 +187,34 @@ pub enum Special {
     Fifo,
 }
 
-/// What an entry does to the tree, at [`Entry::path`].
-pub enum Op<'e> {
+/// A device node or FIFO.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Device {
+    /// Which kind.
+    pub kind: DeviceKind,
+    /// Major number.
+    pub major: u32,
+    /// Minor number.
+    pub minor: u32,
+}
+
+/// What an entry does to the tree, at its path.
+enum Op<'e> {
+    /// `./`: the root directory's metadata (the path is empty).
+    Root(Meta),
+    /// The directory at the path (the root when empty) hides the layers
+    /// below (`.wh..wh..opq`).
+    Opaque,
+    /// The name at the path is deleted from the layers below (`.wh.NAME`).
+    Whiteout,
+    /// Something is put at the path (never the root), replacing what is there.
+    Create(Create<'e>),
+}
+
+/// What an entry creates.
+pub enum Create<'e> {
     /// A directory: created, or merged with a directory already there (only
-    /// the metadata changes). With an empty path, the root's metadata.
+    /// the metadata changes).
     Dir(Meta),
     /// A regular file of `size` bytes, read from `data`.
     File {
@@ -205,75 +239,69 @@ pub enum Op<'e> {
         /// The target as the tar gives it, for messages.
         target_raw: Vec<u8>,
     },
-    /// A device or FIFO.
-    Special {
+    /// A device node or FIFO.
+    Device {
         /// Owner, mode, time, xattrs.
         meta: Meta,
-        /// Which kind.
-        kind: Special,
-        /// Device number.
-        major: u32,
-        /// Device number.
-        minor: u32,
+        /// Kind and number.
+        dev: Device,
     },
-    /// The name at the path is deleted from the layers below (`.wh.NAME`).
-    Whiteout,
-    /// The directory at the path hides the layers below (`.wh..wh..opq`).
-    Opaque,
 }
 
 /// One checked entry of a layer.
-pub struct Entry<'e> {
+struct Entry<'e> {
+    raw: Vec<u8>,
+    path: Vec<Vec<u8>>,
+    op: Op<'e>,
+}
+
+/// Where an operation applies.
+#[derive(Debug, Clone, Copy)]
+pub struct At<'e> {
     /// The layer, for messages.
     pub layer: &'e str,
     /// The entry's path as the tar gives it, for messages.
-    pub raw: Vec<u8>,
-    /// The normalised path the operation applies to (empty: the root).
-    pub path: Vec<Vec<u8>>,
-    /// What to do there.
-    pub op: Op<'e>,
+    pub raw: &'e [u8],
+    /// The normalised path (empty: the root).
+    pub path: &'e [Vec<u8>],
 }
 
-impl Entry<'_> {
+impl<'e> At<'e> {
     /// The path joined by `/` (empty for the root).
     pub fn full(&self) -> Vec<u8> {
         self.path.join(&b'/')
     }
 
-    /// An error naming this entry.
-    pub fn bad_path(&self, problem: &'static str) -> WalkError {
-        bad_path(self.layer, &self.raw, problem)
+    /// The parent directory's components and the last name; only for
+    /// [`LayerOps::whiteout`] and [`LayerOps::create`], never the root.
+    pub fn split(&self) -> (&'e [Vec<u8>], &'e [u8]) {
+        let (name, parents) = self.path.split_last().expect("never the root");
+        (parents, name)
     }
+}
 
-    /// An error naming this entry: a component of `component` (a prefix of
-    /// some path it uses) is a symlink or another non-directory.
-    pub fn blocked(&self, component: &[u8], symlink: bool) -> WalkError {
-        WalkError::blocked(self.layer, &self.raw, component, symlink)
-    }
-
-    /// An error about this entry's hardlink target.
-    pub fn hardlink_err(&self, problem: &'static str) -> WalkError {
-        let target = match &self.op {
-            Op::Hardlink { target_raw, .. } => show(target_raw),
-            _ => String::new(),
-        };
-        hardlink_err(self.layer, &self.raw, target, problem)
-    }
+/// What a layer's operations are applied to: the flattener's tree or the
+/// layer store's directory. Called in the order of the tar's entries.
+pub trait LayerOps {
+    /// The consumer's error, which carries the walker's.
+    type Error: From<WalkError>;
+    /// `./`: the root directory's metadata.
+    fn root(&mut self, at: &At<'_>, meta: Meta) -> Result<(), Self::Error>;
+    /// The directory at `at.path` (the root when empty) hides the layers
+    /// below (`.wh..wh..opq`); it is made when missing.
+    fn opaque(&mut self, at: &At<'_>) -> Result<(), Self::Error>;
+    /// The name at `at.path` is deleted from the layers below (`.wh.NAME`).
+    fn whiteout(&mut self, at: &At<'_>) -> Result<(), Self::Error>;
+    /// Something is put at `at.path`, replacing what is there.
+    fn create(&mut self, at: &At<'_>, what: Create<'_>) -> Result<(), Self::Error>;
+    /// Called after each tar entry (for progress reports).
+    fn entry_done(&mut self) {}
 }
 
 fn bad_path(layer: &str, path: &[u8], problem: &'static str) -> WalkError {
     WalkError::BadPath {
         layer: layer.to_string(),
         path: show(path),
-        problem,
-    }
-}
-
-fn hardlink_err(layer: &str, path: &[u8], target: String, problem: &'static str) -> WalkError {
-    WalkError::Hardlink {
-        layer: layer.to_string(),
-        path: show(path),
-        target,
         problem,
     }
 }
@@ -288,13 +316,13 @@ pub struct EntryCount {
 }
 
 /// Reads one layer's (decompressed) tar stream up to its end-of-archive
-/// marker and hands each entry, checked, to `visit`, in order.
-pub fn walk_layer<E: From<WalkError>>(
+/// marker and applies each entry, checked, to `ops`, in order.
+pub fn walk_layer<O: LayerOps + ?Sized>(
     layer: &str,
     tar: &mut dyn Read,
     count: &mut EntryCount,
-    visit: &mut dyn FnMut(Entry<'_>) -> Result<(), E>,
-) -> Result<(), E> {
+    ops: &mut O,
+) -> Result<(), O::Error> {
     let mut archive = tar::Archive::new(tar);
     let entries = archive.entries().map_err(|e| WalkError::tar(layer, e))?;
     for entry in entries {
@@ -307,9 +335,20 @@ pub fn walk_layer<E: From<WalkError>>(
             }
             .into());
         }
-        if let Some(e) = check(layer, &mut entry)? {
-            visit(e)?;
+        if let Some(Entry { raw, path, op }) = check(layer, &mut entry)? {
+            let at = At {
+                layer,
+                raw: &raw,
+                path: &path,
+            };
+            match op {
+                Op::Root(meta) => ops.root(&at, meta)?,
+                Op::Opaque => ops.opaque(&at)?,
+                Op::Whiteout => ops.whiteout(&at)?,
+                Op::Create(what) => ops.create(&at, what)?,
+            }
         }
+        ops.entry_done();
     }
     Ok(())
 }
@@ -337,10 +376,9 @@ fn check<'e>(
         }
         let meta = metadata(layer, &raw, entry)?;
         return Ok(Some(Entry {
-            layer,
             raw,
             path,
-            op: Op::Dir(meta),
+            op: Op::Root(meta),
         }));
     };
     if name.starts_with(WHITEOUT_PREFIX) {
@@ -357,12 +395,7 @@ fn check<'e>(
             *path.last_mut().expect("not the root") = target;
             Op::Whiteout
         };
-        return Ok(Some(Entry {
-            layer,
-            raw,
-            path,
-            op,
-        }));
+        return Ok(Some(Entry { raw, path, op }));
     }
     let meta = metadata(layer, &raw, entry)?;
     let link = || {
@@ -379,38 +412,34 @@ fn check<'e>(
         )
     };
     let op = match kind {
-        T::Directory => Op::Dir(meta),
+        T::Directory => Create::Dir(meta),
         T::Symlink => {
             let target = link();
             if target.is_empty() {
                 return Err(bad("symlink with an empty target"));
             }
-            Op::Symlink { meta, target }
+            Create::Symlink { meta, target }
         }
         T::Link => {
             let target_raw = link();
-            let err = |problem| hardlink_err(layer, &raw, show(&target_raw), problem);
+            let err = |problem| WalkError::hardlink(layer, &raw, &target_raw, problem);
             let target = normalize(&target_raw).map_err(|_| err("target is outside the image"))?;
             if target.is_empty() {
                 return Err(err("target is the root directory"));
             }
-            Op::Hardlink { target, target_raw }
+            Create::Hardlink { target, target_raw }
         }
         T::Char | T::Block | T::Fifo => {
             let (major, minor) = device();
             let kind = match kind {
-                T::Char => Special::Char,
-                T::Block => Special::Block,
-                _ => Special::Fifo,
+                T::Char => DeviceKind::Char,
+                T::Block => DeviceKind::Block,
+                _ => DeviceKind::Fifo,
             };
-            Op::Special {
-                meta,
-                kind,
-                major,
-                minor,
-            }
+            let dev = Device { kind, major, minor };
+            Create::Device { meta, dev }
         }
-        T::Regular | T::Continuous => Op::File {
+        T::Regular | T::Continuous => Create::File {
             meta,
             size: entry.size(),
             data: entry,
@@ -424,10 +453,9 @@ fn check<'e>(
         }
     };
     Ok(Some(Entry {
-        layer,
         raw,
         path,
-        op,
+        op: Op::Create(op),
     }))
 }
 

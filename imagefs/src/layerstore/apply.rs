@@ -45,9 +45,9 @@ impl Attrs {
         .into()
     }
 
-    /// Drops the image's xattrs that the store's format reserves, so that no
-    /// image can forge a marker.
-    pub(super) fn drop_reserved(&self, raw: &[u8], meta: &mut Meta) {
+    /// An entry's metadata without the xattrs the store's format reserves,
+    /// so that no image can forge a marker.
+    pub(super) fn image_meta(&self, raw: &[u8], mut meta: Meta) -> Meta {
         meta.xattrs.retain(|(name, _)| {
             let reserved = layerfmt::is_reserved_xattr(name);
             if reserved {
@@ -60,6 +60,7 @@ impl Attrs {
             }
             !reserved
         });
+        meta
     }
 
     /// A hardlink to a file of a lower layer: layer directories are separate

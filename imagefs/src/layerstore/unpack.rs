@@ -24,7 +24,9 @@ use layerfmt::{is_opaque_value, OPAQUE_VALUE, OPAQUE_XATTR, OPAQUE_XATTRS_READ};
 use super::apply::Attrs;
 use super::sys::{self, cstr};
 use super::LayerStoreError;
-use crate::walk::{show, walk_layer, Entry, EntryCount, Meta, Op, Special, WalkError};
+use crate::walk::{
+    show, walk_layer, At, Create, Device, DeviceKind, EntryCount, LayerOps, Meta, WalkError,
+};
 
 /// Scratch name for hardlinks. No tar entry can create it: `.wh..wh.*` names are skipped.
 const LINK_SCRATCH: &[u8] = b".wh..wh.minivm-link";
@@ -177,11 +179,7 @@ impl<'a> Unpacker<'a> {
             entries: self.stats.entries,
             max: self.max_entries,
         };
-        let r = walk_layer(&layer, tar, &mut count, &mut |e| {
-            self.entry(e)?;
-            (self.progress)();
-            Ok(())
-        });
+        let r = walk_layer(&layer, tar, &mut count, self);
         self.stats.entries = count.entries;
         r
     }
@@ -229,69 +227,6 @@ impl<'a> Unpacker<'a> {
             };
         }
         Ok(Some(dir))
-    }
-
-    fn entry(&mut self, e: Entry<'_>) -> Result<(), LayerStoreError> {
-        let raw = &e.raw[..];
-        let full = e.full();
-        if matches!(e.op, Op::Opaque) {
-            let dir = self
-                .parent(raw, &e.path, true)?
-                .expect("parents are created when missing");
-            return self.set_opaque(raw, dir.as_fd());
-        }
-        let Some((name, parents)) = e.path.split_last() else {
-            if let Op::Dir(meta) = e.op {
-                self.dirs
-                    .insert(Vec::new(), DirMeta::Tar(self.image_meta(raw, meta)));
-            }
-            return Ok(()); // The walker gives the root nothing else.
-        };
-        if matches!(e.op, Op::Whiteout) {
-            return self.whiteout(raw, parents, name, &full);
-        }
-        let parent = self
-            .parent(raw, parents, true)?
-            .expect("parents are created when missing");
-        let cname = cstr(name).map_err(|_| self.bad_path(raw, "NUL in path"))?;
-        let p = parent.as_fd();
-        match e.op {
-            Op::Dir(meta) => {
-                let meta = self.image_meta(raw, meta);
-                self.dir(raw, p, &full, &cname, meta)?
-            }
-            Op::File { meta, data, .. } => {
-                let meta = self.image_meta(raw, meta);
-                self.clear(raw, p, &full, &cname)?;
-                let mut f = sys::create(p, &cname, 0o600).map_err(self.entry_err(raw, "create"))?;
-                self.write_data(raw, data, &mut f)?;
-                self.attrs
-                    .apply_fd(raw, f.as_fd(), libc::S_IFREG, &meta, None)?;
-            }
-            Op::Symlink { meta, ref target } => {
-                let meta = self.image_meta(raw, meta);
-                self.symlink(raw, p, &full, &cname, target, &meta)?
-            }
-            Op::Hardlink { ref target, .. } => self.hardlink(&e, p, &full, &cname, target)?,
-            Op::Special {
-                meta,
-                kind,
-                major,
-                minor,
-            } => {
-                let meta = self.image_meta(raw, meta);
-                self.special(raw, p, &full, &cname, (kind, major, minor), &meta)?
-            }
-            Op::Whiteout | Op::Opaque => unreachable!("handled above"),
-        }
-        self.created.insert(full);
-        Ok(())
-    }
-
-    /// An entry's metadata without the xattrs the store reserves.
-    fn image_meta(&self, raw: &[u8], mut meta: Meta) -> Meta {
-        self.attrs.drop_reserved(raw, &mut meta);
-        meta
     }
 
     /// Opens the directory holding an entry, walking `parents` without
@@ -465,34 +400,6 @@ impl<'a> Unpacker<'a> {
         Ok(true)
     }
 
-    fn whiteout(
-        &mut self,
-        raw: &[u8],
-        parents: &[Vec<u8>],
-        target: &[u8],
-        full: &[u8],
-    ) -> Result<(), LayerStoreError> {
-        // Whiteouts only hide lower layers: this layer's own entry stays.
-        if self.created.contains(full) {
-            return Ok(());
-        }
-        let Some(dir) = self.parent(raw, parents, false)? else {
-            return Ok(()); // Nothing below to hide.
-        };
-        let cname = cstr(target).map_err(|_| self.bad_path(raw, "NUL in path"))?;
-        if let Some(st) = sys::stat_at(dir.as_fd(), &cname).map_err(self.entry_err(raw, "stat"))? {
-            if sys::is_whiteout(&st) {
-                return Ok(());
-            }
-        }
-        // A directory here only mirrors a lower one (made as a parent): it goes too.
-        self.clear(raw, dir.as_fd(), full, &cname)?;
-        sys::mknod_at(dir.as_fd(), &cname, libc::S_IFCHR, 0).map_err(self.entry_err(
-            raw,
-            "mknod whiteout (a character device 0:0; unprivileged this needs Linux >= 5.8)",
-        ))
-    }
-
     fn dir(
         &mut self,
         raw: &[u8],
@@ -551,19 +458,19 @@ impl<'a> Unpacker<'a> {
         self.attrs.apply_at(raw, p, name, libc::S_IFLNK, meta)
     }
 
-    fn special(
+    fn device(
         &mut self,
         raw: &[u8],
         p: BorrowedFd<'_>,
         full: &[u8],
         name: &CStr,
-        (kind, major, minor): (Special, u32, u32),
+        Device { kind, major, minor }: Device,
         meta: &Meta,
     ) -> Result<(), LayerStoreError> {
         let ftype = match kind {
-            Special::Char => libc::S_IFCHR,
-            Special::Block => libc::S_IFBLK,
-            Special::Fifo => libc::S_IFIFO,
+            DeviceKind::Char => libc::S_IFCHR,
+            DeviceKind::Block => libc::S_IFBLK,
+            DeviceKind::Fifo => libc::S_IFIFO,
         };
         self.clear(raw, p, full, name)?;
         let whiteout = ftype == libc::S_IFCHR && major == 0 && minor == 0;
@@ -587,29 +494,29 @@ impl<'a> Unpacker<'a> {
 
     fn hardlink(
         &mut self,
-        e: &Entry<'_>,
+        raw: &[u8],
+        (target, target_raw): (&[Vec<u8>], &[u8]),
         p: BorrowedFd<'_>,
         full: &[u8],
         name: &CStr,
-        target: &[Vec<u8>],
     ) -> Result<(), LayerStoreError> {
-        let raw = &e.raw[..];
+        let layer = self.attrs.layer.clone();
+        let err = |problem| WalkError::hardlink(&layer, raw, target_raw, problem);
         let tname = target.last().expect("never the root");
-        let tname = cstr(tname).map_err(|_| e.hardlink_err("NUL in the target"))?;
+        let tname = cstr(tname).map_err(|_| err("NUL in the target"))?;
         let (found_in, tparent, st) = match self
             .lookup(target)
             .map_err(self.entry_err(raw, "look up the link target"))?
         {
-            Lookup::Missing => return Err(e.hardlink_err("target not (yet) in the image").into()),
+            Lookup::Missing => return Err(err("target not (yet) in the image").into()),
             Lookup::Blocked { .. } => {
-                return Err(e
-                    .hardlink_err("the path to the target goes through a symlink or a file")
-                    .into())
+                let problem = "the path to the target goes through a symlink or a file";
+                return Err(err(problem).into());
             }
             Lookup::Found { layer, parent, st } => (layer, parent, st),
         };
         if is_dir(&st) {
-            return Err(e.hardlink_err("target is a directory").into());
+            return Err(err("target is a directory").into());
         }
         if found_in == 0 {
             // Link first: the replaced entry may be (or contain) the target.
@@ -631,5 +538,85 @@ impl<'a> Unpacker<'a> {
             });
         }
         Ok(())
+    }
+}
+
+impl LayerOps for Unpacker<'_> {
+    type Error = LayerStoreError;
+
+    fn root(&mut self, at: &At<'_>, meta: Meta) -> Result<(), LayerStoreError> {
+        let meta = self.attrs.image_meta(at.raw, meta);
+        self.dirs.insert(Vec::new(), DirMeta::Tar(meta));
+        Ok(())
+    }
+
+    fn opaque(&mut self, at: &At<'_>) -> Result<(), LayerStoreError> {
+        let dir = self.parent(at.raw, at.path, true)?;
+        self.set_opaque(at.raw, dir.expect("created when missing").as_fd())
+    }
+
+    fn whiteout(&mut self, at: &At<'_>) -> Result<(), LayerStoreError> {
+        let (parents, target) = at.split();
+        let (raw, full) = (at.raw, at.full());
+        // Whiteouts only hide lower layers: this layer's own entry stays.
+        if self.created.contains(&full) {
+            return Ok(());
+        }
+        let Some(dir) = self.parent(raw, parents, false)? else {
+            return Ok(()); // Nothing below to hide.
+        };
+        let cname = cstr(target).map_err(|_| self.bad_path(raw, "NUL in path"))?;
+        if let Some(st) = sys::stat_at(dir.as_fd(), &cname).map_err(self.entry_err(raw, "stat"))? {
+            if sys::is_whiteout(&st) {
+                return Ok(());
+            }
+        }
+        // A directory here only mirrors a lower one (made as a parent): it goes too.
+        self.clear(raw, dir.as_fd(), &full, &cname)?;
+        sys::mknod_at(dir.as_fd(), &cname, libc::S_IFCHR, 0).map_err(self.entry_err(
+            raw,
+            "mknod whiteout (a character device 0:0; unprivileged this needs Linux >= 5.8)",
+        ))
+    }
+
+    fn create(&mut self, at: &At<'_>, what: Create<'_>) -> Result<(), LayerStoreError> {
+        let (parents, name) = at.split();
+        let (raw, full) = (at.raw, at.full());
+        let parent = self
+            .parent(raw, parents, true)?
+            .expect("parents are created when missing");
+        let cname = cstr(name).map_err(|_| self.bad_path(raw, "NUL in path"))?;
+        let p = parent.as_fd();
+        match what {
+            Create::Dir(meta) => {
+                let meta = self.attrs.image_meta(raw, meta);
+                self.dir(raw, p, &full, &cname, meta)?
+            }
+            Create::File { meta, data, .. } => {
+                let meta = self.attrs.image_meta(raw, meta);
+                self.clear(raw, p, &full, &cname)?;
+                let mut f = sys::create(p, &cname, 0o600).map_err(self.entry_err(raw, "create"))?;
+                self.write_data(raw, data, &mut f)?;
+                self.attrs
+                    .apply_fd(raw, f.as_fd(), libc::S_IFREG, &meta, None)?;
+            }
+            Create::Symlink { meta, target } => {
+                let meta = self.attrs.image_meta(raw, meta);
+                self.symlink(raw, p, &full, &cname, &target, &meta)?
+            }
+            Create::Hardlink { target, target_raw } => {
+                self.hardlink(raw, (&target, &target_raw), p, &full, &cname)?
+            }
+            Create::Device { meta, dev } => {
+                let meta = self.attrs.image_meta(raw, meta);
+                self.device(raw, p, &full, &cname, dev, &meta)?
+            }
+        }
+        self.created.insert(full);
+        Ok(())
+    }
+
+    fn entry_done(&mut self) {
+        (self.progress)();
     }
 }
