@@ -7,11 +7,14 @@
 //! <root>/sha256/<hex>/rootfs/     the unpacked layer (hex: its compressed blob's digest)
 //! <root>/sha256/<hex>/meta.json   digest, media type, sizes, how it was unpacked
 //! <root>/tmp/<hex>.<pid>.<n>/     an unpack in progress (same two names inside)
+//! <root>/tmp/rm.<pid>.<n>/        an entry being removed
 //! ```
 //! An entry is built in `tmp/` and published with one rename(2) of its
 //! directory, after a syncfs(2) (see [`StoreOptions::durable`]): a kill -9 (or
-//! a power loss) at any point leaves either no entry or a whole one. Leftovers of dead processes are removed by
-//! [`LayerStore::gc_tmp`] and before each unpack (as [`crate::cache`] does).
+//! a power loss) at any point leaves either no entry or a whole one. The
+//! directories in `tmp/` are [`crate::host::WorkDir`]s, held by their process;
+//! those no live process holds are removed by [`LayerStore::gc_tmp`] and
+//! before each unpack.
 //! When two processes unpack the same layer at once, the first rename wins and
 //! the other discards its copy. `<root>` is kept mode 0700: layers hold
 //! setuid-root binaries and device nodes that other users must not reach.

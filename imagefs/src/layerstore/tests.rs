@@ -381,9 +381,11 @@ fn store_bookkeeping() {
     // Leftovers of dead processes go; those of live ones stay.
     let tmp = f.store.root().join("tmp");
     fs::create_dir_all(tmp.join(format!("{}.4294967.0/rootfs", "ab"))).unwrap();
-    fs::create_dir_all(tmp.join(format!("ab.{}.99", std::process::id()))).unwrap();
+    let live = crate::host::WorkDir::create(&tmp, "ab").unwrap();
     assert_eq!(f.store.gc_tmp(), 1);
-    assert_eq!(names(&tmp), [format!("ab.{}.99", std::process::id())]);
+    let live_name = live.path().file_name().unwrap().to_string_lossy();
+    assert_eq!(names(&tmp), [live_name.into_owned()]);
+    drop(live);
     // An entry of another mode is rebuilt rather than used.
     let other = LayerStore::with_options(
         f.store.root(),

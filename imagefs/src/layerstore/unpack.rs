@@ -1,8 +1,9 @@
 //! Unpacks one layer's tar stream into its own directory, in the form
-//! overlayfs (and fuse-backend-rs's `OverlayFs`) reads: OCI whiteouts become
-//! character devices 0:0, opaque markers become the `user.overlay.opaque`
-//! xattr. The semantics match [`crate::flatten`] exactly: whiteouts and
-//! opaque markers hide lower layers only, later entries replace earlier ones.
+//! overlays (and minivm's `LayeredFs`) read (see [`layerfmt`]): OCI whiteouts
+//! become character devices 0:0, opaque markers the [`OPAQUE_XATTR`] xattr.
+//! The entries and their rules come from [`crate::walk`], as for
+//! [`crate::flatten`]: whiteouts and opaque markers hide lower layers only,
+//! later entries replace earlier ones.
 //!
 //! Every path is walked component by component from the layer's root
 //! descriptor with `O_NOFOLLOW`; nothing is ever created through a symlink.
