@@ -54,7 +54,7 @@
 //! [`StoreOptions::force_unprivileged`]): files and directories belong to the
 //! user, with modes `perm | 0600` (`| 0700` for directories) and no
 //! setuid/setgid/sticky bits; the image's values are kept in xattr
-//! [`OVERRIDE_XATTR`] (see [`Override`]), as fuse-overlayfs does; devices are
+//! [`layerfmt::OVERRIDE_XATTR`] (see [`Override`]), as fuse-overlayfs does; devices are
 //! empty regular files carrying it; xattrs outside `user.` are stored as
 //! `user.minivm.xattr.NAME`. Symlinks and FIFOs cannot carry user xattrs, so
 //! their owners are lost. minivm's `LayeredFs` presents them to the guest in
@@ -94,7 +94,8 @@ use crate::layer::LayerError;
 use crate::source::SourceError;
 use crate::walk::WalkError;
 
-pub use layerfmt::{Override, LAYER_FORMAT, OVERRIDE_XATTR};
+pub use layerfmt::Override;
+use layerfmt::OVERRIDE_XATTR;
 
 /// Default cap on the bytes one layer unpacks to (decompressed tar stream).
 pub const DEFAULT_MAX_LAYER_BYTES: u64 = 64 << 30;
@@ -162,7 +163,7 @@ pub fn read_override(path: &Path) -> io::Result<Option<Override>> {
 /// What `meta.json` records about an entry.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct LayerMeta {
-    /// [`LAYER_FORMAT`] when written.
+    /// [`layerfmt::LAYER_FORMAT`] when written.
     pub format: String,
     /// The blob digest (`sha256:...`).
     pub digest: String,
@@ -175,7 +176,7 @@ pub struct LayerMeta {
     /// Tar entries read.
     pub entries: u64,
     /// True when unpacked as root (real owners); false when owners, modes and
-    /// devices are in [`OVERRIDE_XATTR`].
+    /// devices are in [`layerfmt::OVERRIDE_XATTR`].
     pub privileged: bool,
     /// The image it was unpacked for first.
     pub image: String,

@@ -12,12 +12,13 @@ use oci_spec::image::Descriptor;
 
 use super::{
     io_err, sys, unpack, LayerEntry, LayerEvent, LayerMeta, LayerStore, LayerStoreError,
-    StoreOptions, LAYER_FORMAT,
+    StoreOptions,
 };
 use crate::digest::{Digest, VerifyError};
 use crate::host::WorkDir;
 use crate::source::{ImageSource, ResolvedImage};
 use crate::walk::WalkError;
+use layerfmt::LAYER_FORMAT;
 
 /// Fails reads once more than `limit` bytes went through.
 struct Limited<R> {
@@ -472,7 +473,7 @@ pub fn prepare_upper(layers: &[PathBuf], upper: &Path) -> io::Result<()> {
         sys::chown_fd(to.as_fd(), st.st_uid, st.st_gid)?;
     }
     sys::chmod_fd(to.as_fd(), st.st_mode & 0o7777)?;
-    let name = sys::cstr(super::OVERRIDE_XATTR.as_bytes())?;
+    let name = sys::cstr(layerfmt::OVERRIDE_XATTR.as_bytes())?;
     if let Some(v) = sys::fget_xattr(from.as_fd(), &name)? {
         sys::fset_xattr(to.as_fd(), &name, &v)?;
     }

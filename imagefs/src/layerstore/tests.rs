@@ -8,6 +8,7 @@ use crate::reference::ImageRef;
 use crate::source::{ImageSource, ResolvedImage, SourceError};
 use crate::testutil::{layer_tar, TempDir, TestEntry};
 use crate::walk::WalkError;
+use layerfmt::LAYER_FORMAT;
 use oci_spec::image::{Descriptor, MediaType};
 use std::collections::HashMap;
 use std::fs;
