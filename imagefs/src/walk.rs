@@ -83,6 +83,15 @@ impl WalkError {
         }
     }
 
+    /// Entry `path` is unusable.
+    pub fn bad_path(layer: &str, path: &[u8], problem: &'static str) -> WalkError {
+        WalkError::BadPath {
+            layer: layer.to_string(),
+            path: show(path),
+            problem,
+        }
+    }
+
     /// Hardlink `path` -> `target` cannot be made.
     pub fn hardlink(layer: &str, path: &[u8], target: &[u8], problem: &'static str) -> WalkError {
         WalkError::Hardlink {
@@ -298,14 +307,6 @@ pub trait LayerOps {
     fn entry_done(&mut self) {}
 }
 
-fn bad_path(layer: &str, path: &[u8], problem: &'static str) -> WalkError {
-    WalkError::BadPath {
-        layer: layer.to_string(),
-        path: show(path),
-        problem,
-    }
-}
-
 /// Counts entries against a cap; one counter may span several layers.
 #[derive(Debug, Clone, Copy)]
 pub struct EntryCount {
@@ -367,7 +368,7 @@ fn check<'e>(
     ) {
         return Ok(None);
     }
-    let bad = |problem| bad_path(layer, &raw, problem);
+    let bad = |problem| WalkError::bad_path(layer, &raw, problem);
     let mut path = normalize(&raw).map_err(bad)?;
     let Some(name) = path.last() else {
         // "./": the root directory's own metadata.
@@ -466,7 +467,7 @@ fn metadata(
     entry: &mut tar::Entry<'_, &mut dyn Read>,
 ) -> Result<Meta, WalkError> {
     let h = entry.header();
-    let bad = |problem| bad_path(layer, raw, problem);
+    let bad = |problem| WalkError::bad_path(layer, raw, problem);
     let mut meta = Meta {
         mode: h.mode().map_err(|_| bad("unreadable mode"))? & 0o7777,
         uid: u32::try_from(h.uid().map_err(|_| bad("unreadable uid"))?)
@@ -513,5 +514,133 @@ mod tests {
         assert_eq!(parse_pax_time(b"1.1234567891"), Some((1, 123_456_789)));
         assert_eq!(parse_pax_time(b"x"), None);
         assert_eq!(parse_pax_time(b"1.x"), None);
+    }
+
+    /// Records each operation as a line.
+    #[derive(Default)]
+    struct Record(Vec<String>, u64);
+
+    impl LayerOps for Record {
+        type Error = WalkError;
+        fn root(&mut self, _: &At<'_>, m: Meta) -> Result<(), WalkError> {
+            self.0.push(format!("root {:o}", m.mode));
+            Ok(())
+        }
+        fn opaque(&mut self, at: &At<'_>) -> Result<(), WalkError> {
+            self.0.push(format!("opaque {:?}", show(&at.full())));
+            Ok(())
+        }
+        fn whiteout(&mut self, at: &At<'_>) -> Result<(), WalkError> {
+            self.0.push(format!("whiteout {:?}", show(&at.full())));
+            Ok(())
+        }
+        fn create(&mut self, at: &At<'_>, what: Create<'_>) -> Result<(), WalkError> {
+            let what = match what {
+                Create::Dir(m) => format!("dir {:o}", m.mode),
+                Create::File { size, data, .. } => {
+                    let mut v = Vec::new();
+                    data.read_to_end(&mut v).unwrap();
+                    format!("file {size} {}", show(&v))
+                }
+                Create::Symlink { target, .. } => format!("symlink {}", show(&target)),
+                Create::Hardlink { target, .. } => {
+                    format!("hardlink {}", show(&target.join(&b'/')))
+                }
+                Create::Device { dev, .. } => format!("{:?} {}:{}", dev.kind, dev.major, dev.minor),
+            };
+            self.0.push(format!("{} {what}", show(&at.full())));
+            Ok(())
+        }
+        fn entry_done(&mut self) {
+            self.1 += 1;
+        }
+    }
+
+    fn header(kind: tar::EntryType) -> tar::Header {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(0o750);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_size(0);
+        h
+    }
+
+    fn entry(b: &mut tar::Builder<Vec<u8>>, path: &str, kind: tar::EntryType, data: &[u8]) {
+        let mut h = header(kind);
+        h.set_size(data.len() as u64);
+        b.append_data(&mut h, path, data).unwrap();
+    }
+
+    fn walk(tar: &[u8], max: u64) -> Result<Record, WalkError> {
+        let mut r = Record::default();
+        let mut count = EntryCount { entries: 0, max };
+        walk_layer("L", &mut &tar[..], &mut count, &mut r)?;
+        assert_eq!(count.entries, r.1);
+        Ok(r)
+    }
+
+    #[test]
+    fn entries_become_operations() {
+        use tar::EntryType as T;
+        let mut b = tar::Builder::new(Vec::new());
+        entry(&mut b, "./", T::Directory, b"");
+        entry(&mut b, "./a//b/", T::Directory, b"");
+        entry(&mut b, "a/b/f", T::Regular, b"xy");
+        entry(&mut b, "a/.wh.gone", T::Regular, b"");
+        entry(&mut b, "a/b/.wh..wh..opq", T::Regular, b"");
+        entry(&mut b, ".wh..wh..opq", T::Regular, b"");
+        entry(&mut b, "a/.wh..wh.plnk", T::Regular, b"");
+        entry(&mut b, "p", T::Fifo, b"");
+        b.append_link(&mut header(T::Symlink), "s", "a/b/f")
+            .unwrap();
+        b.append_link(&mut header(T::Link), "h", "./a/b/f").unwrap();
+        let tar = b.into_inner().unwrap();
+        let r = walk(&tar, 100).unwrap();
+        assert_eq!(
+            r.0,
+            [
+                "root 750",
+                "a/b dir 750",
+                "a/b/f file 2 xy",
+                "whiteout \"a/gone\"",
+                "opaque \"a/b\"",
+                "opaque \"\"",
+                "p Fifo 0:0",
+                "s symlink a/b/f",
+                "h hardlink a/b/f",
+            ]
+        );
+        assert!(matches!(
+            walk(&tar, 3),
+            Err(WalkError::TooManyEntries { limit: 3, .. })
+        ));
+    }
+
+    #[test]
+    fn hostile_entries_are_refused() {
+        use tar::EntryType as T;
+        for (path, kind, want) in [
+            ("/abs", T::Regular, "absolute path"),
+            ("a/../../x", T::Regular, "'..'"),
+            ("./", T::Regular, "non-directory entry for the root"),
+            ("a/.wh...", T::Regular, "'..' name"),
+            ("s", T::Symlink, "empty target"),
+            ("g", T::new(b'Z'), "unsupported tar entry type"),
+        ] {
+            let mut h = header(kind);
+            // set_path refuses what a hostile tar holds: write the name raw.
+            h.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
+            h.set_cksum();
+            let mut b = tar::Builder::new(Vec::new());
+            b.append(&h, &b""[..]).unwrap();
+            let err = walk(&b.into_inner().unwrap(), 100).err().expect(path);
+            let msg = err.to_string();
+            assert!(
+                msg.contains(want) && msg.contains("layer L"),
+                "{path}: {msg}"
+            );
+        }
     }
 }

@@ -37,12 +37,7 @@ impl Attrs {
 
     /// Entry `path` is unusable.
     pub(super) fn bad_path(&self, path: &[u8], problem: &'static str) -> LayerStoreError {
-        WalkError::BadPath {
-            layer: self.layer.clone(),
-            path: show(path),
-            problem,
-        }
-        .into()
+        WalkError::bad_path(&self.layer, path, problem).into()
     }
 
     /// An entry's metadata without the xattrs the store's format reserves,
