@@ -5,9 +5,11 @@
 //!
 //! File contents go straight to a [`DataSink`] (the filesystem writer) as the
 //! tar streams by; when a later layer deletes or replaces a file, its data is
-//! handed back with [`DataSink::free_data`]. Nothing touches the host
-//! filesystem, so hostile paths (`..`, absolute, through symlinks) cannot
-//! escape: they are refused with an error naming the layer and the entry.
+//! handed back with [`DataSink::free_data`]. The entries come checked from
+//! [`crate::walk`] (which refuses `..`, absolute paths and the like); this
+//! module applies them to the tree and refuses paths through a symlink of
+//! the image. Nothing touches the host filesystem, so no path can escape;
+//! errors name the layer and the entry.
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::Read;

@@ -20,7 +20,8 @@
 //! setuid-root binaries and device nodes that other users must not reach.
 //!
 //! # On-disk format (what overlays read)
-//! The layer is unpacked with the semantics of [`crate::flatten`] (whiteouts
+//! The layer's entries come from [`crate::walk`], as for [`crate::flatten`],
+//! and are unpacked with the same semantics (whiteouts
 //! and opaque markers hide lower layers only, later entries win), written in
 //! the form kernel overlayfs, fuse-overlayfs and fuse-backend-rs 0.14 read:
 //! - OCI `DIR/.wh.NAME` becomes a **character device 0:0** named `NAME` (the
