@@ -5,14 +5,19 @@
 //!
 //! File contents go straight to a [`DataSink`] (the filesystem writer) as the
 //! tar streams by; when a later layer deletes or replaces a file, its data is
-//! handed back with [`DataSink::free_data`]. Nothing touches the host
-//! filesystem, so hostile paths (`..`, absolute, through symlinks) cannot
-//! escape: they are refused with an error naming the layer and the entry.
+//! handed back with [`DataSink::free_data`]. The entries come checked from
+//! [`crate::walk`] (which refuses `..`, absolute paths and the like); this
+//! module applies them to the tree and refuses paths through a symlink of
+//! the image. Nothing touches the host filesystem, so no path can escape;
+//! errors name the layer and the entry.
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::Read;
 
 use crate::tree::{DataId, Metadata, Node, NodeId, NodeKind, Tree};
+use crate::walk::{
+    show, walk_layer, At, Create, Device, DeviceKind, EntryCount, LayerOps, Meta, WalkError,
+};
 
 /// An error from a data sink, kept as-is for the caller to inspect.
 pub type SinkError = Box<dyn std::error::Error + Send + Sync>;
@@ -25,60 +30,18 @@ pub trait DataSink {
     fn free_data(&mut self, id: DataId);
 }
 
-/// Errors from flattening; `layer` names the layer (its digest).
+/// Errors from flattening; they name the layer (its digest) and the entry.
 #[derive(Debug, thiserror::Error)]
 pub enum FlattenError {
-    /// The tar stream is corrupt or truncated, or its blob failed verification.
-    #[error("layer {layer}: cannot read the tar stream: {source}")]
-    Tar {
-        layer: String,
-        source: std::io::Error,
-    },
-    /// An entry path is absolute, contains `..`, or is otherwise unusable.
-    #[error("layer {layer}: entry {path:?}: {problem}")]
-    BadPath {
-        layer: String,
-        path: String,
-        problem: &'static str,
-    },
-    /// An entry would be written through a symlink of the image.
-    #[error("layer {layer}: entry {path:?} would be written through the symlink {symlink:?}")]
-    ThroughSymlink {
-        layer: String,
-        path: String,
-        symlink: String,
-    },
-    /// A path component is a file, not a directory.
-    #[error("layer {layer}: entry {path:?}: {component:?} is not a directory")]
-    NotADirectory {
-        layer: String,
-        path: String,
-        component: String,
-    },
-    /// A hardlink whose target is missing, a directory, or outside the image.
-    #[error("layer {layer}: hardlink {path:?} -> {target:?}: {problem}")]
-    Hardlink {
-        layer: String,
-        path: String,
-        target: String,
-        problem: &'static str,
-    },
-    /// More entries than the limit (a tar bomb of tiny files).
-    #[error("layer {layer}: more than {limit} entries")]
-    TooManyEntries { layer: String, limit: u64 },
+    /// The tar stream or an entry breaks the layer rules (see [`WalkError`]).
+    #[error(transparent)]
+    Walk(#[from] WalkError),
     /// The data sink failed (e.g. the disk is full).
     #[error("layer {layer}: {path:?}: {source}")]
     Data {
         layer: String,
         path: String,
         source: SinkError,
-    },
-    /// An entry type minivm does not support (e.g. GNU sparse files).
-    #[error("layer {layer}: entry {path:?}: unsupported tar entry type {kind}")]
-    Unsupported {
-        layer: String,
-        path: String,
-        kind: String,
     },
 }
 
@@ -99,13 +62,7 @@ pub struct FlattenStats {
     pub entries: u64,
 }
 
-/// Default cap on tar entries per image.
-pub const DEFAULT_MAX_ENTRIES: u64 = 4_000_000;
-
-const WHITEOUT_PREFIX: &[u8] = b".wh.";
-const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
-/// Other `.wh..wh.` names are aufs metadata (e.g. `.wh..wh.plnk`), not content.
-const AUFS_META_PREFIX: &[u8] = b".wh..wh.";
+pub use crate::walk::DEFAULT_MAX_ENTRIES;
 
 /// Applies layers in order onto one tree.
 pub struct Flattener<'s> {
@@ -118,29 +75,6 @@ pub struct Flattener<'s> {
     layer: String,
     stats: FlattenStats,
     max_entries: u64,
-}
-
-fn show(path: &[u8]) -> String {
-    String::from_utf8_lossy(path).into_owned()
-}
-
-/// Splits a tar path into components: `./` and empty components dropped;
-/// absolute paths and `..` refused.
-pub fn normalize(path: &[u8]) -> Result<Vec<&[u8]>, &'static str> {
-    if path.first() == Some(&b'/') {
-        return Err("absolute path");
-    }
-    let mut out = Vec::new();
-    for c in path.split(|&b| b == b'/') {
-        match c {
-            b"" | b"." => {}
-            b".." => return Err("path contains '..'"),
-            c if c.contains(&0) => return Err("NUL in path"),
-            c if c.len() > 255 => return Err("a path component is longer than 255 bytes"),
-            c => out.push(c),
-        }
-    }
-    Ok(out)
 }
 
 impl<'s> Flattener<'s> {
@@ -172,188 +106,51 @@ impl<'s> Flattener<'s> {
     pub fn apply_layer(&mut self, name: &str, tar: &mut dyn Read) -> Result<(), FlattenError> {
         self.layer = name.to_string();
         self.created.clear();
-        let mut archive = tar::Archive::new(tar);
-        let entries = archive.entries().map_err(|source| self.tar_err(source))?;
-        for entry in entries {
-            let mut entry = entry.map_err(|source| self.tar_err(source))?;
-            self.stats.entries += 1;
-            if self.stats.entries > self.max_entries {
-                return Err(FlattenError::TooManyEntries {
-                    layer: self.layer.clone(),
-                    limit: self.max_entries,
-                });
-            }
-            self.apply_entry(&mut entry)?;
-        }
-        Ok(())
-    }
-
-    fn tar_err(&self, source: std::io::Error) -> FlattenError {
-        FlattenError::Tar {
-            layer: self.layer.clone(),
-            source,
-        }
-    }
-
-    fn bad_path(&self, path: &[u8], problem: &'static str) -> FlattenError {
-        FlattenError::BadPath {
-            layer: self.layer.clone(),
-            path: show(path),
-            problem,
-        }
-    }
-
-    fn apply_entry(
-        &mut self,
-        entry: &mut tar::Entry<'_, &mut dyn Read>,
-    ) -> Result<(), FlattenError> {
-        use tar::EntryType as T;
-        let raw_path = entry.path_bytes().into_owned();
-        let kind = entry.header().entry_type();
-        if matches!(
-            kind,
-            T::XGlobalHeader | T::XHeader | T::GNULongName | T::GNULongLink
-        ) {
-            return Ok(());
-        }
-        let comps = normalize(&raw_path).map_err(|p| self.bad_path(&raw_path, p))?;
-        let Some((&name, parents)) = comps.split_last() else {
-            // "./": the root directory's own metadata.
-            if kind == T::Directory {
-                self.tree.nodes[self.tree.root].meta = self.metadata(entry)?;
-                return Ok(());
-            }
-            return Err(self.bad_path(&raw_path, "a non-directory entry for the root"));
+        let mut count = EntryCount {
+            entries: self.stats.entries,
+            max: self.max_entries,
         };
-        let full = comps.join(&b'/');
+        let r = walk_layer(name, tar, &mut count, self);
+        self.stats.entries = count.entries;
+        r
+    }
 
-        if name.starts_with(WHITEOUT_PREFIX) {
-            return self.whiteout(&raw_path, parents, name);
-        }
-
-        let meta = self.metadata(entry)?;
-        let parent = self
-            .parent_dir(&raw_path, parents, true)?
-            .expect("created when missing");
-        let node_kind = match kind {
-            T::Directory => {
-                let existing = self
-                    .tree
-                    .children(parent)
-                    .and_then(|c| c.get(name))
-                    .copied();
-                if let Some(id) = existing {
-                    if matches!(self.tree.nodes[id].kind, NodeKind::Dir(_)) {
-                        // A directory over a directory merges: only its metadata changes.
-                        self.tree.nodes[id].meta = meta;
-                        self.created.insert(full);
-                        return Ok(());
-                    }
-                }
-                NodeKind::Dir(BTreeMap::new())
-            }
-            T::Regular | T::Continuous => {
-                let size = entry.size();
-                // Unlink first: a replaced file's blocks can be reused for the new one.
-                self.unlink(parent, name);
-                let data = if size == 0 {
-                    None
-                } else {
-                    let id =
-                        self.sink
-                            .write_data(entry, size)
-                            .map_err(|source| FlattenError::Data {
-                                layer: self.layer.clone(),
-                                path: show(&raw_path),
-                                source,
-                            })?;
-                    Some(id)
-                };
-                NodeKind::File { size, data }
-            }
-            T::Symlink => {
-                let target = entry
-                    .link_name_bytes()
-                    .map(|c| c.into_owned())
-                    .unwrap_or_default();
-                if target.is_empty() {
-                    return Err(self.bad_path(&raw_path, "symlink with an empty target"));
-                }
-                NodeKind::Symlink(target)
-            }
-            T::Link => return self.hardlink(entry, &raw_path, parent, name, full),
-            T::Char | T::Block => {
-                let h = entry.header();
-                let major = h.device_major().ok().flatten().unwrap_or(0);
-                let minor = h.device_minor().ok().flatten().unwrap_or(0);
-                if kind == T::Char {
-                    NodeKind::CharDev { major, minor }
-                } else {
-                    NodeKind::BlockDev { major, minor }
-                }
-            }
-            T::Fifo => NodeKind::Fifo,
-            other => {
-                return Err(FlattenError::Unsupported {
-                    layer: self.layer.clone(),
-                    path: show(&raw_path),
-                    kind: format!("{other:?}"),
-                })
-            }
-        };
+    /// Puts a new node at `parent/name`, replacing what was there.
+    fn add(&mut self, parent: NodeId, name: &[u8], full: Vec<u8>, kind: NodeKind, meta: Meta) {
         self.unlink(parent, name);
         let id = self.tree.add(Node {
-            kind: node_kind,
-            meta,
+            kind,
+            meta: metadata(meta),
         });
         self.refs.push(0);
         self.link(parent, name, id);
         self.created.insert(full);
-        Ok(())
+    }
+
+    fn child(&self, dir: NodeId, name: &[u8]) -> Option<NodeId> {
+        self.tree.children(dir).and_then(|c| c.get(name)).copied()
     }
 
     fn hardlink(
         &mut self,
-        entry: &tar::Entry<'_, &mut dyn Read>,
-        raw_path: &[u8],
+        raw: &[u8],
+        (target_path, target_raw): (&[Vec<u8>], &[u8]),
         parent: NodeId,
         name: &[u8],
         full: Vec<u8>,
     ) -> Result<(), FlattenError> {
-        let target_raw = entry
-            .link_name_bytes()
-            .map(|c| c.into_owned())
-            .unwrap_or_default();
         let layer = self.layer.clone();
-        let err = |problem| FlattenError::Hardlink {
-            layer: layer.clone(),
-            path: show(raw_path),
-            target: show(&target_raw),
-            problem,
-        };
-        let target_comps =
-            normalize(&target_raw).map_err(|_| err("target is outside the image"))?;
-        let Some((&tname, tparents)) = target_comps.split_last() else {
-            return Err(err("target is the root directory"));
-        };
+        let err = |problem| WalkError::hardlink(&layer, raw, target_raw, problem);
+        let (tname, tparents) = target_path.split_last().expect("never the root");
+        let missing = "target not (yet) in the image";
         let tparent = self
-            .parent_dir(&target_raw, tparents, false)?
-            .ok_or_else(|| err("target not (yet) in the image"))?;
-        let target = self
-            .tree
-            .children(tparent)
-            .and_then(|c| c.get(tname))
-            .copied()
-            .ok_or_else(|| err("target not (yet) in the image"))?;
+            .parent_dir(raw, tparents, false)?
+            .ok_or_else(|| err(missing))?;
+        let target = self.child(tparent, tname).ok_or_else(|| err(missing))?;
         if matches!(self.tree.nodes[target].kind, NodeKind::Dir(_)) {
-            return Err(err("target is a directory"));
+            return Err(err("target is a directory").into());
         }
-        let existing = self
-            .tree
-            .children(parent)
-            .and_then(|c| c.get(name))
-            .copied();
-        if existing != Some(target) {
+        if self.child(parent, name) != Some(target) {
             // Link before unlinking: the old entry may hold the target's only other reference.
             self.refs[target] += 1;
             self.unlink(parent, name);
@@ -361,42 +158,6 @@ impl<'s> Flattener<'s> {
             self.link(parent, name, target);
         }
         self.created.insert(full);
-        Ok(())
-    }
-
-    fn whiteout(
-        &mut self,
-        raw_path: &[u8],
-        parents: &[&[u8]],
-        name: &[u8],
-    ) -> Result<(), FlattenError> {
-        if name == OPAQUE_MARKER {
-            let dir = self
-                .parent_dir(raw_path, parents, true)?
-                .expect("created when missing");
-            let prefix = parents.join(&b'/');
-            self.prune_lower(dir, &prefix);
-            return Ok(());
-        }
-        if name.starts_with(AUFS_META_PREFIX) {
-            return Ok(());
-        }
-        let target = &name[WHITEOUT_PREFIX.len()..];
-        if target.is_empty() || target == b"." || target == b".." {
-            return Err(self.bad_path(raw_path, "whiteout of an empty, '.' or '..' name"));
-        }
-        let mut full = parents.join(&b'/');
-        if !full.is_empty() {
-            full.push(b'/');
-        }
-        full.extend_from_slice(target);
-        // Whiteouts only hide lower layers: this layer's own entry stays.
-        if self.created.contains(&full) {
-            return Ok(());
-        }
-        if let Some(parent) = self.parent_dir(raw_path, parents, false)? {
-            self.unlink(parent, target);
-        }
         Ok(())
     }
 
@@ -426,28 +187,21 @@ impl<'s> Flattener<'s> {
     fn parent_dir(
         &mut self,
         raw_path: &[u8],
-        parents: &[&[u8]],
+        parents: &[Vec<u8>],
         create: bool,
     ) -> Result<Option<NodeId>, FlattenError> {
         let mut dir = self.tree.root;
-        for (i, &c) in parents.iter().enumerate() {
-            let next = self.tree.children(dir).and_then(|ch| ch.get(c)).copied();
+        for (i, c) in parents.iter().enumerate() {
+            let next = self.child(dir, c);
             dir = match next {
                 Some(id) => match &self.tree.nodes[id].kind {
                     NodeKind::Dir(_) => id,
-                    NodeKind::Symlink(_) => {
-                        return Err(FlattenError::ThroughSymlink {
-                            layer: self.layer.clone(),
-                            path: show(raw_path),
-                            symlink: show(&parents[..=i].join(&b'/')),
-                        })
-                    }
-                    _ => {
-                        return Err(FlattenError::NotADirectory {
-                            layer: self.layer.clone(),
-                            path: show(raw_path),
-                            component: show(&parents[..=i].join(&b'/')),
-                        })
+                    other => {
+                        let symlink = matches!(other, NodeKind::Symlink(_));
+                        let component = parents[..=i].join(&b'/');
+                        return Err(
+                            WalkError::blocked(&self.layer, raw_path, &component, symlink).into(),
+                        );
                     }
                 },
                 None if create => {
@@ -504,71 +258,97 @@ impl<'s> Flattener<'s> {
             }
         }
     }
+}
 
-    fn metadata(
-        &self,
-        entry: &mut tar::Entry<'_, &mut dyn Read>,
-    ) -> Result<Metadata, FlattenError> {
-        let h = entry.header();
-        let path = entry.path_bytes().into_owned();
-        let bad = |what: &'static str| self.bad_path(&path, what);
-        let mut meta = Metadata {
-            perm: (h.mode().map_err(|_| bad("unreadable mode"))? & 0o7777) as u16,
-            uid: u32::try_from(h.uid().map_err(|_| bad("unreadable uid"))?)
-                .map_err(|_| bad("uid out of range"))?,
-            gid: u32::try_from(h.gid().map_err(|_| bad("unreadable gid"))?)
-                .map_err(|_| bad("gid out of range"))?,
-            mtime: h.mtime().map(|t| t as i64).unwrap_or(0),
-            mtime_nsec: 0,
-            xattrs: BTreeMap::new(),
-        };
-        if let Some(exts) = entry
-            .pax_extensions()
-            .map_err(|source| self.tar_err(source))?
-        {
-            for ext in exts {
-                let ext = ext.map_err(|source| self.tar_err(source))?;
-                let key = ext.key_bytes();
-                let value = ext.value_bytes();
-                if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
-                    meta.xattrs.insert(name.to_vec(), value.to_vec());
-                } else if key == b"uid" {
-                    meta.uid = parse_num(value).ok_or_else(|| bad("bad PAX uid"))?;
-                } else if key == b"gid" {
-                    meta.gid = parse_num(value).ok_or_else(|| bad("bad PAX gid"))?;
-                } else if key == b"mtime" {
-                    let (s, ns) = parse_pax_time(value).ok_or_else(|| bad("bad PAX mtime"))?;
-                    meta.mtime = s;
-                    meta.mtime_nsec = ns;
-                }
+impl LayerOps for Flattener<'_> {
+    type Error = FlattenError;
+
+    fn root(&mut self, _: &At<'_>, meta: Meta) -> Result<(), FlattenError> {
+        self.tree.nodes[self.tree.root].meta = metadata(meta);
+        Ok(())
+    }
+
+    fn opaque(&mut self, at: &At<'_>) -> Result<(), FlattenError> {
+        let dir = self.parent_dir(at.raw, at.path, true)?;
+        self.prune_lower(dir.expect("created when missing"), &at.full());
+        Ok(())
+    }
+
+    fn whiteout(&mut self, at: &At<'_>) -> Result<(), FlattenError> {
+        let (parents, name) = at.split();
+        // Whiteouts only hide lower layers: this layer's own entry stays.
+        if !self.created.contains(&at.full()) {
+            if let Some(parent) = self.parent_dir(at.raw, parents, false)? {
+                self.unlink(parent, name);
             }
         }
-        Ok(meta)
+        Ok(())
+    }
+
+    fn create(&mut self, at: &At<'_>, what: Create<'_>) -> Result<(), FlattenError> {
+        let (parents, name) = at.split();
+        let (raw, full) = (at.raw, at.full());
+        let parent = self
+            .parent_dir(raw, parents, true)?
+            .expect("created when missing");
+        let (kind, meta) = match what {
+            Create::Dir(meta) => {
+                let existing = self.child(parent, name);
+                if let Some(id) = existing {
+                    if matches!(self.tree.nodes[id].kind, NodeKind::Dir(_)) {
+                        // A directory over a directory merges: only its metadata changes.
+                        self.tree.nodes[id].meta = metadata(meta);
+                        self.created.insert(full);
+                        return Ok(());
+                    }
+                }
+                (NodeKind::Dir(BTreeMap::new()), meta)
+            }
+            Create::File { meta, size, data } => {
+                // Unlink first: a replaced file's blocks can be reused for the new one.
+                self.unlink(parent, name);
+                let data = match size {
+                    0 => None,
+                    _ => Some(self.sink.write_data(data, size).map_err(|source| {
+                        FlattenError::Data {
+                            layer: self.layer.clone(),
+                            path: show(raw),
+                            source,
+                        }
+                    })?),
+                };
+                (NodeKind::File { size, data }, meta)
+            }
+            Create::Symlink { meta, target } => (NodeKind::Symlink(target), meta),
+            Create::Hardlink { target, target_raw } => {
+                return self.hardlink(raw, (&target, &target_raw), parent, name, full)
+            }
+            Create::Device { meta, dev } => (device_node(dev), meta),
+        };
+        self.add(parent, name, full, kind, meta);
+        Ok(())
     }
 }
 
-fn parse_num(v: &[u8]) -> Option<u32> {
-    std::str::from_utf8(v).ok()?.parse().ok()
+/// The tree's node for a device or FIFO.
+fn device_node(dev: Device) -> NodeKind {
+    let Device { kind, major, minor } = dev;
+    match kind {
+        DeviceKind::Char => NodeKind::CharDev { major, minor },
+        DeviceKind::Block => NodeKind::BlockDev { major, minor },
+        DeviceKind::Fifo => NodeKind::Fifo,
+    }
 }
 
-/// Parses a PAX time, e.g. `1700000000.123456789` or `-1.5` (1.5 s before the epoch).
-pub fn parse_pax_time(v: &[u8]) -> Option<(i64, u32)> {
-    let s = std::str::from_utf8(v).ok()?;
-    let (int, frac) = s.split_once('.').unwrap_or((s, ""));
-    let secs: i64 = int.parse().ok()?;
-    if !frac.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let mut digits: String = frac.chars().take(9).collect();
-    while digits.len() < 9 {
-        digits.push('0');
-    }
-    let ns: u32 = digits.parse().ok()?;
-    if int.starts_with('-') && ns > 0 {
-        // -1.5 is 2 seconds before the epoch plus 0.5 s.
-        Some((secs - 1, 1_000_000_000 - ns))
-    } else {
-        Some((secs, ns))
+/// The tree's form of an entry's metadata.
+fn metadata(m: Meta) -> Metadata {
+    Metadata {
+        perm: m.mode as u16,
+        uid: m.uid,
+        gid: m.gid,
+        mtime: m.mtime,
+        mtime_nsec: m.nsec,
+        xattrs: m.xattrs.into_iter().collect(),
     }
 }
 

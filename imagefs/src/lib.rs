@@ -3,6 +3,8 @@
 //! - [`reference`], [`source`], [`digest`], [`layer`]: parse image references
 //!   (skopeo's transports), read OCI layouts, archives and registries, verify
 //!   every blob, decompress layers;
+//! - [`walk`]: one layer's tar stream as checked operations (the OCI layer
+//!   rules and hostile-input checks, once);
 //! - [`flatten`]: merge layer tars into one [`tree`] with OCI whiteout semantics;
 //! - [`ext4`]: write a tree as an ext4 filesystem image, itself, streaming file
 //!   data as it arrives, without root, mounting or mkfs;
@@ -23,3 +25,4 @@ pub mod reference;
 pub mod source;
 pub mod sparse;
 pub mod tree;
+pub mod walk;

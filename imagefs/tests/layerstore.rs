@@ -10,6 +10,7 @@ mod layerstore {
     use imagefs::digest::Digest;
     use imagefs::layerstore::{LayerEvent, LayerStore, LayerStoreError, StoreOptions};
     use imagefs::source::{self, ImageSource, ResolvedImage, SourceError, SourceOptions};
+    use imagefs::walk::WalkError;
     use oci_spec::image::Descriptor;
     use std::collections::BTreeSet;
     use std::fs;
@@ -242,7 +243,10 @@ mod layerstore {
             Compression::Gzip,
         );
         let e = ensure(&store, &layout).unwrap_err();
-        assert!(matches!(e, LayerStoreError::BadPath { .. }), "{e}");
+        assert!(
+            matches!(e, LayerStoreError::Walk(WalkError::BadPath { .. })),
+            "{e}"
+        );
     }
 
     #[test]

@@ -1,49 +1,75 @@
 //! Setting metadata as the unpacker writes entries: owner, mode, xattrs and
 //! times, as root or in the unprivileged encoding (see the module docs of
-//! [`super`]); copying files of lower layers; reading a tar entry's metadata.
+//! [`super`]); copying files of lower layers.
 
 use std::ffi::{CStr, CString};
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 
+use layerfmt::{mapped_xattr_name, Override, MAPPED_XATTR_PREFIX, OVERRIDE_XATTR};
+
 use super::sys::{self, cstr};
-use super::unpack::{show, Unpacker};
-use super::{LayerStoreError, Override, OVERRIDE_XATTR, XATTR_PREFIX};
-use crate::flatten::parse_pax_time;
+use super::LayerStoreError;
+use crate::walk::{show, Meta, WalkError};
 
-/// Xattrs that overlay implementations interpret or the store uses itself:
-/// dropped from tar entries, so an image cannot forge them.
-const RESERVED_XATTRS: &[&[u8]] = &[
-    b"trusted.overlay.",
-    b"user.overlay.",
-    b"user.fuseoverlayfs.",
-    b"user.minivm.",
-];
-
-/// Metadata of a tar entry.
-#[derive(Debug, Clone, Default)]
-pub(super) struct Meta {
-    /// Permission bits including setuid/setgid/sticky.
-    pub(super) mode: u32,
-    pub(super) uid: u32,
-    pub(super) gid: u32,
-    pub(super) mtime: i64,
-    pub(super) nsec: u32,
-    pub(super) xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+/// How one layer's entries get their metadata: the layer (for messages) and
+/// whether owners and devices are real (root) or encoded in xattrs.
+pub(super) struct Attrs {
+    pub(super) layer: String,
+    pub(super) privileged: bool,
 }
 
-impl Unpacker<'_> {
+impl Attrs {
+    /// An error of an operation on entry `path`.
+    pub(super) fn entry_err(
+        &self,
+        path: &[u8],
+        op: impl Into<String>,
+    ) -> impl FnOnce(io::Error) -> LayerStoreError {
+        let (layer, path, op) = (self.layer.clone(), show(path), op.into());
+        move |source| LayerStoreError::Entry {
+            layer,
+            path,
+            op,
+            source,
+        }
+    }
+
+    /// Entry `path` is unusable.
+    pub(super) fn bad_path(&self, path: &[u8], problem: &'static str) -> LayerStoreError {
+        WalkError::bad_path(&self.layer, path, problem).into()
+    }
+
+    /// An entry's metadata without the xattrs the store's format reserves,
+    /// so that no image can forge a marker.
+    pub(super) fn image_meta(&self, raw: &[u8], mut meta: Meta) -> Meta {
+        meta.xattrs.retain(|(name, _)| {
+            let reserved = layerfmt::is_reserved_xattr(name);
+            if reserved {
+                tracing::warn!(
+                    "layer {}: {:?}: reserved xattr {:?} dropped",
+                    self.layer,
+                    show(raw),
+                    show(name)
+                );
+            }
+            !reserved
+        });
+        meta
+    }
+
     /// A hardlink to a file of a lower layer: layer directories are separate
     /// trees, so the file is copied (contents, owner, mode, xattrs, mtime).
+    /// Returns the bytes of file data copied.
     pub(super) fn copy_from_lower(
-        &mut self,
+        &self,
         raw: &[u8],
         sp: BorrowedFd<'_>,
         sname: &CStr,
         st: &libc::stat,
         p: BorrowedFd<'_>,
         name: &CStr,
-    ) -> Result<(), LayerStoreError> {
+    ) -> Result<u64, LayerStoreError> {
         let (layer, path) = (self.layer.clone(), show(raw));
         let e = |op: &str| {
             let (layer, path) = (layer.clone(), path.clone());
@@ -60,15 +86,9 @@ impl Unpacker<'_> {
                 let mut src = sys::open_read(sp, sname).map_err(e("open"))?;
                 let mut dst = sys::create(p, name, 0o600).map_err(e("create"))?;
                 let n = io::copy(&mut src, &mut dst).map_err(e("copy"))?;
-                self.stats.file_bytes += n;
-                if self.stats.file_bytes > self.max_bytes {
-                    return Err(LayerStoreError::TooLarge {
-                        layer: self.layer.clone(),
-                        limit: self.max_bytes,
-                    });
-                }
                 let xattrs = sys::fget_all_xattrs(src.as_fd()).map_err(e("read xattrs"))?;
-                self.apply_copied(raw, dst.as_fd(), st, &xattrs)
+                self.apply_copied(raw, dst.as_fd(), st, &xattrs)?;
+                Ok(n)
             }
             libc::S_IFLNK => {
                 let target = sys::readlink_at(sp, sname).map_err(e("readlink"))?;
@@ -78,7 +98,8 @@ impl Unpacker<'_> {
                     sys::chown_at(p, name, st.st_uid, st.st_gid).map_err(e("chown"))?;
                 }
                 sys::set_times_at(p, name, st.st_mtime, st.st_mtime_nsec as u32)
-                    .map_err(e("utimensat"))
+                    .map_err(e("utimensat"))?;
+                Ok(0)
             }
             _ => {
                 sys::mknod_at(p, name, st.st_mode, st.st_rdev).map_err(e("mknod"))?;
@@ -87,7 +108,8 @@ impl Unpacker<'_> {
                 }
                 sys::chmod_at(p, name, st.st_mode & 0o7777).map_err(e("chmod"))?;
                 sys::set_times_at(p, name, st.st_mtime, st.st_mtime_nsec as u32)
-                    .map_err(e("utimensat"))
+                    .map_err(e("utimensat"))?;
+                Ok(0)
             }
         }
     }
@@ -118,7 +140,7 @@ impl Unpacker<'_> {
                 rdev,
             };
             let name = cstr(OVERRIDE_XATTR.as_bytes()).expect("no NUL");
-            sys::fset_xattr(fd, &name, o.to_string().as_bytes())
+            sys::fset_xattr(fd, &name, &o.encode())
                 .map_err(self.entry_err(raw, format!("setxattr {OVERRIDE_XATTR}")))?;
         }
         for (n, v) in &m.xattrs {
@@ -185,7 +207,7 @@ impl Unpacker<'_> {
                         ) =>
                 {
                     tracing::debug!(
-                        "layer {}: {:?}: xattr {:?}: {e}; stored as {XATTR_PREFIX}*",
+                        "layer {}: {:?}: xattr {:?}: {e}; stored as {MAPPED_XATTR_PREFIX}*",
                         self.layer,
                         show(raw),
                         show(name)
@@ -194,8 +216,7 @@ impl Unpacker<'_> {
                 Err(e) => return Err(self.entry_err(raw, format!("setxattr {}", show(name)))(e)),
             }
         }
-        let mut mapped = XATTR_PREFIX.as_bytes().to_vec();
-        mapped.extend_from_slice(name);
+        let mapped = mapped_xattr_name(name); // Not a user. name: those returned above.
         set(&cstr(&mapped).map_err(bad)?, value)
             .map_err(self.entry_err(raw, format!("setxattr {}", show(&mapped))))
     }
@@ -229,53 +250,5 @@ impl Unpacker<'_> {
         }
         sys::set_times_fd(fd, st.st_mtime, st.st_mtime_nsec as u32)
             .map_err(self.entry_err(raw, "futimens"))
-    }
-
-    pub(super) fn metadata(
-        &self,
-        entry: &mut tar::Entry<'_, &mut dyn Read>,
-        raw: &[u8],
-    ) -> Result<Meta, LayerStoreError> {
-        let h = entry.header();
-        let bad = |what: &'static str| self.bad_path(raw, what);
-        let mut meta = Meta {
-            mode: h.mode().map_err(|_| bad("unreadable mode"))? & 0o7777,
-            uid: u32::try_from(h.uid().map_err(|_| bad("unreadable uid"))?)
-                .map_err(|_| bad("uid out of range"))?,
-            gid: u32::try_from(h.gid().map_err(|_| bad("unreadable gid"))?)
-                .map_err(|_| bad("gid out of range"))?,
-            mtime: h.mtime().map(|t| t as i64).unwrap_or(0),
-            nsec: 0,
-            xattrs: Vec::new(),
-        };
-        let Some(exts) = entry.pax_extensions().map_err(|e| self.tar_err(e))? else {
-            return Ok(meta);
-        };
-        for ext in exts {
-            let ext = ext.map_err(|e| self.tar_err(e))?;
-            let (key, value) = (ext.key_bytes(), ext.value_bytes());
-            let num = || std::str::from_utf8(value).ok()?.parse::<u32>().ok();
-            if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
-                if RESERVED_XATTRS.iter().any(|r| name.starts_with(r)) {
-                    tracing::warn!(
-                        "layer {}: {:?}: reserved xattr {:?} dropped",
-                        self.layer,
-                        show(raw),
-                        show(name)
-                    );
-                } else {
-                    meta.xattrs.retain(|(n, _)| n != name);
-                    meta.xattrs.push((name.to_vec(), value.to_vec()));
-                }
-            } else if key == b"uid" {
-                meta.uid = num().ok_or_else(|| bad("bad PAX uid"))?;
-            } else if key == b"gid" {
-                meta.gid = num().ok_or_else(|| bad("bad PAX gid"))?;
-            } else if key == b"mtime" {
-                (meta.mtime, meta.nsec) =
-                    parse_pax_time(value).ok_or_else(|| bad("bad PAX mtime"))?;
-            }
-        }
-        Ok(meta)
     }
 }

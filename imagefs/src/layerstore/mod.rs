@@ -7,17 +7,21 @@
 //! <root>/sha256/<hex>/rootfs/     the unpacked layer (hex: its compressed blob's digest)
 //! <root>/sha256/<hex>/meta.json   digest, media type, sizes, how it was unpacked
 //! <root>/tmp/<hex>.<pid>.<n>/     an unpack in progress (same two names inside)
+//! <root>/tmp/rm.<pid>.<n>/        an entry being removed
 //! ```
 //! An entry is built in `tmp/` and published with one rename(2) of its
 //! directory, after a syncfs(2) (see [`StoreOptions::durable`]): a kill -9 (or
-//! a power loss) at any point leaves either no entry or a whole one. Leftovers of dead processes are removed by
-//! [`LayerStore::gc_tmp`] and before each unpack (as [`crate::cache`] does).
+//! a power loss) at any point leaves either no entry or a whole one. The
+//! directories in `tmp/` are [`crate::host::WorkDir`]s, held by their process;
+//! those no live process holds are removed by [`LayerStore::gc_tmp`] and
+//! before each unpack.
 //! When two processes unpack the same layer at once, the first rename wins and
 //! the other discards its copy. `<root>` is kept mode 0700: layers hold
 //! setuid-root binaries and device nodes that other users must not reach.
 //!
 //! # On-disk format (what overlays read)
-//! The layer is unpacked with the semantics of [`crate::flatten`] (whiteouts
+//! The layer's entries come from [`crate::walk`], as for [`crate::flatten`],
+//! and are unpacked with the same semantics (whiteouts
 //! and opaque markers hide lower layers only, later entries win), written in
 //! the form kernel overlayfs, fuse-overlayfs and fuse-backend-rs 0.14 read:
 //! - OCI `DIR/.wh.NAME` becomes a **character device 0:0** named `NAME` (the
@@ -51,7 +55,7 @@
 //! [`StoreOptions::force_unprivileged`]): files and directories belong to the
 //! user, with modes `perm | 0600` (`| 0700` for directories) and no
 //! setuid/setgid/sticky bits; the image's values are kept in xattr
-//! [`OVERRIDE_XATTR`] (see [`Override`]), as fuse-overlayfs does; devices are
+//! [`layerfmt::OVERRIDE_XATTR`] (see [`Override`]), as fuse-overlayfs does; devices are
 //! empty regular files carrying it; xattrs outside `user.` are stored as
 //! `user.minivm.xattr.NAME`. Symlinks and FIFOs cannot carry user xattrs, so
 //! their owners are lost. minivm's `LayeredFs` presents them to the guest in
@@ -81,7 +85,6 @@ mod unpack;
 
 pub use store::prepare_upper;
 
-use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -90,15 +93,11 @@ use serde::{Deserialize, Serialize};
 use crate::digest::{Digest, DigestError, VerifyError};
 use crate::layer::LayerError;
 use crate::source::SourceError;
+use crate::walk::WalkError;
 
-/// Version of the on-disk layout of an entry; entries of other versions are rebuilt.
-pub const LAYER_FORMAT: &str = "minivm-layer-1";
-/// Xattr marking an opaque directory (value `y`).
-pub const OPAQUE_XATTR: &str = "user.overlay.opaque";
-/// Unprivileged stores: xattr with the image's owner, mode and device number.
-pub const OVERRIDE_XATTR: &str = "user.minivm.override";
-/// Unprivileged stores: prefix under which xattrs outside `user.` are kept.
-pub const XATTR_PREFIX: &str = "user.minivm.xattr.";
+pub use layerfmt::Override;
+use layerfmt::OVERRIDE_XATTR;
+
 /// Default cap on the bytes one layer unpacks to (decompressed tar stream).
 pub const DEFAULT_MAX_LAYER_BYTES: u64 = 64 << 30;
 
@@ -128,51 +127,12 @@ pub enum LayerStoreError {
     /// Reading the blob failed (network, file).
     #[error("layer {layer}: reading the blob: {detail}")]
     Blob { layer: String, detail: String },
-    /// The (decompressed) tar stream is corrupt or truncated.
-    #[error("layer {layer}: cannot read the tar stream: {source}")]
-    Tar { layer: String, source: io::Error },
-    /// An entry path is absolute, contains `..`, or is otherwise unusable.
-    #[error("layer {layer}: entry {path:?}: {problem}")]
-    BadPath {
-        layer: String,
-        path: String,
-        problem: &'static str,
-    },
-    /// An entry would be written through a symlink (of this or a lower layer).
-    #[error("layer {layer}: entry {path:?} would be written through the symlink {symlink:?}")]
-    ThroughSymlink {
-        layer: String,
-        path: String,
-        symlink: String,
-    },
-    /// A path component is a file, not a directory.
-    #[error("layer {layer}: entry {path:?}: {component:?} is not a directory")]
-    NotADirectory {
-        layer: String,
-        path: String,
-        component: String,
-    },
-    /// A hardlink whose target is missing, a directory, or outside the image.
-    #[error("layer {layer}: hardlink {path:?} -> {target:?}: {problem}")]
-    Hardlink {
-        layer: String,
-        path: String,
-        target: String,
-        problem: &'static str,
-    },
-    /// An entry type that cannot be unpacked (e.g. GNU sparse files).
-    #[error("layer {layer}: entry {path:?}: unsupported tar entry type {kind}")]
-    Unsupported {
-        layer: String,
-        path: String,
-        kind: String,
-    },
+    /// The tar stream or an entry breaks the layer rules (see [`WalkError`]).
+    #[error(transparent)]
+    Walk(#[from] WalkError),
     /// The layer unpacks to more than the byte limit (a decompression bomb?).
     #[error("layer {layer}: unpacks to more than {limit} bytes")]
     TooLarge { layer: String, limit: u64 },
-    /// More entries than the limit (a tar bomb of tiny files).
-    #[error("layer {layer}: more than {limit} entries")]
-    TooManyEntries { layer: String, limit: u64 },
     /// Creating an entry failed.
     #[error("layer {layer}: entry {path:?}: {op}: {source}")]
     Entry {
@@ -194,66 +154,17 @@ fn io_err<'a>(
     }
 }
 
-/// The image's owner, mode and device number of an entry of an unprivileged
-/// store, kept in [`OVERRIDE_XATTR`] as `uid:gid:mode[:major:minor]`, mode
-/// being the whole `st_mode` (file type included) in octal, e.g.
-/// `0:0:104755` (a setuid root file) or `0:0:20666:1:3` (`/dev/null`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Override {
-    /// Owner.
-    pub uid: u32,
-    /// Group.
-    pub gid: u32,
-    /// File type and permission bits (`st_mode`).
-    pub mode: u32,
-    /// Major and minor number, for devices.
-    pub rdev: Option<(u32, u32)>,
-}
-
-impl Override {
-    /// Parses the xattr value.
-    pub fn parse(value: &[u8]) -> Option<Override> {
-        let s = std::str::from_utf8(value).ok()?;
-        let f: Vec<&str> = s.split(':').collect();
-        let (uid, gid, mode) = (
-            f.first()?.parse().ok()?,
-            f.get(1)?.parse().ok()?,
-            u32::from_str_radix(f.get(2)?, 8).ok()?,
-        );
-        let rdev = match f.len() {
-            3 => None,
-            5 => Some((f[3].parse().ok()?, f[4].parse().ok()?)),
-            _ => return None,
-        };
-        Some(Override {
-            uid,
-            gid,
-            mode,
-            rdev,
-        })
-    }
-
-    /// Reads it from a file (without following a symlink); None if absent.
-    pub fn read(path: &Path) -> io::Result<Option<Override>> {
-        let v = sys::lget_xattr(path, &sys::cstr(OVERRIDE_XATTR.as_bytes())?)?;
-        Ok(v.and_then(|v| Override::parse(&v)))
-    }
-}
-
-impl fmt::Display for Override {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{:o}", self.uid, self.gid, self.mode)?;
-        if let Some((major, minor)) = self.rdev {
-            write!(f, ":{major}:{minor}")?;
-        }
-        Ok(())
-    }
+/// Reads the [`Override`] of a file of an unprivileged store (without
+/// following a symlink); None if it has none (or one not in the format).
+pub fn read_override(path: &Path) -> io::Result<Option<Override>> {
+    let v = sys::lget_xattr(path, &sys::cstr(OVERRIDE_XATTR.as_bytes())?)?;
+    Ok(v.and_then(|v| Override::parse(&v)))
 }
 
 /// What `meta.json` records about an entry.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct LayerMeta {
-    /// [`LAYER_FORMAT`] when written.
+    /// [`layerfmt::LAYER_FORMAT`] when written.
     pub format: String,
     /// The blob digest (`sha256:...`).
     pub digest: String,
@@ -266,7 +177,7 @@ pub struct LayerMeta {
     /// Tar entries read.
     pub entries: u64,
     /// True when unpacked as root (real owners); false when owners, modes and
-    /// devices are in [`OVERRIDE_XATTR`].
+    /// devices are in [`layerfmt::OVERRIDE_XATTR`].
     pub privileged: bool,
     /// The image it was unpacked for first.
     pub image: String,
@@ -331,7 +242,7 @@ impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
             max_layer_bytes: DEFAULT_MAX_LAYER_BYTES,
-            max_entries: crate::flatten::DEFAULT_MAX_ENTRIES,
+            max_entries: crate::walk::DEFAULT_MAX_ENTRIES,
             force_unprivileged: false,
             durable: true,
         }

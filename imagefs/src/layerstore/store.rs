@@ -12,10 +12,13 @@ use oci_spec::image::Descriptor;
 
 use super::{
     io_err, sys, unpack, LayerEntry, LayerEvent, LayerMeta, LayerStore, LayerStoreError,
-    StoreOptions, LAYER_FORMAT,
+    StoreOptions,
 };
 use crate::digest::{Digest, VerifyError};
+use crate::host::WorkDir;
 use crate::source::{ImageSource, ResolvedImage};
+use crate::walk::WalkError;
+use layerfmt::LAYER_FORMAT;
 
 /// Fails reads once more than `limit` bytes went through.
 struct Limited<R> {
@@ -73,22 +76,25 @@ impl Read for BlobReader<'_> {
     }
 }
 
-/// An entry being built in `tmp/`; removed when dropped unpublished.
+/// An entry being built in `tmp/`, held (so that no other process collects
+/// it) until it is published or dropped; removed when dropped unpublished.
 struct Pending {
-    dir: PathBuf,
+    work: WorkDir,
     published: bool,
+}
+
+impl Pending {
+    fn dir(&self) -> &Path {
+        self.work.path()
+    }
 }
 
 impl Drop for Pending {
     fn drop(&mut self) {
         if !self.published {
-            let _ = std::fs::remove_dir_all(&self.dir);
+            let _ = std::fs::remove_dir_all(self.work.path());
         }
     }
-}
-
-fn pid_alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
 }
 
 fn sync_dir(dir: &Path) {
@@ -243,7 +249,7 @@ impl LayerStore {
             &digest,
             lowers,
             image_name,
-            &pending.dir,
+            pending.dir(),
             progress,
         )?;
         let rootfs = self.publish(pending, &dir, &meta)?;
@@ -266,14 +272,10 @@ impl LayerStore {
     fn begin(&self, digest: &Digest) -> Result<Pending, LayerStoreError> {
         self.make_dirs()?;
         self.gc_tmp();
-        static N: AtomicU64 = AtomicU64::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let dir = self
-            .tmp_dir()
-            .join(format!("{}.{}.{n}", digest.hex(), std::process::id()));
-        std::fs::create_dir(&dir).map_err(io_err("create", &dir))?;
+        let tmp = self.tmp_dir();
+        let work = WorkDir::create(&tmp, digest.hex()).map_err(io_err("create in", &tmp))?;
         Ok(Pending {
-            dir,
+            work,
             published: false,
         })
     }
@@ -339,10 +341,7 @@ impl LayerStore {
         .and_then(|mut u| {
             u.run(&mut limited)?;
             // Read to EOF so that the blob's digest is verified.
-            crate::layer::drain(&mut limited).map_err(|source| LayerStoreError::Tar {
-                layer: layer.clone(),
-                source,
-            })?;
+            crate::layer::drain(&mut limited).map_err(|e| WalkError::tar(&layer, e))?;
             u.finish()
         });
         let stats = result.map_err(|e| {
@@ -376,16 +375,16 @@ impl LayerStore {
         target: &Path,
         meta: &LayerMeta,
     ) -> Result<PathBuf, LayerStoreError> {
-        let meta_path = pending.dir.join("meta.json");
+        let meta_path = pending.dir().join("meta.json");
         let json = serde_json::to_vec_pretty(meta).expect("metadata serializes");
         let mut f = std::fs::File::create(&meta_path).map_err(io_err("create", &meta_path))?;
         f.write_all(&json).map_err(io_err("write", &meta_path))?;
         if self.opts.durable {
             // One syncfs for all the files, so that a crash cannot publish a half-written layer.
-            sys::syncfs(f.as_fd()).map_err(io_err("sync", &pending.dir))?;
+            sys::syncfs(f.as_fd()).map_err(io_err("sync", pending.dir()))?;
         }
         let rootfs = target.join("rootfs");
-        match std::fs::rename(&pending.dir, target) {
+        match std::fs::rename(pending.dir(), target) {
             Ok(()) => {
                 pending.published = true;
                 match target.parent() {
@@ -405,20 +404,15 @@ impl LayerStore {
         Ok(rootfs)
     }
 
-    /// Removes a published entry directory: one rename out of `sha256/`, then deletion.
+    /// Removes a published entry directory: one rename out of `sha256/`
+    /// into a work directory held meanwhile, then deletion.
     fn unpublish(&self, dir: &Path) -> Result<(), LayerStoreError> {
         self.make_dirs()?;
-        static N: AtomicU64 = AtomicU64::new(0);
-        let name = dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let doomed = self
-            .tmp_dir()
-            .join(format!("{name}.{}.rm{n}", std::process::id()));
+        let tmp = self.tmp_dir();
+        let work = WorkDir::create(&tmp, "rm").map_err(io_err("create in", &tmp))?;
+        let doomed = work.path().join("entry");
         std::fs::rename(dir, &doomed).map_err(io_err("remove", dir))?;
-        std::fs::remove_dir_all(&doomed).map_err(io_err("remove", &doomed))
+        std::fs::remove_dir_all(work.path()).map_err(io_err("remove", work.path()))
     }
 
     /// All published entries (usable or not), oldest first.
@@ -455,20 +449,10 @@ impl LayerStore {
     }
 
     /// Removes leftovers of unpacks (and removals) of processes that no
-    /// longer run. Returns how many were removed.
+    /// longer run (work directories no process holds, see [`WorkDir`]).
+    /// Returns how many were removed.
     pub fn gc_tmp(&self) -> usize {
-        let Ok(rd) = std::fs::read_dir(self.tmp_dir()) else {
-            return 0;
-        };
-        let mut n = 0;
-        for e in rd.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let pid = name.split('.').nth(1).and_then(|p| p.parse::<u32>().ok());
-            if pid.is_none_or(|p| !pid_alive(p)) && std::fs::remove_dir_all(e.path()).is_ok() {
-                n += 1;
-            }
-        }
-        n
+        WorkDir::remove_abandoned(&self.tmp_dir())
     }
 }
 
@@ -489,7 +473,7 @@ pub fn prepare_upper(layers: &[PathBuf], upper: &Path) -> io::Result<()> {
         sys::chown_fd(to.as_fd(), st.st_uid, st.st_gid)?;
     }
     sys::chmod_fd(to.as_fd(), st.st_mode & 0o7777)?;
-    let name = sys::cstr(super::OVERRIDE_XATTR.as_bytes())?;
+    let name = sys::cstr(layerfmt::OVERRIDE_XATTR.as_bytes())?;
     if let Some(v) = sys::fget_xattr(from.as_fd(), &name)? {
         sys::fset_xattr(to.as_fd(), &name, &v)?;
     }

@@ -10,7 +10,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-/// A name as a C string (tar names were checked for NUL by `normalize`).
+/// A name as a C string (tar names were checked for NUL by [`crate::walk::normalize`]).
 pub(crate) fn cstr(name: &[u8]) -> io::Result<CString> {
     CString::new(name).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in a name"))
 }
@@ -106,9 +106,9 @@ pub(crate) fn file_type(st: &libc::stat) -> u32 {
     st.st_mode & libc::S_IFMT
 }
 
-/// Whether `st` is an overlayfs whiteout: a character device 0:0.
+/// Whether `st` is an overlayfs whiteout (see [`layerfmt::is_whiteout`]).
 pub(crate) fn is_whiteout(st: &libc::stat) -> bool {
-    file_type(st) == libc::S_IFCHR && st.st_rdev == 0
+    layerfmt::is_whiteout(st.st_mode, st.st_rdev)
 }
 
 pub(crate) fn mkdir_at(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> io::Result<()> {

@@ -1,8 +1,9 @@
 //! Unpacks one layer's tar stream into its own directory, in the form
-//! overlayfs (and fuse-backend-rs's `OverlayFs`) reads: OCI whiteouts become
-//! character devices 0:0, opaque markers become the `user.overlay.opaque`
-//! xattr. The semantics match [`crate::flatten`] exactly: whiteouts and
-//! opaque markers hide lower layers only, later entries replace earlier ones.
+//! overlays (and minivm's `LayeredFs`) read (see [`layerfmt`]): OCI whiteouts
+//! become character devices 0:0, opaque markers the [`OPAQUE_XATTR`] xattr.
+//! The entries and their rules come from [`crate::walk`], as for
+//! [`crate::flatten`]: whiteouts and opaque markers hide lower layers only,
+//! later entries replace earlier ones.
 //!
 //! Every path is walked component by component from the layer's root
 //! descriptor with `O_NOFOLLOW`; nothing is ever created through a symlink.
@@ -19,23 +20,17 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use super::apply::Meta;
-use super::sys::{self, cstr};
-use super::{LayerStoreError, OPAQUE_XATTR};
-use crate::flatten::normalize;
+use layerfmt::{is_opaque_value, OPAQUE_VALUE, OPAQUE_XATTR, OPAQUE_XATTRS_READ};
 
-const WHITEOUT_PREFIX: &[u8] = b".wh.";
-const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
-/// Other `.wh..wh.` names are aufs metadata (e.g. `.wh..wh.plnk`), not content.
-const AUFS_META_PREFIX: &[u8] = b".wh..wh.";
+use super::apply::Attrs;
+use super::sys::{self, cstr};
+use super::LayerStoreError;
+use crate::walk::{
+    show, walk_layer, At, Create, Device, DeviceKind, EntryCount, LayerOps, Meta, WalkError,
+};
+
 /// Scratch name for hardlinks. No tar entry can create it: `.wh..wh.*` names are skipped.
 const LINK_SCRATCH: &[u8] = b".wh..wh.minivm-link";
-/// Opaque markers recognised when reading layers: the three fuse-backend-rs checks.
-const OPAQUE_XATTRS_READ: [&[u8]; 3] = [
-    b"user.fuseoverlayfs.opaque",
-    b"trusted.overlay.opaque",
-    b"user.overlay.opaque",
-];
 
 /// Counts for one layer.
 #[derive(Debug, Default, Clone, Copy)]
@@ -78,18 +73,14 @@ enum Lookup {
     Blocked { depth: usize, symlink: bool },
 }
 
-pub(super) fn show(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-pub(super) fn is_dir(st: &libc::stat) -> bool {
+fn is_dir(st: &libc::stat) -> bool {
     sys::file_type(st) == libc::S_IFDIR
 }
 
 fn is_opaque(dir: BorrowedFd<'_>) -> io::Result<bool> {
     for name in OPAQUE_XATTRS_READ {
-        if let Some(v) = sys::fget_xattr(dir, &cstr(name)?)? {
-            if v.len() == 1 && v[0].eq_ignore_ascii_case(&b'y') {
+        if let Some(v) = sys::fget_xattr(dir, &cstr(name.as_bytes())?)? {
+            if is_opaque_value(&v) {
                 return Ok(true);
             }
         }
@@ -101,20 +92,23 @@ fn copied_meta(dir: BorrowedFd<'_>) -> io::Result<DirMeta> {
     let st = sys::fstat(dir)?;
     let xattrs = sys::fget_all_xattrs(dir)?
         .into_iter()
-        .filter(|(n, _)| !OPAQUE_XATTRS_READ.contains(&n.as_bytes()))
+        .filter(|(n, _)| {
+            !OPAQUE_XATTRS_READ
+                .iter()
+                .any(|r| r.as_bytes() == n.as_bytes())
+        })
         .collect();
     Ok(DirMeta::Copied { st, xattrs })
 }
 
 /// Unpacks one layer into an empty directory.
 pub(crate) struct Unpacker<'a> {
-    pub(super) layer: String,
+    attrs: Attrs,
     root: OwnedFd,
     /// Lower layers' roots, top-most first.
     lowers: Vec<OwnedFd>,
-    pub(super) privileged: bool,
     max_entries: u64,
-    pub(super) max_bytes: u64,
+    max_bytes: u64,
     /// Paths this layer created (explicitly, or as new parent directories).
     created: HashSet<Vec<u8>>,
     /// Directory metadata, applied after everything else (mtimes last).
@@ -123,7 +117,7 @@ pub(crate) struct Unpacker<'a> {
     /// The last parent directory opened (tars list directories together);
     /// dropped whenever this layer removes a directory.
     last_parent: Option<(Vec<u8>, OwnedFd)>,
-    pub(super) stats: UnpackStats,
+    stats: UnpackStats,
     progress: &'a mut dyn FnMut(),
 }
 
@@ -139,10 +133,12 @@ impl<'a> Unpacker<'a> {
         progress: &'a mut dyn FnMut(),
     ) -> Result<Self, LayerStoreError> {
         let mut u = Unpacker {
-            layer: layer.to_string(),
+            attrs: Attrs {
+                layer: layer.to_string(),
+                privileged,
+            },
             root,
             lowers,
-            privileged,
             max_entries,
             max_bytes,
             created: HashSet::new(),
@@ -161,69 +157,32 @@ impl<'a> Unpacker<'a> {
         Ok(u)
     }
 
-    pub(super) fn entry_err(
+    fn entry_err(
         &self,
         path: &[u8],
         op: impl Into<String>,
     ) -> impl FnOnce(io::Error) -> LayerStoreError {
-        let (layer, path, op) = (self.layer.clone(), show(path), op.into());
-        move |source| LayerStoreError::Entry {
-            layer,
-            path,
-            op,
-            source,
-        }
+        self.attrs.entry_err(path, op)
     }
 
-    pub(super) fn tar_err(&self, source: io::Error) -> LayerStoreError {
-        LayerStoreError::Tar {
-            layer: self.layer.clone(),
-            source,
-        }
-    }
-
-    pub(super) fn bad_path(&self, path: &[u8], problem: &'static str) -> LayerStoreError {
-        LayerStoreError::BadPath {
-            layer: self.layer.clone(),
-            path: show(path),
-            problem,
-        }
+    fn bad_path(&self, path: &[u8], problem: &'static str) -> LayerStoreError {
+        self.attrs.bad_path(path, problem)
     }
 
     fn blocked(&self, path: &[u8], component: &[u8], symlink: bool) -> LayerStoreError {
-        let (layer, path, component) = (self.layer.clone(), show(path), show(component));
-        if symlink {
-            LayerStoreError::ThroughSymlink {
-                layer,
-                path,
-                symlink: component,
-            }
-        } else {
-            LayerStoreError::NotADirectory {
-                layer,
-                path,
-                component,
-            }
-        }
+        WalkError::blocked(&self.attrs.layer, path, component, symlink).into()
     }
 
     /// Applies the whole tar stream (stops at its end-of-archive marker).
     pub(crate) fn run(&mut self, tar: &mut dyn Read) -> Result<(), LayerStoreError> {
-        let mut archive = tar::Archive::new(tar);
-        let entries = archive.entries().map_err(|e| self.tar_err(e))?;
-        for entry in entries {
-            let mut entry = entry.map_err(|e| self.tar_err(e))?;
-            self.stats.entries += 1;
-            if self.stats.entries > self.max_entries {
-                return Err(LayerStoreError::TooManyEntries {
-                    layer: self.layer.clone(),
-                    limit: self.max_entries,
-                });
-            }
-            self.entry(&mut entry)?;
-            (self.progress)();
-        }
-        Ok(())
+        let layer = self.attrs.layer.clone();
+        let mut count = EntryCount {
+            entries: self.stats.entries,
+            max: self.max_entries,
+        };
+        let r = walk_layer(&layer, tar, &mut count, self);
+        self.stats.entries = count.entries;
+        r
     }
 
     /// Sets the directories' metadata (after all their children were
@@ -239,9 +198,12 @@ impl<'a> Unpacker<'a> {
                 continue; // Replaced by a non-directory later in the layer.
             };
             match meta {
-                DirMeta::Tar(m) => self.apply_fd(shown, fd.as_fd(), libc::S_IFDIR, &m, None)?,
+                DirMeta::Tar(m) => {
+                    self.attrs
+                        .apply_fd(shown, fd.as_fd(), libc::S_IFDIR, &m, None)?
+                }
                 DirMeta::Copied { st, xattrs } => {
-                    self.apply_copied(shown, fd.as_fd(), &st, &xattrs)?
+                    self.attrs.apply_copied(shown, fd.as_fd(), &st, &xattrs)?
                 }
             }
         }
@@ -268,59 +230,6 @@ impl<'a> Unpacker<'a> {
         Ok(Some(dir))
     }
 
-    fn entry(&mut self, entry: &mut tar::Entry<'_, &mut dyn Read>) -> Result<(), LayerStoreError> {
-        use tar::EntryType as T;
-        let raw = entry.path_bytes().into_owned();
-        let kind = entry.header().entry_type();
-        if matches!(
-            kind,
-            T::XGlobalHeader | T::XHeader | T::GNULongName | T::GNULongLink
-        ) {
-            return Ok(());
-        }
-        let comps = normalize(&raw).map_err(|p| self.bad_path(&raw, p))?;
-        let Some((&name, parents)) = comps.split_last() else {
-            if kind == T::Directory {
-                let meta = self.metadata(entry, &raw)?;
-                self.dirs.insert(Vec::new(), DirMeta::Tar(meta));
-                return Ok(());
-            }
-            return Err(self.bad_path(&raw, "a non-directory entry for the root"));
-        };
-        if name.starts_with(WHITEOUT_PREFIX) {
-            return self.whiteout(&raw, parents, name);
-        }
-        let meta = self.metadata(entry, &raw)?;
-        let full = comps.join(&b'/');
-        let parent = self
-            .parent(&raw, parents, true)?
-            .expect("parents are created when missing");
-        let cname = cstr(name).map_err(|_| self.bad_path(&raw, "NUL in path"))?;
-        let p = parent.as_fd();
-        match kind {
-            T::Directory => self.dir(&raw, p, &full, &cname, meta)?,
-            T::Regular | T::Continuous => {
-                self.clear(&raw, p, &full, &cname)?;
-                let mut f =
-                    sys::create(p, &cname, 0o600).map_err(self.entry_err(&raw, "create"))?;
-                self.write_data(&raw, entry, &mut f)?;
-                self.apply_fd(&raw, f.as_fd(), libc::S_IFREG, &meta, None)?;
-            }
-            T::Symlink => self.symlink(&raw, p, &full, &cname, entry, &meta)?,
-            T::Link => self.hardlink(&raw, p, &full, &cname, entry)?,
-            T::Char | T::Block | T::Fifo => self.special(&raw, p, &full, &cname, entry, &meta)?,
-            other => {
-                return Err(LayerStoreError::Unsupported {
-                    layer: self.layer.clone(),
-                    path: show(&raw),
-                    kind: format!("{other:?}"),
-                })
-            }
-        }
-        self.created.insert(full);
-        Ok(())
-    }
-
     /// Opens the directory holding an entry, walking `parents` without
     /// following symlinks. Missing directories are created: with the
     /// metadata the lower layers show for them, or as new 0755 root-owned
@@ -330,7 +239,7 @@ impl<'a> Unpacker<'a> {
     fn parent(
         &mut self,
         raw: &[u8],
-        parents: &[&[u8]],
+        parents: &[Vec<u8>],
         create: bool,
     ) -> Result<Option<OwnedFd>, LayerStoreError> {
         let key = parents.join(&b'/');
@@ -340,7 +249,7 @@ impl<'a> Unpacker<'a> {
             }
         }
         let mut dir = self.root.try_clone().map_err(self.entry_err(raw, "dup"))?;
-        for (i, &c) in parents.iter().enumerate() {
+        for (i, c) in parents.iter().enumerate() {
             let cname = cstr(c).map_err(|_| self.bad_path(raw, "NUL in path"))?;
             match sys::open_dir(dir.as_fd(), &cname) {
                 Ok(fd) => {
@@ -412,7 +321,7 @@ impl<'a> Unpacker<'a> {
     /// Looks `comps` up with overlay rules across this layer and the lower
     /// ones: a whiteout ends the search, a non-directory hides what is below
     /// it, an opaque directory hides the directories below it.
-    fn lookup(&self, comps: &[&[u8]]) -> io::Result<Lookup> {
+    fn lookup(&self, comps: &[Vec<u8>]) -> io::Result<Lookup> {
         let mut dirs: Vec<(usize, OwnedFd)> = Vec::new();
         for (i, l) in std::iter::once(&self.root).chain(&self.lowers).enumerate() {
             dirs.push((i, l.try_clone()?));
@@ -462,7 +371,7 @@ impl<'a> Unpacker<'a> {
 
     fn set_opaque(&self, raw: &[u8], dir: BorrowedFd<'_>) -> Result<(), LayerStoreError> {
         let name = cstr(OPAQUE_XATTR.as_bytes()).expect("no NUL");
-        sys::fset_xattr(dir, &name, b"y")
+        sys::fset_xattr(dir, &name, OPAQUE_VALUE)
             .map_err(self.entry_err(raw, format!("setxattr {OPAQUE_XATTR}")))
     }
 
@@ -490,51 +399,6 @@ impl<'a> Unpacker<'a> {
                 .map_err(self.entry_err(raw, "unlink the replaced entry"))?;
         }
         Ok(true)
-    }
-
-    fn whiteout(
-        &mut self,
-        raw: &[u8],
-        parents: &[&[u8]],
-        name: &[u8],
-    ) -> Result<(), LayerStoreError> {
-        if name == OPAQUE_MARKER {
-            let dir = self
-                .parent(raw, parents, true)?
-                .expect("parents are created when missing");
-            return self.set_opaque(raw, dir.as_fd());
-        }
-        if name.starts_with(AUFS_META_PREFIX) {
-            return Ok(());
-        }
-        let target = &name[WHITEOUT_PREFIX.len()..];
-        if target.is_empty() || target == b"." || target == b".." {
-            return Err(self.bad_path(raw, "whiteout of an empty, '.' or '..' name"));
-        }
-        let mut full = parents.join(&b'/');
-        if !full.is_empty() {
-            full.push(b'/');
-        }
-        full.extend_from_slice(target);
-        // Whiteouts only hide lower layers: this layer's own entry stays.
-        if self.created.contains(&full) {
-            return Ok(());
-        }
-        let Some(dir) = self.parent(raw, parents, false)? else {
-            return Ok(()); // Nothing below to hide.
-        };
-        let cname = cstr(target).map_err(|_| self.bad_path(raw, "NUL in path"))?;
-        if let Some(st) = sys::stat_at(dir.as_fd(), &cname).map_err(self.entry_err(raw, "stat"))? {
-            if sys::is_whiteout(&st) {
-                return Ok(());
-            }
-        }
-        // A directory here only mirrors a lower one (made as a parent): it goes too.
-        self.clear(raw, dir.as_fd(), &full, &cname)?;
-        sys::mknod_at(dir.as_fd(), &cname, libc::S_IFCHR, 0).map_err(self.entry_err(
-            raw,
-            "mknod whiteout (a character device 0:0; unprivileged this needs Linux >= 5.8)",
-        ))
     }
 
     fn dir(
@@ -572,7 +436,7 @@ impl<'a> Unpacker<'a> {
                 Ok(0) => return Ok(()),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(self.tar_err(e)),
+                Err(e) => return Err(WalkError::tar(&self.attrs.layer, e).into()),
             };
             f.write_all(&self.buf[..n])
                 .map_err(self.entry_err(raw, "write"))?;
@@ -586,96 +450,74 @@ impl<'a> Unpacker<'a> {
         p: BorrowedFd<'_>,
         full: &[u8],
         name: &CStr,
-        entry: &tar::Entry<'_, &mut dyn Read>,
+        target: &[u8],
         meta: &Meta,
     ) -> Result<(), LayerStoreError> {
-        let target = entry
-            .link_name_bytes()
-            .map(|c| c.into_owned())
-            .unwrap_or_default();
-        if target.is_empty() {
-            return Err(self.bad_path(raw, "symlink with an empty target"));
-        }
-        let target = cstr(&target).map_err(|_| self.bad_path(raw, "NUL in the symlink target"))?;
+        let target = cstr(target).map_err(|_| self.bad_path(raw, "NUL in the symlink target"))?;
         self.clear(raw, p, full, name)?;
         sys::symlink_at(&target, p, name).map_err(self.entry_err(raw, "symlink"))?;
-        self.apply_at(raw, p, name, libc::S_IFLNK, meta)
+        self.attrs.apply_at(raw, p, name, libc::S_IFLNK, meta)
     }
 
-    fn special(
+    fn device(
         &mut self,
         raw: &[u8],
         p: BorrowedFd<'_>,
         full: &[u8],
         name: &CStr,
-        entry: &tar::Entry<'_, &mut dyn Read>,
+        Device { kind, major, minor }: Device,
         meta: &Meta,
     ) -> Result<(), LayerStoreError> {
-        let h = entry.header();
-        let major = h.device_major().ok().flatten().unwrap_or(0);
-        let minor = h.device_minor().ok().flatten().unwrap_or(0);
-        let ftype = match h.entry_type() {
-            tar::EntryType::Char => libc::S_IFCHR,
-            tar::EntryType::Block => libc::S_IFBLK,
-            _ => libc::S_IFIFO,
+        let ftype = match kind {
+            DeviceKind::Char => libc::S_IFCHR,
+            DeviceKind::Block => libc::S_IFBLK,
+            DeviceKind::Fifo => libc::S_IFIFO,
         };
         self.clear(raw, p, full, name)?;
         let whiteout = ftype == libc::S_IFCHR && major == 0 && minor == 0;
         if whiteout {
             tracing::warn!(
                 "layer {}: {:?} is a character device 0:0, which overlays read as a whiteout",
-                self.layer,
+                self.attrs.layer,
                 show(raw)
             );
         }
-        if self.privileged || ftype == libc::S_IFIFO || whiteout {
+        if self.attrs.privileged || ftype == libc::S_IFIFO || whiteout {
             sys::mknod_at(p, name, ftype | 0o600, libc::makedev(major, minor))
                 .map_err(self.entry_err(raw, "mknod"))?;
-            return self.apply_at(raw, p, name, ftype, meta);
+            return self.attrs.apply_at(raw, p, name, ftype, meta);
         }
         // Unprivileged: an empty regular file standing for the device.
         let f = sys::create(p, name, 0o600).map_err(self.entry_err(raw, "create"))?;
-        self.apply_fd(raw, f.as_fd(), ftype, meta, Some((major, minor)))
+        self.attrs
+            .apply_fd(raw, f.as_fd(), ftype, meta, Some((major, minor)))
     }
 
     fn hardlink(
         &mut self,
         raw: &[u8],
+        (target, target_raw): (&[Vec<u8>], &[u8]),
         p: BorrowedFd<'_>,
         full: &[u8],
         name: &CStr,
-        entry: &tar::Entry<'_, &mut dyn Read>,
     ) -> Result<(), LayerStoreError> {
-        let target_raw = entry
-            .link_name_bytes()
-            .map(|c| c.into_owned())
-            .unwrap_or_default();
-        let (layer, path, target) = (self.layer.clone(), show(raw), show(&target_raw));
-        let err = |problem| LayerStoreError::Hardlink {
-            layer: layer.clone(),
-            path: path.clone(),
-            target: target.clone(),
-            problem,
-        };
-        let tcomps = normalize(&target_raw).map_err(|_| err("target is outside the image"))?;
-        let Some(&tname) = tcomps.last() else {
-            return Err(err("target is the root directory"));
-        };
+        let layer = self.attrs.layer.clone();
+        let err = |problem| WalkError::hardlink(&layer, raw, target_raw, problem);
+        let tname = target.last().expect("never the root");
         let tname = cstr(tname).map_err(|_| err("NUL in the target"))?;
         let (found_in, tparent, st) = match self
-            .lookup(&tcomps)
+            .lookup(target)
             .map_err(self.entry_err(raw, "look up the link target"))?
         {
-            Lookup::Missing => return Err(err("target not (yet) in the image")),
+            Lookup::Missing => return Err(err("target not (yet) in the image").into()),
             Lookup::Blocked { .. } => {
-                return Err(err(
-                    "the path to the target goes through a symlink or a file",
-                ))
+                let problem = "the path to the target goes through a symlink or a file";
+                return Err(err(problem).into());
             }
             Lookup::Found { layer, parent, st } => (layer, parent, st),
         };
         if is_dir(&st) {
-            return Err(err("target is a directory"));
+            return Err(err("target is a directory").into());
         }
         if found_in == 0 {
             // Link first: the replaced entry may be (or contain) the target.
@@ -686,6 +528,96 @@ impl<'a> Unpacker<'a> {
             return sys::rename_at(p, &scratch, name).map_err(self.entry_err(raw, "rename"));
         }
         self.clear(raw, p, full, name)?;
-        self.copy_from_lower(raw, tparent.as_fd(), &tname, &st, p, name)
+        let copied = self
+            .attrs
+            .copy_from_lower(raw, tparent.as_fd(), &tname, &st, p, name)?;
+        self.stats.file_bytes += copied;
+        if self.stats.file_bytes > self.max_bytes {
+            return Err(LayerStoreError::TooLarge {
+                layer: self.attrs.layer.clone(),
+                limit: self.max_bytes,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl LayerOps for Unpacker<'_> {
+    type Error = LayerStoreError;
+
+    fn root(&mut self, at: &At<'_>, meta: Meta) -> Result<(), LayerStoreError> {
+        let meta = self.attrs.image_meta(at.raw, meta);
+        self.dirs.insert(Vec::new(), DirMeta::Tar(meta));
+        Ok(())
+    }
+
+    fn opaque(&mut self, at: &At<'_>) -> Result<(), LayerStoreError> {
+        let dir = self.parent(at.raw, at.path, true)?;
+        self.set_opaque(at.raw, dir.expect("created when missing").as_fd())
+    }
+
+    fn whiteout(&mut self, at: &At<'_>) -> Result<(), LayerStoreError> {
+        let (parents, target) = at.split();
+        let (raw, full) = (at.raw, at.full());
+        // Whiteouts only hide lower layers: this layer's own entry stays.
+        if self.created.contains(&full) {
+            return Ok(());
+        }
+        let Some(dir) = self.parent(raw, parents, false)? else {
+            return Ok(()); // Nothing below to hide.
+        };
+        let cname = cstr(target).map_err(|_| self.bad_path(raw, "NUL in path"))?;
+        if let Some(st) = sys::stat_at(dir.as_fd(), &cname).map_err(self.entry_err(raw, "stat"))? {
+            if sys::is_whiteout(&st) {
+                return Ok(());
+            }
+        }
+        // A directory here only mirrors a lower one (made as a parent): it goes too.
+        self.clear(raw, dir.as_fd(), &full, &cname)?;
+        sys::mknod_at(dir.as_fd(), &cname, libc::S_IFCHR, 0).map_err(self.entry_err(
+            raw,
+            "mknod whiteout (a character device 0:0; unprivileged this needs Linux >= 5.8)",
+        ))
+    }
+
+    fn create(&mut self, at: &At<'_>, what: Create<'_>) -> Result<(), LayerStoreError> {
+        let (parents, name) = at.split();
+        let (raw, full) = (at.raw, at.full());
+        let parent = self
+            .parent(raw, parents, true)?
+            .expect("parents are created when missing");
+        let cname = cstr(name).map_err(|_| self.bad_path(raw, "NUL in path"))?;
+        let p = parent.as_fd();
+        match what {
+            Create::Dir(meta) => {
+                let meta = self.attrs.image_meta(raw, meta);
+                self.dir(raw, p, &full, &cname, meta)?
+            }
+            Create::File { meta, data, .. } => {
+                let meta = self.attrs.image_meta(raw, meta);
+                self.clear(raw, p, &full, &cname)?;
+                let mut f = sys::create(p, &cname, 0o600).map_err(self.entry_err(raw, "create"))?;
+                self.write_data(raw, data, &mut f)?;
+                self.attrs
+                    .apply_fd(raw, f.as_fd(), libc::S_IFREG, &meta, None)?;
+            }
+            Create::Symlink { meta, target } => {
+                let meta = self.attrs.image_meta(raw, meta);
+                self.symlink(raw, p, &full, &cname, &target, &meta)?
+            }
+            Create::Hardlink { target, target_raw } => {
+                self.hardlink(raw, (&target, &target_raw), p, &full, &cname)?
+            }
+            Create::Device { meta, dev } => {
+                let meta = self.attrs.image_meta(raw, meta);
+                self.device(raw, p, &full, &cname, dev, &meta)?
+            }
+        }
+        self.created.insert(full);
+        Ok(())
+    }
+
+    fn entry_done(&mut self) {
+        (self.progress)();
     }
 }

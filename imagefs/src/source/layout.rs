@@ -5,56 +5,16 @@
 //! The tag is the `org.opencontainers.image.ref.name` annotation of an
 //! `index.json` entry.
 
-use super::archive::TarFiles;
+use super::files::{DirFiles, Files, TarFiles};
 use super::manifest::{desc_digest, read_verified, resolve_doc, select_platform, MAX_DOCUMENT};
 use super::{name, ImageSource, ResolvedImage, SourceError};
 use crate::digest::{Digest, VerifyingReader};
 use crate::reference::ImageRef;
 use oci_spec::image::{Descriptor, ImageIndex};
-use std::fs::File;
-use std::io::{self, BufReader, Read};
-use std::path::PathBuf;
+use std::io::Read;
 
 /// The annotation holding a layout entry's tag.
 pub(crate) const REF_NAME: &str = "org.opencontainers.image.ref.name";
-
-/// Read access to the files of a layout or archive by relative `/`-separated path.
-pub(crate) trait Files: Send {
-    /// Opens a file: its contents and size, or None if it does not exist.
-    fn open(&self, path: &str) -> io::Result<Option<(Box<dyn Read + Send + '_>, u64)>>;
-
-    /// Where the files are, for messages.
-    fn location(&self) -> String;
-}
-
-/// Files in a directory.
-pub(crate) struct DirFiles {
-    root: PathBuf,
-}
-
-impl Files for DirFiles {
-    fn open(&self, path: &str) -> io::Result<Option<(Box<dyn Read + Send + '_>, u64)>> {
-        let p = self.root.join(path);
-        match File::open(&p) {
-            Ok(f) => {
-                let meta = f.metadata()?;
-                if !meta.is_file() {
-                    return Ok(None);
-                }
-                Ok(Some((
-                    Box::new(BufReader::with_capacity(256 << 10, f)),
-                    meta.len(),
-                )))
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
-    fn location(&self) -> String {
-        self.root.display().to_string()
-    }
-}
 
 /// Reads a small file (at most [`super::manifest::MAX_DOCUMENT`] bytes); None if absent.
 pub(crate) fn read_small(

@@ -10,6 +10,7 @@
 //! OCI ones, so callers only see OCI types.
 
 mod archive;
+mod files;
 mod layout;
 mod manifest;
 mod registry;

@@ -3,7 +3,7 @@
 //! against it, decoding the unprivileged encoding as a VMM serving such a
 //! store must.
 
-use imagefs::layerstore::Override;
+use imagefs::layerstore::read_override;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{CString, OsStr};
 use std::fs;
@@ -70,7 +70,7 @@ pub fn attrs(p: &Path) -> Attrs {
         ino: (m.dev(), m.ino()),
         xattrs: BTreeMap::new(),
     };
-    if let Some(o) = Override::read(p).unwrap() {
+    if let Some(o) = read_override(p).unwrap() {
         (a.ftype, a.perm, a.uid, a.gid) = (o.mode & libc::S_IFMT, o.mode & 0o7777, o.uid, o.gid);
         a.rdev = o.rdev.unwrap_or((0, 0));
     }
