@@ -8,8 +8,6 @@ use std::path::PathBuf;
 /// `panic=-1`: a panicking kernel restarts at once instead of hanging.
 pub const DEFAULT_CMDLINE: &str =
     "console=ttyS0 reboot=k panic=-1 pci=off 8250.nr_uarts=1 cryptomgr.notests";
-/// Makes minivm's guest kernel report panics on the panic port (see devices::harness).
-pub const PANIC_PORT_PARAM: &str = "minivm_panic_port=0xf6";
 /// Work-arounds for kvm-pvm hosts (see the README): the kernel patch's switch,
 /// plus instructions the host's emulator cannot run hidden from the guest.
 /// Guest user space reads the host's CPUID directly and would use AVX, whose

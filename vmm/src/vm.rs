@@ -8,13 +8,11 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use devices::acpi::{AcpiPmDevice, ACPI_PM_PORT, ACPI_PM_PORTS_LEN};
-use devices::bus::Bus;
-use devices::harness::{HarnessPorts, EXIT_PORT, HARNESS_PORTS_LEN};
-use devices::i8042::{I8042, I8042_DATA_PORT, I8042_PORTS_LEN};
-use devices::serial::{
-    ConsoleOutput, InputEvents, SerialDevice, SERIAL_IRQ, SERIAL_PORT, SERIAL_PORTS_LEN,
-};
+use devices::acpi::AcpiPmDevice;
+use devices::bus::{Bus, BusDevice};
+use devices::harness::HarnessPorts;
+use devices::i8042::I8042;
+use devices::serial::{ConsoleOutput, InputEvents, SerialDevice};
 use devices::virtio::block::Block;
 use devices::virtio::mmio::MmioTransport;
 use devices::virtio::Interrupt;
@@ -31,6 +29,7 @@ use crate::error::io_reason;
 use crate::terminal::{ExitWatcher, RawMode, StdinForwarder};
 use crate::vcpu::{Buses, Vcpu, VcpuError};
 use boot::layout::{VIRTIO_FIRST_IRQ, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE};
+use boot::ports::{self, PortRange};
 use boot::GuestMemory;
 
 /// Where /dev/kvm lives.
@@ -236,7 +235,7 @@ fn setup_devices(
     let mut cmdline_extra = Vec::new();
 
     let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(host_err("serial irq"))?;
-    vm.register_irqfd(&serial_irq, SERIAL_IRQ)
+    vm.register_irqfd(&serial_irq, ports::COM1_GSI)
         .map_err(kvm_err("register serial irqfd"))?;
     let serial_input = Arc::new(InputEvents {
         in_buffer_empty: EventFd::new(libc::EFD_NONBLOCK)
@@ -247,22 +246,22 @@ fn setup_devices(
         serial_input.clone(),
         console.writer(),
     )));
-    pio.insert(serial.clone(), u64::from(SERIAL_PORT), SERIAL_PORTS_LEN)?;
-    pio.insert(
-        Arc::new(Mutex::new(I8042::new(exit.clone()))),
-        u64::from(I8042_DATA_PORT),
-        I8042_PORTS_LEN,
-    )?;
-    pio.insert(
-        Arc::new(Mutex::new(HarnessPorts::new(exit.clone(), start))),
-        u64::from(EXIT_PORT),
-        HARNESS_PORTS_LEN,
-    )?;
-    pio.insert(
-        Arc::new(Mutex::new(AcpiPmDevice::new(exit.clone()))),
-        u64::from(ACPI_PM_PORT),
-        ACPI_PM_PORTS_LEN,
-    )?;
+    // The port map is boot::ports, which the ACPI tables announce too.
+    let port_devices: [(Arc<Mutex<dyn BusDevice>>, PortRange); 4] = [
+        (serial.clone(), ports::COM1),
+        (Arc::new(Mutex::new(I8042::new(exit.clone()))), ports::I8042),
+        (
+            Arc::new(Mutex::new(HarnessPorts::new(exit.clone(), start))),
+            ports::HARNESS,
+        ),
+        (
+            Arc::new(Mutex::new(AcpiPmDevice::new(exit.clone()))),
+            ports::ACPI_PM,
+        ),
+    ];
+    for (device, range) in port_devices {
+        pio.insert(device, u64::from(range.base), u64::from(range.len))?;
+    }
 
     let mut slots = Slots::default();
     if let Some(disk) = &config.disk {
@@ -427,8 +426,9 @@ fn full_cmdline(config: &VmConfig, extra: &[String], pvm: bool) -> String {
     for e in extra {
         add(e);
     }
+    // Makes minivm's guest kernel report panics on the panic port (devices::harness).
     if !config.cmdline.contains("minivm_panic_port=") {
-        add(config::PANIC_PORT_PARAM);
+        add(&format!("minivm_panic_port={:#x}", ports::PANIC_PORT));
     }
     if pvm && !config.cmdline.contains("minivm_pvm_quirks") {
         add(config::PVM_CMDLINE);
@@ -567,4 +567,30 @@ pub fn run(config: &VmConfig, start: Instant) -> Result<ExitReason, VmError> {
     drop(vm);
     drop(mem);
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minivm_adds_the_panic_port_unless_given() {
+        let mut config = VmConfig {
+            kernel: "/vmlinux".into(),
+            initrd: None,
+            disk: None,
+            shares: vec![],
+            mem_size: 64 << 20,
+            cpus: 1,
+            cmdline: "console=ttyS0".into(),
+        };
+        let extra = ["virtio_mmio.device=4K@0xd0000000:5".to_string()];
+        assert_eq!(
+            full_cmdline(&config, &extra, false),
+            "console=ttyS0 virtio_mmio.device=4K@0xd0000000:5 minivm_panic_port=0xf6"
+        );
+        config.cmdline = "minivm_panic_port=0x80".into();
+        assert_eq!(full_cmdline(&config, &[], false), "minivm_panic_port=0x80");
+        assert!(full_cmdline(&config, &[], true).ends_with(config::PVM_CMDLINE));
+    }
 }
