@@ -247,13 +247,17 @@ fn resolve_kernel(explicit: Option<&Path>) -> Result<PathBuf, SpecError> {
     })
 }
 
-fn check_dir(what: &'static str, path: &Path) -> Result<(), SpecError> {
-    let unreadable = |source| SpecError::Unreadable {
+fn unreadable<'a>(what: &'static str, path: &'a Path) -> impl Fn(io::Error) -> SpecError + 'a {
+    move |source| SpecError::Unreadable {
         what,
         path: path.to_path_buf(),
         source,
-    };
-    let meta = std::fs::metadata(path).map_err(unreadable)?;
+    }
+}
+
+fn check_dir(what: &'static str, path: &Path) -> Result<(), SpecError> {
+    let unreadable = unreadable(what, path);
+    let meta = std::fs::metadata(path).map_err(&unreadable)?;
     if !meta.is_dir() {
         return Err(SpecError::NotADirectory {
             what,
@@ -265,12 +269,8 @@ fn check_dir(what: &'static str, path: &Path) -> Result<(), SpecError> {
 }
 
 fn check_readable(what: &'static str, path: &Path) -> Result<(), SpecError> {
-    let unreadable = |source| SpecError::Unreadable {
-        what,
-        path: path.to_path_buf(),
-        source,
-    };
-    let meta = std::fs::metadata(path).map_err(unreadable)?;
+    let unreadable = unreadable(what, path);
+    let meta = std::fs::metadata(path).map_err(&unreadable)?;
     if meta.is_dir() {
         return Err(SpecError::IsADirectory {
             what,
