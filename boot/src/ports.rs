@@ -1,6 +1,6 @@
 //! The machine's I/O port map: which device answers at which ports, and the
 //! legacy interrupt line of the one that has one. One place, like the memory
-//! map in [`crate::layout`]: the ACPI tables ([`crate::acpi`]) announce these
+//! map in the `layout` module: the ACPI tables (the `acpi` module) announce these
 //! ports and the VMM puts the devices on its port bus at them; the devices
 //! (crate `devices`) only decode offsets from the base they are given.
 

@@ -1,5 +1,5 @@
 //! What `vm::run` builds: the VM's files, devices and command line, all
-//! checked and prepared (see [`crate::spec`] and [`crate::root`]).
+//! checked and prepared (by the `spec` and `root` modules).
 
 use std::path::PathBuf;
 

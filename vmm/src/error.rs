@@ -2,8 +2,6 @@
 //! stage has its own error type with the cause attached; `main` prints any
 //! of them as `minivm: <message>` and exits with status 1.
 
-use std::io;
-
 use crate::images::ImageError;
 use crate::spec::SpecError;
 use crate::upper::UpperError;
@@ -24,13 +22,4 @@ pub enum Error {
     /// The VM could not be built or run.
     #[error(transparent)]
     Vm(#[from] VmError),
-}
-
-/// A short reason for an I/O error, without Rust's "(os error N)" noise.
-pub fn io_reason(e: &io::Error) -> String {
-    match e.kind() {
-        io::ErrorKind::NotFound => "no such file".into(),
-        io::ErrorKind::PermissionDenied => "permission denied".into(),
-        _ => e.to_string(),
-    }
 }

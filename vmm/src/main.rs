@@ -11,6 +11,7 @@ mod config;
 mod cpuid;
 mod error;
 mod images;
+mod io_reason;
 mod paths;
 mod root;
 mod spec;

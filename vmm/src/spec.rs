@@ -1,7 +1,7 @@
 //! `run`'s arguments validated into one value: which root to boot and how
 //! (read-only, persistent, size-capped: each decided here, once), the kernel
 //! resolved, every named file checked and the kernel command line built.
-//! Nothing is created or converted yet; that is [`crate::root`]'s job.
+//! Nothing is created or converted yet; that is the `root` module's job.
 
 use std::fs::File;
 use std::io;
@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use crate::cli::{ImageOpts, RunArgs};
 use crate::config::{ShareConfig, ShareSource, DEFAULT_CMDLINE, ROOTFS_TAG};
-use crate::error::io_reason;
+use crate::io_reason::io_reason;
 
 /// A `run` argument that names a missing or unusable file.
 #[derive(Debug, thiserror::Error)]

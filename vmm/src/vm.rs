@@ -25,7 +25,7 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::config::{self, ShareSource, VmConfig};
-use crate::error::io_reason;
+use crate::io_reason::io_reason;
 use crate::terminal::{ExitWatcher, RawMode, StdinForwarder};
 use crate::vcpu::{Buses, Vcpu, VcpuError};
 use boot::layout::{VIRTIO_FIRST_IRQ, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE};
