@@ -8,9 +8,9 @@
 //!
 //! They give Linux what it otherwise lacks: the vCPUs to bring up (MADT) and
 //! a way to power off (FADT sleep registers + `\_S5_`). The sleep control,
-//! sleep status and reset registers are I/O ports served by
-//! `devices::acpi::AcpiPmDevice`; the port numbers here must match it (a unit
-//! test checks that they do).
+//! sleep status and reset registers are the ports of [`ports::ACPI_PM`],
+//! served by `devices::acpi::AcpiPmDevice`; their offsets and values here must
+//! match it (a unit test checks that they do).
 //!
 //! On a hardware-reduced platform Linux drops the legacy PIC and pre-allocates
 //! no ISA IRQs, so a device that is not described here gets no interrupt: the
@@ -33,6 +33,7 @@ use linux_loader::loader::bootparam::boot_params;
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::layout::{EBDA_START, HIMEM_START, VIRTIO_MMIO_SIZE, ZERO_PAGE_ADDR};
+use crate::ports::{self, COM1, COM1_GSI};
 use crate::GuestMemory;
 
 /// Where the RSDP goes: the start of the BIOS read-only area Linux scans.
@@ -40,11 +41,11 @@ pub const RSDP_ADDR: u64 = 0x000e_0000;
 /// End (exclusive) of the area the tables may fill.
 pub const ACPI_TABLES_END: u64 = HIMEM_START;
 /// Sleep control register (ACPI 6, hardware-reduced): SLP_TYP and SLP_EN.
-pub const SLEEP_CONTROL_PORT: u16 = 0x3c0;
+pub const SLEEP_CONTROL_PORT: u16 = ports::ACPI_PM.at(0);
 /// Sleep status register: WAK_STS.
-pub const SLEEP_STATUS_PORT: u16 = 0x3c1;
+pub const SLEEP_STATUS_PORT: u16 = ports::ACPI_PM.at(1);
 /// Reset register.
-pub const RESET_PORT: u16 = 0x3c2;
+pub const RESET_PORT: u16 = ports::ACPI_PM.at(2);
 /// What the guest writes to [`RESET_PORT`] to reset the machine.
 pub const RESET_VALUE: u8 = 1;
 /// The sleep type `\_S5_` announces; the guest writes it to SLP_TYP to power off.
@@ -55,12 +56,9 @@ pub const LAPIC_ADDR: u32 = 0xfee0_0000;
 pub const IOAPIC_ADDR: u32 = 0xfec0_0000;
 /// IOAPIC id: KVM's IOAPIC ID register resets to 0, so say the same.
 pub const IOAPIC_ID: u8 = 0;
-/// The 8250 UART every minivm VM has (`devices::serial`): ports and GSI.
-pub const COM1_PORT: u16 = 0x3f8;
-/// Ports of the UART.
-pub const COM1_PORTS_LEN: u8 = 8;
-/// GSI of the UART.
-pub const COM1_GSI: u32 = 4;
+/// The UART's ports, as an AML I/O descriptor counts them.
+const COM1_PORTS_LEN: u8 = COM1.len as u8;
+const _: () = assert!(COM1.len <= u8::MAX as u16);
 
 const OEM_ID: [u8; 6] = *b"MINIVM";
 const OEM_REVISION: u32 = 1;
@@ -164,7 +162,7 @@ fn virtio_device_aml(index: usize, base: u64, gsi: u32) -> Result<RawAml, AcpiEr
 fn com1_aml() -> RawAml {
     let hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0501"));
     let uid = aml::Name::new("_UID".into(), &0u8);
-    let io = aml::IO::new(COM1_PORT, COM1_PORT, 1, COM1_PORTS_LEN);
+    let io = aml::IO::new(COM1.base, COM1.base, 1, COM1_PORTS_LEN);
     let irq = aml::Interrupt::new(true, true, false, false, COM1_GSI);
     let crs = aml::Name::new("_CRS".into(), &aml::ResourceTemplate::new(vec![&io, &irq]));
     RawAml(to_bytes(&aml::Device::new(
@@ -567,21 +565,24 @@ mod tests {
     #[test]
     fn ports_match_the_devices() {
         use devices::acpi as dev;
-        assert_eq!(
-            SLEEP_CONTROL_PORT,
-            dev::ACPI_PM_PORT + dev::SLEEP_CONTROL_OFFSET as u16
-        );
-        assert_eq!(
-            SLEEP_STATUS_PORT,
-            dev::ACPI_PM_PORT + dev::SLEEP_STATUS_OFFSET as u16
-        );
-        assert_eq!(RESET_PORT, dev::ACPI_PM_PORT + dev::RESET_OFFSET as u16);
+        let pm = ports::ACPI_PM.base;
+        assert_eq!(SLEEP_CONTROL_PORT, pm + dev::SLEEP_CONTROL_OFFSET as u16);
+        assert_eq!(SLEEP_STATUS_PORT, pm + dev::SLEEP_STATUS_OFFSET as u16);
+        assert_eq!(RESET_PORT, pm + dev::RESET_OFFSET as u16);
         assert_eq!(RESET_VALUE, dev::RESET_VALUE);
         assert_eq!(S5_SLEEP_TYPE, dev::S5_SLEEP_TYPE);
-        assert!(u64::from(RESET_PORT) < u64::from(dev::ACPI_PM_PORT) + dev::ACPI_PM_PORTS_LEN);
-        use devices::serial;
-        assert_eq!(COM1_PORT, serial::SERIAL_PORT);
-        assert_eq!(u64::from(COM1_PORTS_LEN), serial::SERIAL_PORTS_LEN);
-        assert_eq!(COM1_GSI, serial::SERIAL_IRQ);
+        assert_eq!(u64::from(ports::ACPI_PM.len), dev::ACPI_PM_PORTS_LEN);
+        assert_eq!(u64::from(COM1.len), devices::serial::SERIAL_PORTS_LEN);
+        assert_eq!(u64::from(ports::I8042.len), devices::i8042::I8042_PORTS_LEN);
+        use devices::harness as h;
+        assert_eq!(u64::from(ports::HARNESS.len), h::HARNESS_PORTS_LEN);
+        assert_eq!(
+            (ports::EXIT_PORT, ports::BOOT_MARKER_PORT, ports::PANIC_PORT),
+            (
+                ports::HARNESS.base + h::EXIT_OFFSET as u16,
+                ports::HARNESS.base + h::BOOT_MARKER_OFFSET as u16,
+                ports::HARNESS.base + h::PANIC_OFFSET as u16
+            )
+        );
     }
 }

@@ -12,6 +12,7 @@ pub mod bootparams;
 pub mod cpu;
 pub mod layout;
 pub mod loader;
+pub mod ports;
 
 /// Guest memory as the boot code sees it.
 pub type GuestMemory = vm_memory::GuestMemoryMmap<()>;

@@ -1,12 +1,12 @@
 //! ACPI power management registers of a hardware-reduced platform: the FADT's
 //! sleep control, sleep status and reset registers (`boot::acpi` announces
-//! them at these ports).
+//! them at the ports `boot::ports::ACPI_PM` gives).
 //!
-//! | port  | register      | guest write                            | effect                |
-//! |-------|---------------|----------------------------------------|-----------------------|
-//! | 0x3c0 | sleep control | SLP_EN (bit 5) with SLP_TYP (bits 2-4) = 5 | power off (S5)    |
-//! | 0x3c1 | sleep status  | WAK_STS (bit 7), to clear it           | none                  |
-//! | 0x3c2 | reset         | [`RESET_VALUE`]                        | reset                 |
+//! | offset | register      | guest write                            | effect                |
+//! |--------|---------------|----------------------------------------|-----------------------|
+//! | 0      | sleep control | SLP_EN (bit 5) with SLP_TYP (bits 2-4) = 5 | power off (S5)    |
+//! | 1      | sleep status  | WAK_STS (bit 7), to clear it           | none                  |
+//! | 2      | reset         | [`RESET_VALUE`]                        | reset                 |
 //!
 //! Linux's `poweroff` writes 0x80 to sleep status, then 0x34 to sleep control.
 //! Reads return 0.
@@ -14,9 +14,7 @@
 use crate::bus::BusDevice;
 use crate::{ExitHandle, ExitReason};
 
-/// First port of the block.
-pub const ACPI_PM_PORT: u16 = 0x3c0;
-/// Ports spanned, 0x3c0..=0x3c2.
+/// Ports the register block spans.
 pub const ACPI_PM_PORTS_LEN: u64 = 3;
 /// Offset of the sleep control register.
 pub const SLEEP_CONTROL_OFFSET: u64 = 0;
@@ -34,7 +32,7 @@ const SLP_EN: u8 = 1 << 5;
 const SLP_TYP_SHIFT: u8 = 2;
 const SLP_TYP_MASK: u8 = 0x7;
 
-/// The register block as one bus device at [`ACPI_PM_PORT`].
+/// The register block as one bus device.
 pub struct AcpiPmDevice {
     exit: ExitHandle,
 }

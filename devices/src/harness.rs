@@ -1,10 +1,13 @@
 //! Ports for test harnesses and boot measurement.
 //!
-//! | port  | write                  | effect                                          |
-//! |-------|------------------------|-------------------------------------------------|
-//! | 0xf4  | one byte N             | the VM ends and minivm exits with status N      |
-//! | 0xf5  | any byte               | "boot finished": minivm logs the time since its own start |
-//! | 0xf6  | any byte               | the guest kernel panicked (minivm's kernel writes it when booted with `minivm_panic_port=0xf6`) |
+//! | offset | port | write      | effect                                          |
+//! |--------|------|------------|-------------------------------------------------|
+//! | 0      | 0xf4 | one byte N | the VM ends and minivm exits with status N      |
+//! | 1      | 0xf5 | any byte   | "boot finished": minivm logs the time since its own start |
+//! | 2      | 0xf6 | any byte   | the guest kernel panicked (minivm's kernel writes it when booted with `minivm_panic_port=0xf6`) |
+//!
+//! The device decodes offsets; the ports are where `boot::ports::HARNESS`
+//! puts it, and users write them by number (README, `minivm run --help`).
 //!
 //! Reads return 0xff, like an absent ISA device. From a guest shell:
 //! `printf '\007' | dd of=/dev/port bs=1 seek=244 count=1` exits with status 7.
@@ -14,16 +17,16 @@ use std::time::Instant;
 use crate::bus::BusDevice;
 use crate::{ExitHandle, ExitReason};
 
-/// Exit port: the value written becomes minivm's exit status.
-pub const EXIT_PORT: u16 = 0xf4;
-/// Boot-finished port.
-pub const BOOT_MARKER_PORT: u16 = 0xf5;
-/// Kernel-panic port.
-pub const PANIC_PORT: u16 = 0xf6;
-/// Number of consecutive ports starting at [`EXIT_PORT`].
+/// Offset of the exit port: the value written becomes minivm's exit status.
+pub const EXIT_OFFSET: u64 = 0;
+/// Offset of the boot-finished port.
+pub const BOOT_MARKER_OFFSET: u64 = 1;
+/// Offset of the kernel-panic port.
+pub const PANIC_OFFSET: u64 = 2;
+/// Number of consecutive ports the device spans.
 pub const HARNESS_PORTS_LEN: u64 = 3;
 
-/// The three harness ports as one bus device at [`EXIT_PORT`].
+/// The three harness ports as one bus device.
 pub struct HarnessPorts {
     exit: ExitHandle,
     start: Instant,
@@ -49,14 +52,14 @@ impl BusDevice for HarnessPorts {
     fn write(&mut self, offset: u64, data: &[u8]) {
         let Some(&value) = data.first() else { return };
         match offset {
-            0 => self.exit.request(ExitReason::GuestExit(value)),
+            EXIT_OFFSET => self.exit.request(ExitReason::GuestExit(value)),
             // Only the first marker is a boot time; later writes are noise.
-            1 if !self.boot_marked => {
+            BOOT_MARKER_OFFSET if !self.boot_marked => {
                 self.boot_marked = true;
                 let ms = self.start.elapsed().as_secs_f64() * 1000.0;
                 eprintln!("minivm: guest boot finished {ms:.1} ms after start");
             }
-            2 => self.exit.request(ExitReason::GuestPanic),
+            PANIC_OFFSET => self.exit.request(ExitReason::GuestPanic),
             _ => {}
         }
     }

@@ -4,10 +4,10 @@
 use crate::bus::BusDevice;
 use crate::{ExitHandle, ExitReason};
 
-/// First port of the controller (data); the command/status port is base + 4.
-pub const I8042_DATA_PORT: u16 = 0x60;
-/// Ports spanned, 0x60..=0x64.
+/// Ports the controller spans: data at +0, command/status at +4.
 pub const I8042_PORTS_LEN: u64 = 5;
+const DATA_OFFSET: u64 = 0;
+const COMMAND_OFFSET: u64 = 4;
 
 const CMD_RESET_CPU: u8 = 0xfe;
 const CMD_READ_OUTPUT_PORT: u8 = 0xd0;
@@ -31,8 +31,8 @@ impl I8042 {
 impl BusDevice for I8042 {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         let value = match offset {
-            0 => self.output.take().unwrap_or(0),
-            4 => {
+            DATA_OFFSET => self.output.take().unwrap_or(0),
+            COMMAND_OFFSET => {
                 STATUS_SYSTEM_FLAG
                     | if self.output.is_some() {
                         STATUS_OUTPUT_FULL
@@ -49,7 +49,7 @@ impl BusDevice for I8042 {
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        if offset != 4 {
+        if offset != COMMAND_OFFSET {
             return;
         }
         match data.first() {

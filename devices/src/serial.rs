@@ -1,4 +1,4 @@
-//! The 8250/16550A UART at 0x3f8 (COM1, IRQ 4), emulated by vm-superio.
+//! The 8250/16550A UART (COM1 in `boot::ports`), emulated by vm-superio.
 //!
 //! Guest output goes to a [`ConsoleOutput`] whose writer never blocks the
 //! vCPU: bytes are queued and a separate thread writes them to the sink. If the
@@ -17,12 +17,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::BusDevice;
 
-/// COM1 base port.
-pub const SERIAL_PORT: u16 = 0x3f8;
 /// Ports spanned by the UART.
 pub const SERIAL_PORTS_LEN: u64 = 8;
-/// COM1's interrupt line.
-pub const SERIAL_IRQ: u32 = 4;
 /// Bytes of guest output held while the sink is slow; beyond it bytes are dropped.
 pub const OUTPUT_QUEUE_LIMIT: usize = 4 << 20;
 
@@ -178,7 +174,7 @@ pub struct SerialDevice {
 }
 
 impl SerialDevice {
-    /// `irq` raises IRQ 4; `events.in_buffer_empty` fires when the guest drained its input.
+    /// `irq` raises the UART's interrupt; `events.in_buffer_empty` fires when the guest drained its input.
     pub fn new(irq: EventFd, events: Arc<InputEvents>, out: ConsoleWriter) -> Self {
         SerialDevice {
             serial: Serial::with_events(IrqTrigger(irq), events, out),

@@ -7,9 +7,10 @@
 //! ```
 //! `key` hashes the manifest digest, the requested size and the converter
 //! version. An entry is built in `tmp/` and published with one rename(2) of its
-//! directory, so a kill -9 at any point leaves either no entry or a whole one;
-//! leftovers in `tmp/` belong to dead processes and are removed by [`Cache::gc`]
-//! and before each conversion.
+//! directory, so a kill -9 at any point leaves either no entry or a whole one.
+//! A conversion holds its `tmp/` directory as a [`WorkDir`]; one nobody holds
+//! is a leftover of a dead process, removed by [`Cache::gc`] and before each
+//! conversion.
 
 use std::fs;
 use std::io::Write;
@@ -17,6 +18,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+
+use crate::host::WorkDir;
 
 /// Bumped whenever the converter's output changes, so old entries are not reused.
 pub const CONVERTER_VERSION: &str = "minivm-ext4-1";
@@ -93,7 +96,9 @@ impl Entry {
 /// An entry being built; dropped without [`Pending::publish`], it is removed.
 pub struct Pending {
     key: String,
-    dir: PathBuf,
+    /// Held until the entry is published or dropped, so no other process
+    /// takes it for a leftover.
+    work: WorkDir,
     entries: PathBuf,
     published: bool,
 }
@@ -101,18 +106,19 @@ pub struct Pending {
 impl Pending {
     /// Where to write the disk.
     pub fn disk_path(&self) -> PathBuf {
-        self.dir.join("disk.raw")
+        self.dir().join("disk.raw")
     }
 
     /// The working directory (for spooled blobs and the like).
     pub fn dir(&self) -> &Path {
-        &self.dir
+        self.work.path()
     }
 
     /// Writes the metadata and publishes the entry atomically. If another
     /// process published the same key meanwhile, that entry is kept.
     pub fn publish(mut self, meta: &EntryMeta) -> Result<Entry, CacheError> {
-        let meta_path = self.dir.join("meta.json");
+        let dir = self.work.path().to_path_buf();
+        let meta_path = dir.join("meta.json");
         let json = serde_json::to_vec_pretty(meta).expect("metadata serializes");
         let mut f = fs::File::create(&meta_path).map_err(io("create", &meta_path))?;
         f.write_all(&json)
@@ -123,8 +129,8 @@ impl Pending {
             .and_then(|f| f.sync_all())
             .map_err(io("sync", &disk))?;
         // Nothing but the disk and its metadata goes into the cache.
-        for e in fs::read_dir(&self.dir).map_err(io("read", &self.dir))? {
-            let p = e.map_err(io("read", &self.dir))?.path();
+        for e in fs::read_dir(&dir).map_err(io("read", &dir))? {
+            let p = e.map_err(io("read", &dir))?.path();
             if p != disk && p != meta_path {
                 let _ = if p.is_dir() {
                     fs::remove_dir_all(&p)
@@ -134,7 +140,7 @@ impl Pending {
             }
         }
         let target = self.entries.join(&self.key);
-        match fs::rename(&self.dir, &target) {
+        match fs::rename(&dir, &target) {
             Ok(()) => {
                 self.published = true;
                 sync_dir(&self.entries);
@@ -164,7 +170,7 @@ impl Pending {
 impl Drop for Pending {
     fn drop(&mut self) {
         if !self.published {
-            let _ = fs::remove_dir_all(&self.dir);
+            let _ = fs::remove_dir_all(self.work.path());
         }
     }
 }
@@ -181,10 +187,8 @@ pub struct Cache {
     root: PathBuf,
 }
 
-/// `${XDG_CACHE_HOME:-~/.cache}/minivm`.
-pub fn default_root() -> PathBuf {
-    crate::host::cache_root()
-}
+/// The cache's default root: minivm's cache root.
+pub use crate::host::cache_root as default_root;
 
 /// The cache key for a manifest digest and size request.
 pub fn key_for(manifest_digest: &str, size_request: &str) -> String {
@@ -195,10 +199,6 @@ pub fn key_for(manifest_digest: &str, size_request: &str) -> String {
     ));
     let out = h.finalize();
     out.iter().take(16).map(|b| format!("{b:02x}")).collect()
-}
-
-fn pid_alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
 }
 
 impl Cache {
@@ -241,35 +241,20 @@ impl Cache {
         let entries = self.entries_dir();
         let tmp = self.tmp_dir();
         fs::create_dir_all(&entries).map_err(io("create", &entries))?;
-        fs::create_dir_all(&tmp).map_err(io("create", &tmp))?;
         self.clean_tmp();
-        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = tmp.join(format!("{key}.{}.{n}", std::process::id()));
-        fs::create_dir(&dir).map_err(io("create", &dir))?;
+        let work = WorkDir::create(&tmp, key).map_err(io("create", &tmp))?;
         Ok(Pending {
             key: key.to_string(),
-            dir,
+            work,
             entries,
             published: false,
         })
     }
 
-    /// Removes temporary directories of processes that no longer run.
-    /// Returns how many were removed.
+    /// Removes temporary directories no live process holds (leftovers of
+    /// killed conversions). Returns how many were removed.
     pub fn clean_tmp(&self) -> usize {
-        let Ok(rd) = fs::read_dir(self.tmp_dir()) else {
-            return 0;
-        };
-        let mut n = 0;
-        for e in rd.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let pid = name.split('.').nth(1).and_then(|p| p.parse::<u32>().ok());
-            if pid.is_none_or(|p| !pid_alive(p)) && fs::remove_dir_all(e.path()).is_ok() {
-                n += 1;
-            }
-        }
-        n
+        WorkDir::remove_abandoned(&self.tmp_dir())
     }
 
     /// All published entries, oldest first.
@@ -419,11 +404,17 @@ mod tests {
         drop(p);
         assert!(c.get("k1").is_none());
         assert_eq!(fs::read_dir(c.root().join("tmp")).unwrap().count(), 0);
-        // A leftover of a killed process (a pid that cannot exist) is cleaned.
+        // A leftover of a killed process (a directory nobody holds) is
+        // cleaned; a conversion in progress is not.
         let dead = c.root().join("tmp").join("k2.4294967.0");
         fs::create_dir_all(&dead).unwrap();
-        assert_eq!(c.clean_tmp(), 1);
-        assert!(!dead.exists());
+        let live = c.begin("k3").unwrap();
+        assert_eq!(c.clean_tmp(), 0, "begin cleaned it already");
+        assert!(!dead.exists() && live.dir().is_dir());
+        fs::create_dir_all(&dead).unwrap();
+        assert_eq!(c.gc(Some(Duration::from_secs(60))).unwrap().0, 1);
+        assert!(!dead.exists() && live.dir().is_dir());
+        drop(live);
         let _ = fs::remove_dir_all(c.root());
     }
 

@@ -237,21 +237,57 @@ pub struct Share {
     pub read_only: bool,
 }
 
-fn parse_share(s: &str) -> Result<Share, String> {
+/// Why a command-line value was rejected (clap prints it after the argument).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ArgError {
+    /// A `--share` without a tag.
+    #[error("'{0}': expected HOSTDIR:TAG or HOSTDIR:TAG:ro")]
+    ShareSyntax(String),
+    /// A `--share` with an empty host directory.
+    #[error("'{0}': empty host directory")]
+    ShareNoDir(String),
+    /// A `--share` tag the guest could not mount.
+    #[error("'{0}': the tag must be 1 to 36 characters, without '/' or spaces")]
+    ShareBadTag(String),
+    /// No number in front.
+    #[error("'{0}' is not a size: expected a number with an optional unit (K, M, G, T)")]
+    NotASize(String),
+    /// More than 64 bits.
+    #[error("'{0}' is too large")]
+    TooLarge(String),
+    /// A unit other than K, M, G, T.
+    #[error("'{arg}': unknown unit '{unit}' (use K, M, G or T)")]
+    UnknownUnit { arg: String, unit: String },
+    /// A disk under 8 MiB.
+    #[error("'{0}' is too small for a disk: at least 8 MiB")]
+    DiskTooSmall(String),
+    /// A disk over 16 TiB.
+    #[error("'{0}' is too large for a disk: at most 16 TiB")]
+    DiskTooLarge(String),
+    /// Guest memory under [`MIN_MEM`].
+    #[error("'{0}' is too little memory: at least {min} MiB", min = MIN_MEM >> 20)]
+    TooLittleMemory(String),
+    /// Guest memory over [`MAX_MEM`].
+    #[error("'{0}' is too much memory: at most {max} GiB", max = MAX_MEM >> 30)]
+    TooMuchMemory(String),
+    /// Guest memory not made of whole pages.
+    #[error("'{0}' is not a multiple of 4 KiB")]
+    NotPageMultiple(String),
+}
+
+fn parse_share(s: &str) -> Result<Share, ArgError> {
     let (rest, read_only) = match s.strip_suffix(":ro") {
         Some(r) => (r, true),
         None => (s.strip_suffix(":rw").unwrap_or(s), false),
     };
     let (path, tag) = rest
         .rsplit_once(':')
-        .ok_or_else(|| format!("'{s}': expected HOSTDIR:TAG or HOSTDIR:TAG:ro"))?;
+        .ok_or_else(|| ArgError::ShareSyntax(s.into()))?;
     if path.is_empty() {
-        return Err(format!("'{s}': empty host directory"));
+        return Err(ArgError::ShareNoDir(s.into()));
     }
     if tag.is_empty() || tag.len() > 36 || tag.contains(['/', ' ', '\0']) {
-        return Err(format!(
-            "'{s}': the tag must be 1 to 36 characters, without '/' or spaces"
-        ));
+        return Err(ArgError::ShareBadTag(s.into()));
     }
     Ok(Share {
         path: PathBuf::from(path),
@@ -260,28 +296,26 @@ fn parse_share(s: &str) -> Result<Share, String> {
     })
 }
 
-fn parse_disk_size(s: &str) -> Result<u64, String> {
+fn parse_disk_size(s: &str) -> Result<u64, ArgError> {
     let v = parse_size(s, 1 << 20)?;
     if v < 8 << 20 {
-        return Err(format!("'{s}' is too small for a disk: at least 8 MiB"));
+        return Err(ArgError::DiskTooSmall(s.into()));
     }
     if v > 16 << 40 {
-        return Err(format!("'{s}' is too large for a disk: at most 16 TiB"));
+        return Err(ArgError::DiskTooLarge(s.into()));
     }
     Ok(v)
 }
 
 /// Parses sizes like `512M`, `2G`, `2GiB`, `1048576K`; a bare number is MiB.
-pub fn parse_size(s: &str, default_unit: u64) -> Result<u64, String> {
+pub fn parse_size(s: &str, default_unit: u64) -> Result<u64, ArgError> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     if num.is_empty() {
-        return Err(format!(
-            "'{s}' is not a size: expected a number with an optional unit (K, M, G, T)"
-        ));
+        return Err(ArgError::NotASize(s.into()));
     }
-    let n: u64 = num.parse().map_err(|_| format!("'{s}' is too large"))?;
+    let n: u64 = num.parse().map_err(|_| ArgError::TooLarge(s.into()))?;
     let mult = match unit.trim().to_ascii_lowercase().as_str() {
         "" => default_unit,
         "b" => 1,
@@ -289,28 +323,27 @@ pub fn parse_size(s: &str, default_unit: u64) -> Result<u64, String> {
         "m" | "mb" | "mib" => 1 << 20,
         "g" | "gb" | "gib" => 1 << 30,
         "t" | "tb" | "tib" => 1 << 40,
-        u => return Err(format!("'{s}': unknown unit '{u}' (use K, M, G or T)")),
+        u => {
+            return Err(ArgError::UnknownUnit {
+                arg: s.into(),
+                unit: u.into(),
+            })
+        }
     };
     n.checked_mul(mult)
-        .ok_or_else(|| format!("'{s}' is too large"))
+        .ok_or_else(|| ArgError::TooLarge(s.into()))
 }
 
-fn parse_mem_size(s: &str) -> Result<u64, String> {
+fn parse_mem_size(s: &str) -> Result<u64, ArgError> {
     let v = parse_size(s, 1 << 20)?;
     if v < MIN_MEM {
-        return Err(format!(
-            "'{s}' is too little memory: at least {} MiB",
-            MIN_MEM >> 20
-        ));
+        return Err(ArgError::TooLittleMemory(s.into()));
     }
     if v > MAX_MEM {
-        return Err(format!(
-            "'{s}' is too much memory: at most {} GiB",
-            MAX_MEM >> 30
-        ));
+        return Err(ArgError::TooMuchMemory(s.into()));
     }
     if v % 4096 != 0 {
-        return Err(format!("'{s}' is not a multiple of 4 KiB"));
+        return Err(ArgError::NotPageMultiple(s.into()));
     }
     Ok(v)
 }
@@ -327,15 +360,34 @@ mod tests {
         assert_eq!(parse_mem_size("2G"), Ok(2 << 30));
         assert_eq!(parse_mem_size("2GiB"), Ok(2 << 30));
         assert_eq!(parse_mem_size("65536k"), Ok(64 << 20));
-        assert!(parse_mem_size("1M").unwrap_err().contains("too little"));
-        assert!(parse_mem_size("12X").unwrap_err().contains("unknown unit"));
-        assert!(parse_mem_size("M").unwrap_err().contains("not a size"));
-        assert!(parse_mem_size("-5M").unwrap_err().contains("not a size"));
+        assert!(parse_mem_size("1M")
+            .unwrap_err()
+            .to_string()
+            .contains("too little"));
+        assert!(parse_mem_size("12X")
+            .unwrap_err()
+            .to_string()
+            .contains("unknown unit"));
+        assert!(parse_mem_size("M")
+            .unwrap_err()
+            .to_string()
+            .contains("not a size"));
+        assert!(parse_mem_size("-5M")
+            .unwrap_err()
+            .to_string()
+            .contains("not a size"));
         assert!(parse_mem_size("99999999999999999999")
             .unwrap_err()
+            .to_string()
             .contains("too large"));
-        assert!(parse_mem_size("4T").unwrap_err().contains("too much"));
-        assert!(parse_mem_size("4097K").unwrap_err().contains("multiple"));
+        assert!(parse_mem_size("4T")
+            .unwrap_err()
+            .to_string()
+            .contains("too much"));
+        assert!(parse_mem_size("4097K")
+            .unwrap_err()
+            .to_string()
+            .contains("multiple"));
     }
 
     #[test]

@@ -5,15 +5,41 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use imagefs::cache::{self, Cache};
-use imagefs::convert::{self, human, ConvertOptions, Converted, Progress};
-use imagefs::layerstore::{LayerEvent, LayerStore};
-use imagefs::reference::ImageRef;
-use imagefs::source::{self, SourceOptions};
+use imagefs::cache::CacheError;
+use imagefs::convert::{self, human, ConvertError, ConvertOptions, Converted, Progress};
+use imagefs::layerstore::{LayerEvent, LayerStoreError};
+use imagefs::reference::{ImageRef, ReferenceError};
+use imagefs::source::{self, SourceError, SourceOptions};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::cli::ImageOpts;
-use crate::config::DiskConfig;
+use crate::paths;
+
+/// Why an image command (or the image part of `run --oci`) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// The reference is malformed.
+    #[error(transparent)]
+    Reference(#[from] ReferenceError),
+    /// The image could not be read.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// The image could not be converted to a disk (or the disk copied).
+    #[error(transparent)]
+    Convert(#[from] ConvertError),
+    /// The image's layers could not be unpacked.
+    #[error(transparent)]
+    LayerStore(#[from] LayerStoreError),
+    /// The disk cache failed.
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    /// `rm`: the targets that could not be removed, one line each.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Remove(Vec<CacheError>),
+    /// `run --oci --persist FILE` where FILE is not a regular file.
+    #[error("--persist {}: not a regular file", .0.display())]
+    PersistNotFile(PathBuf),
+}
 
 /// Progress on stderr: a bar per layer on a terminal, plain lines otherwise.
 struct CliProgress {
@@ -86,8 +112,8 @@ fn source_options(opts: &ImageOpts) -> SourceOptions {
 }
 
 /// Converts `reference` into the cache (or finds it there).
-pub fn ensure(reference: &str, opts: &ImageOpts) -> Result<Converted, String> {
-    let r: ImageRef = reference.parse().map_err(|e| format!("{e}"))?;
+pub fn ensure(reference: &str, opts: &ImageOpts) -> Result<Converted, ImageError> {
+    let r: ImageRef = reference.parse()?;
     let progress = CliProgress::new(opts.quiet);
     let copts = ConvertOptions {
         size: opts.size,
@@ -95,9 +121,9 @@ pub fn ensure(reference: &str, opts: &ImageOpts) -> Result<Converted, String> {
         source: source_options(opts),
         progress: &progress,
     };
-    let cache = Cache::new(cache::default_root());
+    let cache = paths::disk_cache();
     let started = std::time::Instant::now();
-    let c = convert::ensure_cached(&cache, &r, reference, &copts).map_err(|e| e.to_string())?;
+    let c = convert::ensure_cached(&cache, &r, reference, &copts)?;
     if !c.was_cached {
         progress.note(&format!(
             "converted {reference} into a {} disk in {:.1} s",
@@ -109,9 +135,9 @@ pub fn ensure(reference: &str, opts: &ImageOpts) -> Result<Converted, String> {
 }
 
 /// `minivm convert REF -o OUT`.
-pub fn convert_cmd(reference: &str, out: &Path, opts: &ImageOpts) -> Result<(), String> {
+pub fn convert_cmd(reference: &str, out: &Path, opts: &ImageOpts) -> Result<(), ImageError> {
     let c = ensure(reference, opts)?;
-    convert::copy_disk(&c.entry.disk(), out).map_err(|e| e.to_string())?;
+    convert::copy_disk(&c.entry.disk(), out)?;
     if !opts.quiet {
         eprintln!(
             "minivm: wrote {} ({} disk)",
@@ -123,7 +149,7 @@ pub fn convert_cmd(reference: &str, out: &Path, opts: &ImageOpts) -> Result<(), 
 }
 
 /// `minivm pull REF`.
-pub fn pull_cmd(reference: &str, opts: &ImageOpts) -> Result<(), String> {
+pub fn pull_cmd(reference: &str, opts: &ImageOpts) -> Result<(), ImageError> {
     let c = ensure(reference, opts)?;
     println!("{} {}", c.entry.key, c.entry.disk().display());
     Ok(())
@@ -131,8 +157,7 @@ pub fn pull_cmd(reference: &str, opts: &ImageOpts) -> Result<(), String> {
 
 /// `minivm images`.
 pub fn images_cmd() {
-    let cache = Cache::new(cache::default_root());
-    let entries = cache.list();
+    let entries = paths::disk_cache().list();
     println!(
         "{:<12}  {:>9}  {:>9}  {:<19}  REFERENCE",
         "KEY", "SIZE", "ON DISK", "MANIFEST"
@@ -155,8 +180,8 @@ pub fn images_cmd() {
 }
 
 /// `minivm rm TARGET...`.
-pub fn rm_cmd(targets: &[String]) -> Result<(), String> {
-    let cache = Cache::new(cache::default_root());
+pub fn rm_cmd(targets: &[String]) -> Result<(), ImageError> {
+    let cache = paths::disk_cache();
     let mut failed = Vec::new();
     for t in targets {
         match cache.remove(t) {
@@ -169,25 +194,25 @@ pub fn rm_cmd(targets: &[String]) -> Result<(), String> {
                     );
                 }
             }
-            Err(e) => failed.push(e.to_string()),
+            Err(e) => failed.push(e),
         }
     }
     if failed.is_empty() {
         Ok(())
     } else {
-        Err(failed.join("\n"))
+        Err(ImageError::Remove(failed))
     }
 }
 
 /// `minivm gc`.
-pub fn gc_cmd(unused_days: u64, all: bool) -> Result<(), String> {
-    let cache = Cache::new(cache::default_root());
+pub fn gc_cmd(unused_days: u64, all: bool) -> Result<(), ImageError> {
+    let cache = paths::disk_cache();
     let age = if all {
         None
     } else {
         Some(Duration::from_secs(unused_days * 86400))
     };
-    let (tmp, removed) = cache.gc(age).map_err(|e| e.to_string())?;
+    let (tmp, removed) = cache.gc(age)?;
     for e in &removed {
         println!(
             "removed {} {}",
@@ -202,73 +227,59 @@ pub fn gc_cmd(unused_days: u64, all: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// The disk for `run --oci`: the cached image, copy-on-write, or the
-/// persistent copy in `persist`.
+/// The disk for `run --oci`: the cached image (which the VM must not write),
+/// or the persistent copy in `persist` (made from the image the first time).
 pub fn disk_for_run(
     reference: &str,
     persist: Option<&Path>,
     opts: &ImageOpts,
-) -> Result<DiskConfig, String> {
+) -> Result<PathBuf, ImageError> {
     let c = ensure(reference, opts)?;
     match persist {
         Some(p) if p.exists() => {
             if !p.is_file() {
-                return Err(format!("--persist {}: not a regular file", p.display()));
+                return Err(ImageError::PersistNotFile(p.to_path_buf()));
             }
-            Ok(DiskConfig {
-                path: p.to_path_buf(),
-                read_only: false,
-                copy_on_write: false,
-            })
+            Ok(p.to_path_buf())
         }
         Some(p) => {
-            convert::copy_disk(&c.entry.disk(), p).map_err(|e| e.to_string())?;
-            Ok(DiskConfig {
-                path: p.to_path_buf(),
-                read_only: false,
-                copy_on_write: false,
-            })
+            convert::copy_disk(&c.entry.disk(), p)?;
+            Ok(p.to_path_buf())
         }
-        None => Ok(DiskConfig {
-            path: c.entry.disk(),
-            read_only: false,
-            copy_on_write: true,
-        }),
+        None => Ok(c.entry.disk()),
     }
 }
 
 /// The layers for `run --oci --virtiofs`: each unpacked into the layer store
 /// unless it is there already; bottom-most first.
-pub fn layers_for_run(reference: &str, opts: &ImageOpts) -> Result<Vec<PathBuf>, String> {
-    let r: ImageRef = reference.parse().map_err(|e| format!("{e}"))?;
+pub fn layers_for_run(reference: &str, opts: &ImageOpts) -> Result<Vec<PathBuf>, ImageError> {
+    let r: ImageRef = reference.parse()?;
     let progress = CliProgress::new(opts.quiet);
-    let mut src = source::open(&r, &source_options(opts)).map_err(|e| e.to_string())?;
-    let image = src.resolve().map_err(|e| e.to_string())?;
-    let store = LayerStore::new(LayerStore::default_root());
+    let mut src = source::open(&r, &source_options(opts))?;
+    let image = src.resolve()?;
+    let store = paths::layer_store();
     let started = std::time::Instant::now();
     let mut unpacked = 0usize;
     let mut read_so_far = 0u64;
-    let dirs = store
-        .ensure_image(src.as_mut(), &image, reference, &mut |ev| match ev {
-            LayerEvent::Start {
-                index,
-                count,
-                digest,
-                size,
-                cached: false,
-            } => {
-                unpacked += 1;
-                read_so_far = 0;
-                progress.layer("unpacking", index, count, digest, size);
-            }
-            LayerEvent::Start { cached: true, .. } => {}
-            LayerEvent::Read { read } => {
-                progress.advance(read.saturating_sub(read_so_far));
-                read_so_far = read;
-            }
-            LayerEvent::Done { .. } => progress.layer_done(),
-        })
-        .map_err(|e| e.to_string())?;
+    let dirs = store.ensure_image(src.as_mut(), &image, reference, &mut |ev| match ev {
+        LayerEvent::Start {
+            index,
+            count,
+            digest,
+            size,
+            cached: false,
+        } => {
+            unpacked += 1;
+            read_so_far = 0;
+            progress.layer("unpacking", index, count, digest, size);
+        }
+        LayerEvent::Start { cached: true, .. } => {}
+        LayerEvent::Read { read } => {
+            progress.advance(read.saturating_sub(read_so_far));
+            read_so_far = read;
+        }
+        LayerEvent::Done { .. } => progress.layer_done(),
+    })?;
     if unpacked > 0 {
         progress.note(&format!(
             "unpacked {unpacked} of {} layer(s) of {reference} in {:.1} s",

@@ -1,9 +1,20 @@
-//! minivm: boot a Linux VM from a raw disk image on KVM.
+//! minivm: boot a Linux VM from a raw disk image, a host directory or an OCI
+//! image on KVM.
+//!
+//! `run` goes one way: the arguments are validated into a [`spec::RunSpec`],
+//! its root is prepared ([`root::PreparedRoot`]: converted, unpacked, given a
+//! writable layer), [`vm::run`] builds and runs the VM, and the way the guest
+//! ended becomes minivm's exit status.
 
 mod cli;
 mod config;
 mod cpuid;
+mod error;
 mod images;
+mod io_reason;
+mod paths;
+mod root;
+mod spec;
 mod terminal;
 mod upper;
 mod vcpu;
@@ -16,6 +27,9 @@ use clap::Parser;
 use devices::ExitReason;
 
 use cli::{Cli, Command};
+use error::Error;
+use root::PreparedRoot;
+use spec::RunSpec;
 
 /// minivm itself failed.
 const EXIT_ERROR: u8 = 1;
@@ -51,88 +65,37 @@ fn main() -> ExitCode {
     let start = Instant::now();
     let cli = Cli::parse();
     init_logging(cli.verbose);
-    let result = match cli.command {
+    match dispatch(cli.command, start) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("minivm: {e}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+fn dispatch(command: Command, start: Instant) -> Result<ExitCode, Error> {
+    match command {
         Command::Run(args) => return run(&args, start),
-        Command::Convert(a) => images::convert_cmd(&a.reference, &a.output, &a.image),
-        Command::Pull(a) => images::pull_cmd(&a.reference, &a.image),
-        Command::Images => {
-            images::images_cmd();
-            Ok(())
-        }
-        Command::Rm { targets } => images::rm_cmd(&targets),
-        Command::Gc { unused_days, all } => images::gc_cmd(unused_days, all),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("minivm: {e}");
-            ExitCode::from(EXIT_ERROR)
-        }
+        Command::Convert(a) => images::convert_cmd(&a.reference, &a.output, &a.image)?,
+        Command::Pull(a) => images::pull_cmd(&a.reference, &a.image)?,
+        Command::Images => images::images_cmd(),
+        Command::Rm { targets } => images::rm_cmd(&targets)?,
+        Command::Gc { unused_days, all } => images::gc_cmd(unused_days, all)?,
     }
+    Ok(ExitCode::SUCCESS)
 }
 
-fn run(args: &cli::RunArgs, start: Instant) -> ExitCode {
-    // A missing kernel is reported before a possibly long image conversion.
-    if let Err(e) = config::resolve_kernel(args.kernel.as_deref()) {
-        eprintln!("minivm: {e}");
-        return ExitCode::from(EXIT_ERROR);
-    }
+/// `minivm run`: validate, prepare the root, boot, map the guest's end to an exit status.
+fn run(args: &cli::RunArgs, start: Instant) -> Result<ExitCode, Error> {
+    let spec = RunSpec::from_args(args)?;
     // Lives as long as the VM: dropping it removes a private writable layer.
-    let mut upper = None;
-    let oci = match &args.oci {
-        Some(r) => match oci_root(r, args, &mut upper) {
-            Ok(root) => Some(root),
-            Err(e) => {
-                eprintln!("minivm: {e}");
-                return ExitCode::from(EXIT_ERROR);
-            }
-        },
-        None => None,
-    };
-    let config = match config::VmConfig::from_args(args, oci) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("minivm: {e}");
-            return ExitCode::from(EXIT_ERROR);
-        }
-    };
-    match vm::run(&config, start) {
-        Ok(reason) => {
-            match reason {
-                ExitReason::GuestPanic => eprintln!("minivm: the guest kernel panicked"),
-                ExitReason::HostSignal(s) => eprintln!("minivm: stopped by signal {s}"),
-                r => tracing::info!("guest ended: {r:?}"),
-            }
-            ExitCode::from(exit_code(reason))
-        }
-        Err(e) => {
-            eprintln!("minivm: {e}");
-            ExitCode::from(EXIT_ERROR)
-        }
+    let root = PreparedRoot::prepare(&spec.root)?;
+    let reason = vm::run(&root.vm_config(&spec), start)?;
+    match reason {
+        ExitReason::GuestPanic => eprintln!("minivm: the guest kernel panicked"),
+        ExitReason::HostSignal(s) => eprintln!("minivm: stopped by signal {s}"),
+        r => tracing::info!("guest ended: {r:?}"),
     }
-}
-
-/// What `run --oci` boots: the converted disk, or the unpacked layers and the
-/// VM's writable layer (kept alive in `upper`) for `--virtiofs`.
-fn oci_root(
-    reference: &str,
-    args: &cli::RunArgs,
-    upper: &mut Option<upper::VmUpper>,
-) -> Result<config::OciRoot, String> {
-    if !args.virtiofs {
-        let disk = images::disk_for_run(reference, args.persist.as_deref(), &args.image_opts)?;
-        return Ok(config::OciRoot::Disk(disk));
-    }
-    let layers = images::layers_for_run(reference, &args.image_opts)?;
-    if !args.readonly {
-        let u = match &args.persist {
-            Some(dir) => upper::VmUpper::persistent(dir, &layers)?,
-            None => upper::VmUpper::private(&imagefs::cache::default_root().join("vms"), &layers)?,
-        };
-        *upper = Some(u);
-    }
-    Ok(config::OciRoot::Layers {
-        layers,
-        upper: upper.as_ref().map(|u| u.path().to_path_buf()),
-    })
+    Ok(ExitCode::from(exit_code(reason)))
 }

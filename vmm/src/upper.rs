@@ -1,22 +1,43 @@
 //! The writable layer of a VM booted with `run --oci --virtiofs`.
 //!
-//! Every VM gets its own directory `<cache>/minivm/vms/<pid>.<n>/` holding
-//! `upper/` (what the guest changes) and `lock`, a file the VM holds an
-//! exclusive lock on while it runs. The directory is removed when the VM ends;
-//! after a kill -9 the next VM start finds it unlocked and removes it (a lock,
-//! unlike a pid, cannot be mistaken for a live VM's after pid reuse).
+//! Every VM gets its own work directory `<cache>/minivm/vms/vm.<pid>.<n>/`
+//! (an [`imagefs::host::WorkDir`], locked while the VM runs) holding
+//! `upper/`, what the guest changes. The directory is removed when the VM
+//! ends; after a kill -9 the next VM start finds it unlocked and removes it (a
+//! lock, unlike a pid, cannot be mistaken for a live VM's after pid reuse).
 //! `--persist DIR` uses DIR as the upper directory instead and keeps it.
 
-use std::fs::File;
+use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+
+use imagefs::host::WorkDir;
+
+/// Why the VM's writable layer could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum UpperError {
+    /// The VM's work directory could not be made.
+    #[error("create {}: {source}", .path.display())]
+    WorkDir { path: PathBuf, source: io::Error },
+    /// The upper directory could not be given the image root's attributes.
+    #[error("prepare the VM's writable layer {}: {source}", .path.display())]
+    Prepare { path: PathBuf, source: io::Error },
+    /// `--persist` names something other than a directory.
+    #[error(
+        "--persist {}: not a directory (with --virtiofs it keeps the VM's writable layer)",
+        .0.display()
+    )]
+    PersistNotDir(PathBuf),
+    /// `--persist` could not be read or created.
+    #[error("--persist {}: {source}", .path.display())]
+    Persist { path: PathBuf, source: io::Error },
+}
 
 /// A VM's upper directory, removed on drop unless it is persistent.
 #[derive(Debug)]
 pub struct VmUpper {
     upper: PathBuf,
     /// The private VM directory (None for `--persist`).
-    private: Option<(PathBuf, File)>,
+    private: Option<WorkDir>,
 }
 
 impl VmUpper {
@@ -27,50 +48,40 @@ impl VmUpper {
 
     /// A fresh private upper directory under `vms_root`, made with the
     /// image root's attributes (see `imagefs::layerstore::prepare_upper`).
-    pub fn private(vms_root: &Path, layers: &[PathBuf]) -> Result<VmUpper, String> {
-        let err = |what: &str, p: &Path, e: std::io::Error| format!("{what} {}: {e}", p.display());
-        std::fs::create_dir_all(vms_root).map_err(|e| err("create", vms_root, e))?;
+    pub fn private(vms_root: &Path, layers: &[PathBuf]) -> Result<VmUpper, UpperError> {
         remove_stale(vms_root);
-        static N: AtomicU32 = AtomicU32::new(0);
-        let dir = vms_root.join(format!(
-            "{}.{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        // A leftover of a dead VM with our pid is stale by definition.
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir).map_err(|e| err("remove stale", &dir, e))?;
-        }
-        std::fs::create_dir(&dir).map_err(|e| err("create", &dir, e))?;
-        let lock_path = dir.join("lock");
-        let lock = File::create(&lock_path).map_err(|e| err("create", &lock_path, e))?;
-        lock.lock().map_err(|e| err("lock", &lock_path, e))?;
-        let upper = dir.join("upper");
+        let dir = WorkDir::create(vms_root, "vm").map_err(|source| UpperError::WorkDir {
+            path: vms_root.to_path_buf(),
+            source,
+        })?;
+        let upper = dir.path().join("upper");
         let vm = VmUpper {
             upper: upper.clone(),
-            private: Some((dir, lock)),
+            private: Some(dir),
         };
-        imagefs::layerstore::prepare_upper(layers, &upper)
-            .map_err(|e| err("prepare the VM's writable layer", &upper, e))?;
+        imagefs::layerstore::prepare_upper(layers, &upper).map_err(|source| {
+            UpperError::Prepare {
+                path: upper,
+                source,
+            }
+        })?;
         Ok(vm)
     }
 
     /// `dir` as a persistent upper directory (created like a private one the
     /// first time, used as it is afterwards).
-    pub fn persistent(dir: &Path, layers: &[PathBuf]) -> Result<VmUpper, String> {
+    pub fn persistent(dir: &Path, layers: &[PathBuf]) -> Result<VmUpper, UpperError> {
+        let persist = |source| UpperError::Persist {
+            path: dir.to_path_buf(),
+            source,
+        };
         match std::fs::symlink_metadata(dir) {
             Ok(m) if m.is_dir() => {}
-            Ok(_) => {
-                return Err(format!(
-                "--persist {}: not a directory (with --virtiofs it keeps the VM's writable layer)",
-                dir.display()
-            ))
+            Ok(_) => return Err(UpperError::PersistNotDir(dir.to_path_buf())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                imagefs::layerstore::prepare_upper(layers, dir).map_err(persist)?;
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                imagefs::layerstore::prepare_upper(layers, dir)
-                    .map_err(|e| format!("--persist {}: {e}", dir.display()))?;
-            }
-            Err(e) => return Err(format!("--persist {}: {e}", dir.display())),
+            Err(e) => return Err(persist(e)),
         }
         Ok(VmUpper {
             upper: dir.to_path_buf(),
@@ -81,11 +92,12 @@ impl VmUpper {
 
 impl Drop for VmUpper {
     fn drop(&mut self) {
-        if let Some((dir, _lock)) = self.private.take() {
-            if let Err(e) = remove_tree(&dir) {
+        // Removed while still locked: no other VM start can take it for a leftover.
+        if let Some(dir) = self.private.take() {
+            if let Err(e) = remove_tree(dir.path()) {
                 tracing::warn!(
                     "could not remove the VM's writable layer {}: {e}",
-                    dir.display()
+                    dir.path().display()
                 );
             }
         }
@@ -99,12 +111,7 @@ fn remove_stale(vms_root: &Path) {
     };
     for e in entries.flatten() {
         let dir = e.path();
-        let stale = match File::open(dir.join("lock")) {
-            Ok(f) => f.try_lock().is_ok(),
-            // No lock file: a VM that died before creating it.
-            Err(e) => e.kind() == std::io::ErrorKind::NotFound,
-        };
-        if stale && dir.is_dir() {
+        if dir.is_dir() && WorkDir::is_abandoned(&dir) {
             match remove_tree(&dir) {
                 Ok(()) => tracing::info!("removed the leftover VM directory {}", dir.display()),
                 Err(e) => tracing::warn!("could not remove {}: {e}", dir.display()),
@@ -171,12 +178,13 @@ mod tests {
     fn leftovers_of_killed_vms_are_removed_and_persist_is_kept() {
         let root = scratch("stale");
         let vms = root.join("vms");
-        // What a kill -9 leaves: an unlocked lock file, and one without any.
-        for (name, lock) in [("99999999.0", true), ("99999999.1", false)] {
+        // What a kill -9 leaves: unlocked work directories (one with the
+        // lock file older minivm versions made).
+        for (name, lock) in [("vm.99999999.0", true), ("99999999.1", false)] {
             let d = vms.join(name).join("upper/sub");
             std::fs::create_dir_all(&d).unwrap();
             if lock {
-                File::create(vms.join(name).join("lock")).unwrap();
+                std::fs::File::create(vms.join(name).join("lock")).unwrap();
             }
         }
         let layers = vec![root.clone()];
@@ -194,7 +202,7 @@ mod tests {
         assert!(p.path().join("state").exists());
         let file = root.join("file");
         std::fs::write(&file, b"").unwrap();
-        let e = VmUpper::persistent(&file, &layers).unwrap_err();
+        let e = VmUpper::persistent(&file, &layers).unwrap_err().to_string();
         assert!(e.contains("not a directory"), "{e}");
         std::fs::remove_dir_all(&root).unwrap();
     }

@@ -2,18 +2,17 @@
 //! memory, devices on their buses, vCPU threads, and the device event loop.
 
 use std::fs::File;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use devices::acpi::{AcpiPmDevice, ACPI_PM_PORT, ACPI_PM_PORTS_LEN};
-use devices::bus::Bus;
-use devices::harness::{HarnessPorts, EXIT_PORT, HARNESS_PORTS_LEN};
-use devices::i8042::{I8042, I8042_DATA_PORT, I8042_PORTS_LEN};
-use devices::serial::{
-    ConsoleOutput, InputEvents, SerialDevice, SERIAL_IRQ, SERIAL_PORT, SERIAL_PORTS_LEN,
-};
+use devices::acpi::AcpiPmDevice;
+use devices::bus::{Bus, BusDevice};
+use devices::harness::HarnessPorts;
+use devices::i8042::I8042;
+use devices::serial::{ConsoleOutput, InputEvents, SerialDevice};
 use devices::virtio::block::Block;
 use devices::virtio::mmio::MmioTransport;
 use devices::virtio::Interrupt;
@@ -25,10 +24,12 @@ use vm_memory::{Address, GuestAddress, GuestMemory as _, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
-use crate::config::{self, io_reason, ShareSource, VmConfig};
+use crate::config::{self, ShareSource, VmConfig};
+use crate::io_reason::io_reason;
 use crate::terminal::{ExitWatcher, RawMode, StdinForwarder};
 use crate::vcpu::{Buses, Vcpu, VcpuError};
 use boot::layout::{VIRTIO_FIRST_IRQ, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE};
+use boot::ports::{self, PortRange};
 use boot::GuestMemory;
 
 /// Where /dev/kvm lives.
@@ -42,8 +43,8 @@ const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
     /// /dev/kvm missing or not usable.
-    #[error("cannot use {KVM_DEV}: {0} (is KVM available and are you allowed to use it?)")]
-    KvmOpen(String),
+    #[error("cannot use {KVM_DEV}: {} (is KVM available and are you allowed to use it?)", io_reason(.0))]
+    KvmOpen(#[source] std::io::Error),
     /// The host's KVM lacks something minivm needs.
     #[error("KVM lacks a required capability: {0}")]
     KvmCapability(&'static str),
@@ -54,8 +55,11 @@ pub enum VmError {
         source: kvm_ioctls::Error,
     },
     /// Guest memory could not be allocated.
-    #[error("cannot allocate {size} bytes of guest memory: {reason}")]
-    Memory { size: u64, reason: String },
+    #[error("cannot allocate {size} bytes of guest memory: {source}")]
+    Memory {
+        size: u64,
+        source: vm_memory::mmap::FromRangesError,
+    },
     /// Kernel or initrd loading failed.
     #[error(transparent)]
     Load(#[from] boot::loader::LoadError),
@@ -65,15 +69,60 @@ pub enum VmError {
     /// vCPU set-up.
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
-    /// A device could not be created.
-    #[error("{what}: {reason}")]
-    Device { what: String, reason: String },
+    /// A host resource for a device (event fd, console, thread) could not be made.
+    #[error("{what}: {source}")]
+    Host {
+        what: &'static str,
+        source: std::io::Error,
+    },
+    /// Two devices claim the same bus range.
+    #[error("bus: {0}")]
+    Bus(#[from] devices::bus::BusError),
+    /// The root disk could not be opened.
+    #[error("disk image {}: {source}", .path.display())]
+    Disk { path: PathBuf, source: DiskError },
+    /// A virtio-fs share could not be set up.
+    #[error("{what}: {source}")]
+    Share {
+        /// What is shared, as [`ShareSource::describe`] says it.
+        what: String,
+        source: devices::virtio::fs::FsError,
+    },
+    /// More virtio devices than GSIs.
+    #[error("{what}: too many virtio devices")]
+    TooManyDevices { what: &'static str },
     /// ACPI tables or the zero page's RSDP pointer.
     #[error(transparent)]
     Acpi(#[from] boot::acpi::AcpiError),
     /// The event loop failed.
     #[error("event loop: {0}")]
-    EventLoop(String),
+    EventLoop(#[from] event_manager::Error),
+    /// The event loop's exit watcher could not be made.
+    #[error("event loop: {0}")]
+    ExitWatcher(#[source] std::io::Error),
+}
+
+/// Why the root disk could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    /// The image cannot be opened.
+    #[error("{}", io_reason(.0))]
+    Open(#[source] std::io::Error),
+    /// Another VM writes it.
+    #[error("in use by another VM (locked); use --readonly to share it")]
+    InUse,
+    /// The lock itself failed.
+    #[error("cannot lock: {0}")]
+    Lock(#[source] std::io::Error),
+    /// No nameless file for the copy-on-write layer beside the image.
+    #[error("cannot create a private layer in {}: {}", .dir.display(), io_reason(.source))]
+    PrivateLayer {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    /// The block device refused the file.
+    #[error(transparent)]
+    Block(#[from] devices::virtio::block::BlockError),
 }
 
 type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
@@ -104,6 +153,10 @@ fn install_signal_handlers(exit: &ExitHandle) {
     if let Err(e) = register_signal_handler(SIGRTMIN(), crate::vcpu::kick_handler) {
         tracing::warn!("cannot install the vCPU kick handler: {e}");
     }
+}
+
+fn host_err(what: &'static str) -> impl FnOnce(std::io::Error) -> VmError {
+    move |source| VmError::Host { what, source }
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -139,10 +192,8 @@ fn create_memory(vm: &VmFd, size: u64) -> Result<Arc<GuestMemory>, VmError> {
         .into_iter()
         .map(|(s, l)| (GuestAddress(s), l as usize))
         .collect();
-    let mem = GuestMemory::from_ranges(&ranges).map_err(|e| VmError::Memory {
-        size,
-        reason: e.to_string(),
-    })?;
+    let mem =
+        GuestMemory::from_ranges(&ranges).map_err(|source| VmError::Memory { size, source })?;
     for (slot, region) in mem.iter().enumerate() {
         let r = kvm_userspace_memory_region {
             slot: slot as u32,
@@ -178,74 +229,59 @@ fn setup_devices(
     console: &ConsoleOutput,
     start: Instant,
 ) -> Result<Devices, VmError> {
-    let dev_err = |what: &str| {
-        let what = what.to_string();
-        move |e: std::io::Error| VmError::Device {
-            what,
-            reason: e.to_string(),
-        }
-    };
     let mut pio = Bus::new();
     let mut mmio = Bus::new();
     let mut subscribers: Vec<Subscriber> = Vec::new();
     let mut cmdline_extra = Vec::new();
 
-    let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(dev_err("serial irq"))?;
-    vm.register_irqfd(&serial_irq, SERIAL_IRQ)
+    let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(host_err("serial irq"))?;
+    vm.register_irqfd(&serial_irq, ports::COM1_GSI)
         .map_err(kvm_err("register serial irqfd"))?;
     let serial_input = Arc::new(InputEvents {
-        in_buffer_empty: EventFd::new(libc::EFD_NONBLOCK).map_err(dev_err("serial input event"))?,
+        in_buffer_empty: EventFd::new(libc::EFD_NONBLOCK)
+            .map_err(host_err("serial input event"))?,
     });
     let serial = Arc::new(Mutex::new(SerialDevice::new(
         serial_irq,
         serial_input.clone(),
         console.writer(),
     )));
-    let bus_err = |e: devices::bus::BusError| VmError::Device {
-        what: "bus".into(),
-        reason: e.to_string(),
-    };
-    pio.insert(serial.clone(), u64::from(SERIAL_PORT), SERIAL_PORTS_LEN)
-        .map_err(bus_err)?;
-    pio.insert(
-        Arc::new(Mutex::new(I8042::new(exit.clone()))),
-        u64::from(I8042_DATA_PORT),
-        I8042_PORTS_LEN,
-    )
-    .map_err(bus_err)?;
-    pio.insert(
-        Arc::new(Mutex::new(HarnessPorts::new(exit.clone(), start))),
-        u64::from(EXIT_PORT),
-        HARNESS_PORTS_LEN,
-    )
-    .map_err(bus_err)?;
-    pio.insert(
-        Arc::new(Mutex::new(AcpiPmDevice::new(exit.clone()))),
-        u64::from(ACPI_PM_PORT),
-        ACPI_PM_PORTS_LEN,
-    )
-    .map_err(bus_err)?;
+    // The port map is boot::ports, which the ACPI tables announce too.
+    let port_devices: [(Arc<Mutex<dyn BusDevice>>, PortRange); 4] = [
+        (serial.clone(), ports::COM1),
+        (Arc::new(Mutex::new(I8042::new(exit.clone()))), ports::I8042),
+        (
+            Arc::new(Mutex::new(HarnessPorts::new(exit.clone(), start))),
+            ports::HARNESS,
+        ),
+        (
+            Arc::new(Mutex::new(AcpiPmDevice::new(exit.clone()))),
+            ports::ACPI_PM,
+        ),
+    ];
+    for (device, range) in port_devices {
+        pio.insert(device, u64::from(range.base), u64::from(range.len))?;
+    }
 
     let mut slots = Slots::default();
     if let Some(disk) = &config.disk {
-        let what = format!("disk image {}", disk.path.display());
         let id = disk
             .path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let id: String = id.chars().take(20).collect();
-        let block = open_disk(disk, &id).map_err(|reason| VmError::Device {
-            what: what.clone(),
-            reason,
+        let block = open_disk(disk, &id).map_err(|source| VmError::Disk {
+            path: disk.path.clone(),
+            source,
         })?;
         add_virtio(vm, mem, Box::new(block), "virtio-blk", &mut slots)?;
     }
     for share in &config.shares {
         let what = share.source.describe();
-        let fail = |e: devices::virtio::fs::FsError| VmError::Device {
+        let fail = |source| VmError::Share {
             what: what.clone(),
-            reason: e.to_string(),
+            source,
         };
         let vfs = match (&share.source, share.size_cap) {
             (ShareSource::Dir(dir), Some(cap)) if !share.read_only => {
@@ -261,8 +297,7 @@ fn setup_devices(
         add_virtio(vm, mem, Box::new(fs), "virtio-fs", &mut slots)?;
     }
     for (transport, base) in slots.transports {
-        mmio.insert(transport.clone(), base, VIRTIO_MMIO_SIZE)
-            .map_err(bus_err)?;
+        mmio.insert(transport.clone(), base, VIRTIO_MMIO_SIZE)?;
         subscribers.push(transport);
     }
     // The devices are announced in the DSDT: with hardware-reduced ACPI a
@@ -303,21 +338,14 @@ fn add_virtio(
     let index = slots.transports.len() as u64;
     let gsi = VIRTIO_FIRST_IRQ + index as u32;
     if gsi > boot::layout::LAST_IRQ {
-        return Err(VmError::Device {
-            what: what.into(),
-            reason: "too many virtio devices".into(),
-        });
+        return Err(VmError::TooManyDevices { what });
     }
     let base = VIRTIO_MMIO_BASE + index * VIRTIO_MMIO_SIZE;
-    let io = |e: std::io::Error| VmError::Device {
-        what: what.into(),
-        reason: e.to_string(),
-    };
-    let irqfd = EventFd::new(libc::EFD_NONBLOCK).map_err(io)?;
+    let irqfd = EventFd::new(libc::EFD_NONBLOCK).map_err(host_err(what))?;
     vm.register_irqfd(&irqfd, gsi)
         .map_err(kvm_err("register a virtio irqfd"))?;
-    let transport =
-        MmioTransport::new(device, mem.clone(), Arc::new(Interrupt::new(irqfd))).map_err(io)?;
+    let transport = MmioTransport::new(device, mem.clone(), Arc::new(Interrupt::new(irqfd)))
+        .map_err(host_err(what))?;
     for (q, evt) in transport.queue_events().iter().enumerate() {
         vm.register_ioevent(
             evt,
@@ -338,42 +366,39 @@ fn add_virtio(
 
 /// Opens the disk: the file itself, or a private copy-on-write view of it
 /// (a reflink where the filesystem has them, else an overlay in the block backend).
-fn open_disk(disk: &config::DiskConfig, id: &str) -> Result<Block, String> {
+fn open_disk(disk: &config::DiskConfig, id: &str) -> Result<Block, DiskError> {
     use std::os::unix::fs::OpenOptionsExt;
     let writable = !disk.read_only && !disk.copy_on_write;
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(writable)
         .open(&disk.path)
-        .map_err(|e| io_reason(&e))?;
+        .map_err(DiskError::Open)?;
     lock_image(&file, !writable)?;
     if !disk.copy_on_write {
-        return Block::new(file, disk.read_only, id).map_err(|e| e.to_string());
+        return Ok(Block::new(file, disk.read_only, id)?);
     }
     // A nameless file beside the image: nothing is left behind, even after kill -9.
-    let dir = disk.path.parent().unwrap_or(std::path::Path::new("."));
+    let dir = disk.path.parent().unwrap_or(Path::new("."));
     let private = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .custom_flags(libc::O_TMPFILE)
         .open(dir)
-        .map_err(|e| {
-            format!(
-                "cannot create a private layer in {}: {}",
-                dir.display(),
-                io_reason(&e)
-            )
+        .map_err(|source| DiskError::PrivateLayer {
+            dir: dir.to_path_buf(),
+            source,
         })?;
     if imagefs::sparse::reflink(&file, &private).is_ok() {
         tracing::info!("disk {}: private reflink copy", disk.path.display());
-        return Block::new(private, false, id).map_err(|e| e.to_string());
+        return Ok(Block::new(private, false, id)?);
     }
     tracing::info!("disk {}: copy-on-write overlay", disk.path.display());
-    Block::new_overlay(file, private, id).map_err(|e| e.to_string())
+    Ok(Block::new_overlay(file, private, id)?)
 }
 
 /// Takes an advisory lock so two VMs never write one image (shared when read-only).
-fn lock_image(file: &File, read_only: bool) -> Result<(), String> {
+fn lock_image(file: &File, read_only: bool) -> Result<(), DiskError> {
     use std::os::fd::AsRawFd;
     let op = if read_only {
         libc::LOCK_SH
@@ -384,9 +409,9 @@ fn lock_image(file: &File, read_only: bool) -> Result<(), String> {
     if unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) } != 0 {
         let e = std::io::Error::last_os_error();
         if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            return Err("in use by another VM (locked); use --readonly to share it".into());
+            return Err(DiskError::InUse);
         }
-        return Err(format!("cannot lock: {e}"));
+        return Err(DiskError::Lock(e));
     }
     Ok(())
 }
@@ -401,8 +426,9 @@ fn full_cmdline(config: &VmConfig, extra: &[String], pvm: bool) -> String {
     for e in extra {
         add(e);
     }
+    // Makes minivm's guest kernel report panics on the panic port (devices::harness).
     if !config.cmdline.contains("minivm_panic_port=") {
-        add(config::PANIC_PORT_PARAM);
+        add(&format!("minivm_panic_port={:#x}", ports::PANIC_PORT));
     }
     if pvm && !config.cmdline.contains("minivm_pvm_quirks") {
         add(config::PVM_CMDLINE);
@@ -412,8 +438,8 @@ fn full_cmdline(config: &VmConfig, extra: &[String], pvm: bool) -> String {
 
 /// Boots the VM described by `config` and runs it to the end.
 pub fn run(config: &VmConfig, start: Instant) -> Result<ExitReason, VmError> {
-    let kvm = Kvm::new()
-        .map_err(|e| VmError::KvmOpen(io_reason(&std::io::Error::from_raw_os_error(e.errno()))))?;
+    let kvm =
+        Kvm::new().map_err(|e| VmError::KvmOpen(std::io::Error::from_raw_os_error(e.errno())))?;
     let vm = create_vm(&kvm)?;
     let mem = create_memory(&vm, config.mem_size)?;
     let pvm = crate::cpuid::is_pvm_host();
@@ -427,15 +453,9 @@ pub fn run(config: &VmConfig, start: Instant) -> Result<ExitReason, VmError> {
         None => None,
     };
 
-    let exit = ExitHandle::new().map_err(|e| VmError::Device {
-        what: "exit event".into(),
-        reason: e.to_string(),
-    })?;
+    let exit = ExitHandle::new().map_err(host_err("exit event"))?;
     install_signal_handlers(&exit);
-    let console = ConsoleOutput::new(Box::new(std::io::stdout())).map_err(|e| VmError::Device {
-        what: "console".into(),
-        reason: e.to_string(),
-    })?;
+    let console = ConsoleOutput::new(Box::new(std::io::stdout())).map_err(host_err("console"))?;
     let devs = setup_devices(&vm, &mem, config, &exit, &console, start)?;
 
     let cmdline = full_cmdline(config, &devs.cmdline_extra, pvm);
@@ -463,13 +483,12 @@ pub fn run(config: &VmConfig, start: Instant) -> Result<ExitReason, VmError> {
         )?);
     }
 
-    let mut em: EventManager<Subscriber> =
-        EventManager::new().map_err(|e| VmError::EventLoop(e.to_string()))?;
+    let mut em: EventManager<Subscriber> = EventManager::new()?;
     for s in &devs.subscribers {
         em.add_subscriber(s.clone());
     }
     em.add_subscriber(Arc::new(Mutex::new(
-        ExitWatcher::new(&exit).map_err(|e| VmError::EventLoop(e.to_string()))?,
+        ExitWatcher::new(&exit).map_err(VmError::ExitWatcher)?,
     )));
     let interactive = crate::terminal::stdin_is_tty();
     em.add_subscriber(Arc::new(Mutex::new(StdinForwarder::new(
@@ -492,10 +511,7 @@ pub fn run(config: &VmConfig, start: Instant) -> Result<ExitReason, VmError> {
                 vcpu.run(stop);
                 let _ = done.send(());
             })
-            .map_err(|e| VmError::Device {
-                what: "vCPU thread".into(),
-                reason: e.to_string(),
-            })?;
+            .map_err(host_err("vCPU thread"))?;
         threads.push(t);
     }
 
@@ -514,7 +530,7 @@ pub fn run(config: &VmConfig, start: Instant) -> Result<ExitReason, VmError> {
                     continue;
                 }
             }
-            break Err(VmError::EventLoop(e.to_string()));
+            break Err(VmError::EventLoop(e));
         }
     };
 
@@ -551,4 +567,30 @@ pub fn run(config: &VmConfig, start: Instant) -> Result<ExitReason, VmError> {
     drop(vm);
     drop(mem);
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minivm_adds_the_panic_port_unless_given() {
+        let mut config = VmConfig {
+            kernel: "/vmlinux".into(),
+            initrd: None,
+            disk: None,
+            shares: vec![],
+            mem_size: 64 << 20,
+            cpus: 1,
+            cmdline: "console=ttyS0".into(),
+        };
+        let extra = ["virtio_mmio.device=4K@0xd0000000:5".to_string()];
+        assert_eq!(
+            full_cmdline(&config, &extra, false),
+            "console=ttyS0 virtio_mmio.device=4K@0xd0000000:5 minivm_panic_port=0xf6"
+        );
+        config.cmdline = "minivm_panic_port=0x80".into();
+        assert_eq!(full_cmdline(&config, &[], false), "minivm_panic_port=0x80");
+        assert!(full_cmdline(&config, &[], true).ends_with(config::PVM_CMDLINE));
+    }
 }

@@ -1,0 +1,25 @@
+//! The binary's error: what went wrong in which stage of a command. Each
+//! stage has its own error type with the cause attached; `main` prints any
+//! of them as `minivm: <message>` and exits with status 1.
+
+use crate::images::ImageError;
+use crate::spec::SpecError;
+use crate::upper::UpperError;
+use crate::vm::VmError;
+
+/// Everything a minivm command can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The `run` arguments name a missing or unusable file.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// An image could not be fetched, converted, unpacked or removed.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// The VM's writable layer could not be set up.
+    #[error(transparent)]
+    Upper(#[from] UpperError),
+    /// The VM could not be built or run.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+}

@@ -1,0 +1,407 @@
+//! `run`'s arguments validated into one value: which root to boot and how
+//! (read-only, persistent, size-capped: each decided here, once), the kernel
+//! resolved, every named file checked and the kernel command line built.
+//! Nothing is created or converted yet; that is the `root` module's job.
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::cli::{ImageOpts, RunArgs};
+use crate::config::{ShareConfig, ShareSource, DEFAULT_CMDLINE, ROOTFS_TAG};
+use crate::io_reason::io_reason;
+
+/// A `run` argument that names a missing or unusable file.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    /// No --kernel and no default kernel built.
+    #[error(
+        "no kernel to boot: --kernel was not given and the default kernel {} does not exist.\n\
+         Build it with `kernel/build.sh` (about 10 minutes the first time), or pass --kernel PATH.",
+        .default.display()
+    )]
+    NoDefaultKernel { default: PathBuf },
+    /// A file or directory given on the command line cannot be opened.
+    #[error("{what} {}: {}", .path.display(), io_reason(.source))]
+    Unreadable {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    /// A directory where a file is wanted.
+    #[error("{what} {}: is a directory", .path.display())]
+    IsADirectory { what: &'static str, path: PathBuf },
+    /// A file where a directory is wanted.
+    #[error("{what} {}: is not a directory", .path.display())]
+    NotADirectory { what: &'static str, path: PathBuf },
+    /// Two virtio-fs shares with one tag.
+    #[error("share tag {tag}: used twice")]
+    DuplicateTag { tag: String },
+}
+
+/// What the guest's root filesystem is, with every choice about it made.
+#[derive(Debug, Clone)]
+pub enum RootSpec {
+    /// No root device: the kernel (and initrd) alone.
+    None,
+    /// `--image`: a raw disk, written in place unless read-only.
+    Disk { path: PathBuf, read_only: bool },
+    /// `--rootfs`: a host directory over virtio-fs.
+    Dir {
+        path: PathBuf,
+        read_only: bool,
+        size_cap: Option<u64>,
+    },
+    /// `--oci`: the image converted to a cached disk.
+    OciDisk {
+        image: OciImage,
+        /// Boot this copy of the disk (made from the image if missing).
+        persist: Option<PathBuf>,
+        /// Boot the disk read-only instead of a private copy-on-write view.
+        read_only: bool,
+    },
+    /// `--oci --virtiofs`: the image's unpacked layers, merged over virtio-fs.
+    OciLayers {
+        image: OciImage,
+        upper: UpperSpec,
+        size_cap: Option<u64>,
+    },
+}
+
+/// An OCI image to boot and how to fetch it.
+#[derive(Debug, Clone)]
+pub struct OciImage {
+    /// The reference as given.
+    pub reference: String,
+    /// Size, TLS and progress options.
+    pub opts: ImageOpts,
+}
+
+/// The writable layer over an image's layers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpperSpec {
+    /// `--readonly`: none, the guest cannot write.
+    None,
+    /// A private layer, removed when the VM ends.
+    Private,
+    /// `--persist DIR`: kept in DIR.
+    Persist(PathBuf),
+}
+
+impl RootSpec {
+    /// Whether the guest gets its root read-only.
+    pub fn read_only(&self) -> bool {
+        match self {
+            RootSpec::None => false,
+            RootSpec::Disk { read_only, .. }
+            | RootSpec::Dir { read_only, .. }
+            | RootSpec::OciDisk { read_only, .. } => *read_only,
+            RootSpec::OciLayers { upper, .. } => *upper == UpperSpec::None,
+        }
+    }
+
+    /// The kernel parameters that mount it as `/`.
+    fn kernel_params(&self) -> Option<String> {
+        let ro = if self.read_only() { "ro" } else { "rw" };
+        match self {
+            RootSpec::None => None,
+            RootSpec::Disk { .. } | RootSpec::OciDisk { .. } => Some(format!("root=/dev/vda {ro}")),
+            RootSpec::Dir { .. } | RootSpec::OciLayers { .. } => {
+                Some(format!("root={ROOTFS_TAG} rootfstype=virtiofs {ro}"))
+            }
+        }
+    }
+
+    /// Whether it is served over virtio-fs under [`ROOTFS_TAG`].
+    fn is_share(&self) -> bool {
+        matches!(self, RootSpec::Dir { .. } | RootSpec::OciLayers { .. })
+    }
+}
+
+/// A validated `run`: everything the VM needs except the prepared root.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    /// The root filesystem.
+    pub root: RootSpec,
+    /// Kernel file.
+    pub kernel: PathBuf,
+    /// Optional initrd.
+    pub initrd: Option<PathBuf>,
+    /// The `--share` directories (the root's share comes first when it is one).
+    pub shares: Vec<ShareConfig>,
+    /// Guest memory in bytes.
+    pub mem_size: u64,
+    /// vCPUs.
+    pub cpus: u8,
+    /// Kernel command line, without the device and host parameters minivm adds.
+    pub cmdline: String,
+}
+
+impl RunSpec {
+    /// Validates `run` arguments. The kernel comes first: a missing kernel is
+    /// reported before anything else (and before a possibly long conversion).
+    pub fn from_args(args: &RunArgs) -> Result<RunSpec, SpecError> {
+        let kernel = resolve_kernel(args.kernel.as_deref())?;
+        let root = root_spec(args)?;
+        let mut shares: Vec<ShareConfig> = Vec::new();
+        for s in &args.share {
+            check_dir("shared directory", &s.path)?;
+            let root_tag = root.is_share() && s.tag == ROOTFS_TAG;
+            if root_tag || shares.iter().any(|x| x.tag == s.tag) {
+                return Err(SpecError::DuplicateTag { tag: s.tag.clone() });
+            }
+            shares.push(ShareConfig {
+                source: ShareSource::Dir(s.path.clone()),
+                tag: s.tag.clone(),
+                read_only: s.read_only,
+                size_cap: None,
+            });
+        }
+        if let Some(i) = &args.initrd {
+            check_readable("initrd", i)?;
+        }
+        let cmdline = match &args.cmdline {
+            Some(c) => c.clone(),
+            None => {
+                let mut c = DEFAULT_CMDLINE.to_string();
+                for p in root.kernel_params().iter().chain(&args.append) {
+                    c.push(' ');
+                    c.push_str(p);
+                }
+                c
+            }
+        };
+        Ok(RunSpec {
+            root,
+            kernel,
+            initrd: args.initrd.clone(),
+            shares,
+            mem_size: args.mem,
+            cpus: args.cpus,
+            cmdline,
+        })
+    }
+}
+
+/// The one place `--readonly`, `--persist` and `--upper-size` are read.
+fn root_spec(args: &RunArgs) -> Result<RootSpec, SpecError> {
+    let read_only = args.readonly;
+    if let Some(path) = &args.image {
+        check_readable("disk image", path)?;
+        return Ok(RootSpec::Disk {
+            path: path.clone(),
+            read_only,
+        });
+    }
+    if let Some(path) = &args.rootfs {
+        check_dir("root filesystem", path)?;
+        return Ok(RootSpec::Dir {
+            path: path.clone(),
+            read_only,
+            size_cap: args.upper_size,
+        });
+    }
+    let Some(reference) = &args.oci else {
+        return Ok(RootSpec::None);
+    };
+    let image = OciImage {
+        reference: reference.clone(),
+        opts: args.image_opts.clone(),
+    };
+    if !args.virtiofs {
+        return Ok(RootSpec::OciDisk {
+            image,
+            persist: args.persist.clone(),
+            read_only,
+        });
+    }
+    // Read-only: no writable layer at all, so --persist has nothing to keep.
+    let upper = match (&args.persist, read_only) {
+        (_, true) => UpperSpec::None,
+        (Some(dir), false) => UpperSpec::Persist(dir.clone()),
+        (None, false) => UpperSpec::Private,
+    };
+    Ok(RootSpec::OciLayers {
+        image,
+        upper,
+        size_cap: args.upper_size,
+    })
+}
+
+/// `--kernel`, or the kernel `kernel/build.sh` built.
+fn resolve_kernel(explicit: Option<&Path>) -> Result<PathBuf, SpecError> {
+    if let Some(p) = explicit {
+        check_readable("kernel", p)?;
+        return Ok(p.to_path_buf());
+    }
+    let dir = crate::paths::default_kernel_dir();
+    // vmlinux first: a bzImage decompresses itself inside the guest, which is slow.
+    for name in ["vmlinux", "bzImage"] {
+        let p = dir.join(name);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    Err(SpecError::NoDefaultKernel {
+        default: dir.join("vmlinux"),
+    })
+}
+
+fn unreadable<'a>(what: &'static str, path: &'a Path) -> impl Fn(io::Error) -> SpecError + 'a {
+    move |source| SpecError::Unreadable {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn check_dir(what: &'static str, path: &Path) -> Result<(), SpecError> {
+    let unreadable = unreadable(what, path);
+    let meta = std::fs::metadata(path).map_err(&unreadable)?;
+    if !meta.is_dir() {
+        return Err(SpecError::NotADirectory {
+            what,
+            path: path.to_path_buf(),
+        });
+    }
+    std::fs::read_dir(path).map_err(unreadable)?;
+    Ok(())
+}
+
+fn check_readable(what: &'static str, path: &Path) -> Result<(), SpecError> {
+    let unreadable = unreadable(what, path);
+    let meta = std::fs::metadata(path).map_err(&unreadable)?;
+    if meta.is_dir() {
+        return Err(SpecError::IsADirectory {
+            what,
+            path: path.to_path_buf(),
+        });
+    }
+    File::open(path).map_err(unreadable)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn args(image: Option<&str>, kernel: Option<&str>) -> RunArgs {
+        RunArgs {
+            image: image.map(PathBuf::from),
+            kernel: kernel.map(PathBuf::from),
+            oci: None,
+            persist: None,
+            virtiofs: false,
+            image_opts: crate::cli::ImageOpts {
+                size: None,
+                tls_verify: true,
+                quiet: true,
+            },
+            initrd: None,
+            rootfs: None,
+            share: vec![],
+            upper_size: None,
+            cmdline: None,
+            append: Some("quiet".into()),
+            mem: 64 << 20,
+            cpus: 1,
+            readonly: true,
+        }
+    }
+
+    #[test]
+    fn missing_files_are_named() {
+        let e =
+            RunSpec::from_args(&args(Some("/nonexistent/disk.raw"), Some("/bin/sh"))).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "disk image /nonexistent/disk.raw: no such file"
+        );
+        let e = RunSpec::from_args(&args(None, Some("/nonexistent/vmlinux"))).unwrap_err();
+        assert_eq!(e.to_string(), "kernel /nonexistent/vmlinux: no such file");
+        let e = RunSpec::from_args(&args(None, Some("/tmp"))).unwrap_err();
+        assert_eq!(e.to_string(), "kernel /tmp: is a directory");
+        let mut a = args(None, Some("/bin/sh"));
+        a.rootfs = Some("/bin/sh".into());
+        let e = RunSpec::from_args(&a).unwrap_err();
+        assert_eq!(e.to_string(), "root filesystem /bin/sh: is not a directory");
+    }
+
+    #[test]
+    fn default_cmdline_has_root_readonly_and_append() {
+        let c = RunSpec::from_args(&args(Some("/bin/sh"), Some("/bin/sh"))).unwrap();
+        assert!(c.cmdline.starts_with("console=ttyS0 "));
+        assert!(
+            c.cmdline.ends_with("root=/dev/vda ro quiet"),
+            "{}",
+            c.cmdline
+        );
+        let mut a = args(None, Some("/bin/sh"));
+        a.cmdline = Some("custom".into());
+        assert_eq!(RunSpec::from_args(&a).unwrap().cmdline, "custom");
+    }
+
+    #[test]
+    fn readonly_is_decided_once_for_each_root() {
+        let mut a = args(None, Some("/bin/sh"));
+        a.oci = Some("oci:x".into());
+        a.virtiofs = true;
+        a.persist = Some("/keep".into());
+        a.upper_size = Some(16 << 20);
+        // --readonly leaves the writable layer out, even with --persist.
+        let s = RunSpec::from_args(&a).unwrap();
+        assert!(matches!(
+            s.root,
+            RootSpec::OciLayers {
+                upper: UpperSpec::None,
+                size_cap: Some(_),
+                ..
+            }
+        ));
+        assert!(
+            s.cmdline.contains("rootfstype=virtiofs ro"),
+            "{}",
+            s.cmdline
+        );
+        a.readonly = false;
+        let s = RunSpec::from_args(&a).unwrap();
+        assert!(
+            matches!(&s.root, RootSpec::OciLayers { upper: UpperSpec::Persist(p), .. } if p == Path::new("/keep"))
+        );
+        assert!(
+            s.cmdline
+                .ends_with("root=minivm-root rootfstype=virtiofs rw quiet"),
+            "{}",
+            s.cmdline
+        );
+        a.virtiofs = false;
+        let s = RunSpec::from_args(&a).unwrap();
+        assert!(matches!(
+            s.root,
+            RootSpec::OciDisk {
+                read_only: false,
+                ..
+            }
+        ));
+        assert!(
+            s.cmdline.ends_with("root=/dev/vda rw quiet"),
+            "{}",
+            s.cmdline
+        );
+    }
+
+    #[test]
+    fn a_share_cannot_take_the_root_tag() {
+        let mut a = args(None, Some("/bin/sh"));
+        a.rootfs = Some("/tmp".into());
+        a.share = vec![crate::cli::Share {
+            path: "/tmp".into(),
+            tag: ROOTFS_TAG.into(),
+            read_only: false,
+        }];
+        let e = RunSpec::from_args(&a).unwrap_err();
+        assert_eq!(e.to_string(), "share tag minivm-root: used twice");
+        a.rootfs = None;
+        assert_eq!(RunSpec::from_args(&a).unwrap().shares.len(), 1);
+    }
+}
