@@ -43,6 +43,10 @@ impl WorkDir {
     pub fn create(parent: &Path, key: &str) -> io::Result<WorkDir> {
         static N: AtomicU64 = AtomicU64::new(0);
         std::fs::create_dir_all(parent)?;
+        // Shared with other creators, exclusive with sweeps: a sweep never
+        // sees a directory between its mkdir and its lock.
+        let guard = File::open(parent)?;
+        flock(&guard, libc::LOCK_SH)?;
         loop {
             let path = parent.join(format!(
                 "{key}.{}.{}",
@@ -90,13 +94,28 @@ impl WorkDir {
     /// Removes the abandoned work directories under `parent`; returns how
     /// many went.
     pub fn remove_abandoned(parent: &Path) -> usize {
+        Self::sweep_abandoned(parent, |dir| std::fs::remove_dir_all(dir))
+    }
+
+    /// Calls `remove` on each abandoned work directory under `parent`, while
+    /// no [`WorkDir::create`] can run there; returns how many it removed.
+    pub fn sweep_abandoned(
+        parent: &Path,
+        mut remove: impl FnMut(&Path) -> io::Result<()>,
+    ) -> usize {
+        let Ok(guard) = File::open(parent) else {
+            return 0;
+        };
+        if flock(&guard, libc::LOCK_EX).is_err() {
+            return 0;
+        }
         let Ok(rd) = std::fs::read_dir(parent) else {
             return 0;
         };
         rd.flatten()
             .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
             .filter(|e| Self::is_abandoned(&e.path()))
-            .filter(|e| std::fs::remove_dir_all(e.path()).is_ok())
+            .filter(|e| remove(&e.path()).is_ok())
             .count()
     }
 }

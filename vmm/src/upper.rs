@@ -106,18 +106,14 @@ impl Drop for VmUpper {
 
 /// Removes the directories of VMs that are gone (their lock is free).
 fn remove_stale(vms_root: &Path) {
-    let Ok(entries) = std::fs::read_dir(vms_root) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let dir = e.path();
-        if dir.is_dir() && WorkDir::is_abandoned(&dir) {
-            match remove_tree(&dir) {
-                Ok(()) => tracing::info!("removed the leftover VM directory {}", dir.display()),
-                Err(e) => tracing::warn!("could not remove {}: {e}", dir.display()),
-            }
+    WorkDir::sweep_abandoned(vms_root, |dir| {
+        let r = remove_tree(dir);
+        match &r {
+            Ok(()) => tracing::info!("removed the leftover VM directory {}", dir.display()),
+            Err(e) => tracing::warn!("could not remove {}: {e}", dir.display()),
         }
-    }
+        r
+    });
 }
 
 /// `remove_dir_all`, after making directories the guest made unwritable
