@@ -521,8 +521,8 @@ fn rename_and_rmdir_over_lower_layers() {
 /// xattrs, and what it sets is recorded the same way in the upper.
 #[test]
 fn mapped_mode_presents_and_records_ids_in_xattrs() {
-    use crate::virtio::fs::layered::Ids;
     use fuse_backend_rs::api::filesystem::SetattrValid;
+    use layerfmt::Override as Ids;
 
     let tmp = TempDir::new();
     let (lower, upper) = (tmp.path().join("lower"), tmp.path().join("upper"));
