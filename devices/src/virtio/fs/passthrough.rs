@@ -30,9 +30,9 @@ use fuse_backend_rs::api::{BackendFileSystem, Vfs, VfsOptions};
 use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
 
 use super::cap::{disk_usage, SizeCap};
+use super::error::FsError;
 use super::guard::{GuardFs, Policy};
 use super::worker::with_private_umask;
-use super::FsError;
 
 /// Shares the host directory `root` (symlinks in the path itself are
 /// resolved now; inside the share they are never followed by the host).

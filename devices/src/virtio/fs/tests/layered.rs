@@ -14,7 +14,7 @@ use fuse_backend_rs::api::filesystem::{Context, FileSystem, GetxattrReply, Listx
 
 use super::TempDir;
 use crate::virtio::fs::layered::{Chunk, LayeredFs, WORK_DIR};
-use crate::virtio::fs::overlay::layered_fs;
+use crate::virtio::fs::layered_fs;
 use crate::virtio::fs::passthrough::passthrough_fs;
 
 const ROOT: u64 = 1;
