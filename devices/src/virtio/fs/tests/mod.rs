@@ -4,6 +4,7 @@
 mod device;
 mod layered;
 mod overlay;
+mod refs;
 mod share;
 
 use std::path::{Path, PathBuf};
