@@ -5,7 +5,7 @@
 //! FUSE request that [`fuse_backend_rs::api::server::Server`] decodes and runs
 //! against an [`Arc<Vfs>`]; requests are served on a worker thread of the
 //! device (see `worker.rs`) so a slow host file system never stalls the VMM's
-//! event loop. [`passthrough`] and [`disk_cap`] build that `Vfs` for one host
+//! event loop. [`passthrough()`] and [`disk_cap`] build that `Vfs` for one host
 //! directory, wrapped in [`GuardFs`] which adds read-only mode, the size cap
 //! and the containment checks below. [`overlay`] serves an OCI image from its
 //! unpacked layers the same way, with a per-VM upper directory.
