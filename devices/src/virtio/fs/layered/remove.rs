@@ -23,27 +23,23 @@ impl LayeredFs {
     }
 
     /// Renames `from` in the upper directory `fdir` to `to` in `tdir`,
-    /// leaving a whiteout in its place: in the same step where the host
-    /// allows it (RENAME_WHITEOUT), so that no crash lets a lower entry show
-    /// through.
-    #[allow(clippy::too_many_arguments)]
-    fn rename_leaving_whiteout(
+    /// leaving a whiteout in its place in the same step (RENAME_WHITEOUT),
+    /// so that no crash lets a lower entry show through. False if the host
+    /// cannot (EINVAL, or EPERM without CAP_MKNOD): nothing was done then.
+    fn rename_whiteout(
         &self,
         ctx: &Context,
-        fdir: Real,
-        from: &CStr,
-        tdir: Real,
-        to: &CStr,
+        (fdir, from): (Real, &CStr),
+        (tdir, to): (Real, &CStr),
         flags: u32,
-    ) -> io::Result<()> {
-        let upper = self.upper()?;
-        let whiteout_flags = flags | libc::RENAME_WHITEOUT;
-        match upper.rename(ctx, fdir.ino, from, tdir.ino, to, whiteout_flags) {
-            Ok(()) => Ok(()),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EPERM)) => {
-                upper.rename(ctx, fdir.ino, from, tdir.ino, to, flags)?;
-                self.whiteout(fdir, from)
-            }
+    ) -> io::Result<bool> {
+        let flags = flags | libc::RENAME_WHITEOUT;
+        match self
+            .upper()?
+            .rename(ctx, fdir.ino, from, tdir.ino, to, flags)
+        {
+            Ok(()) => Ok(true),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EPERM)) => Ok(false),
             Err(e) => Err(e),
         }
     }
@@ -59,11 +55,18 @@ impl LayeredFs {
         let upper = self.upper()?;
         let tmp = t.tmp_name();
         let work = self.work()?;
-        self.rename_leaving_whiteout(&ctx0(), pup, name, work, &tmp, 0)?;
-        if dir {
-            upper.rmdir(&ctx0(), work.ino, &tmp)
+        let remove = |d: Real, n: &CStr| {
+            if dir {
+                upper.rmdir(&ctx0(), d.ino, n)
+            } else {
+                upper.unlink(&ctx0(), d.ino, n)
+            }
+        };
+        if self.rename_whiteout(&ctx0(), (pup, name), (work, &tmp), 0)? {
+            remove(work, &tmp)
         } else {
-            upper.unlink(&ctx0(), work.ino, &tmp)
+            remove(pup, name)?;
+            self.whiteout(pup, name)
         }
     }
 
@@ -183,10 +186,12 @@ impl LayeredFs {
         if is_dir(&sst) && self.whiteout_at(pnew, newname)? == Some(true) {
             upper.unlink(&ctx0(), pnew.ino, newname)?;
         }
-        if old_lower {
-            self.rename_leaving_whiteout(ctx, pold, oldname, pnew, newname, flags)?;
-        } else {
+        let (from, to) = ((pold, oldname), (pnew, newname));
+        if !old_lower {
             upper.rename(ctx, pold.ino, oldname, pnew.ino, newname, flags)?;
+        } else if !self.rename_whiteout(ctx, from, to, flags)? {
+            upper.rename(ctx, pold.ino, oldname, pnew.ino, newname, flags)?;
+            self.whiteout(pold, oldname)?;
         }
         let sup = t.node_reals(sid)?[0];
         if is_dir(&sst) && new_lower {

@@ -522,7 +522,7 @@ fn rename_and_rmdir_over_lower_layers() {
 #[test]
 fn mapped_mode_presents_and_records_ids_in_xattrs() {
     use fuse_backend_rs::api::filesystem::SetattrValid;
-    use layerfmt::Override as Ids;
+    use layerfmt::Override;
 
     let tmp = TempDir::new();
     let (lower, upper) = (tmp.path().join("lower"), tmp.path().join("upper"));
@@ -594,8 +594,8 @@ fn mapped_mode_presents_and_records_ids_in_xattrs() {
     assert_eq!((host.uid(), host.mode() & 0o7777), (0, 0o750 | 0o600));
     let rec = get_xattr(&upper.join("su"), c"user.minivm.override").unwrap();
     assert_eq!(
-        Ids::parse(&rec),
-        Some(Ids {
+        Override::parse(&rec),
+        Some(Override {
             uid: 1234,
             gid: 5678,
             mode: 0o100750,
