@@ -45,8 +45,8 @@
 //!
 //! A file opened read-only before a copy-up keeps reading the lower copy (as
 //! on overlayfs before Linux 4.19). Lower layers are only ever opened
-//! read-only. Namespace changes are
-//! serialised by one lock; reads and writes on open files are not.
+//! read-only. Namespace changes are serialised by one lock; reads and writes
+//! on open files are not.
 //!
 //! Host references into the layers (inode references, open handles) are held
 //! by owning types (`refs.rs`) that give them back on drop, so no error path

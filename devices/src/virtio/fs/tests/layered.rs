@@ -12,7 +12,7 @@ use std::time::Duration;
 use fuse_backend_rs::abi::fuse_abi::CreateIn;
 use fuse_backend_rs::api::filesystem::{Context, FileSystem, GetxattrReply, ListxattrReply};
 
-use super::TempDir;
+use super::{walk, TempDir};
 use crate::virtio::fs::layered::{Chunk, LayeredFs, WORK_DIR};
 use crate::virtio::fs::layered_fs;
 use crate::virtio::fs::passthrough::passthrough_fs;
@@ -77,21 +77,10 @@ fn set_mtime(path: &Path, sec: i64) {
 
 /// Every path under `dir` with its metadata, xattr and content.
 fn snapshot(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            let m = std::fs::symlink_metadata(&p).unwrap();
-            let data = if m.is_file() {
-                std::fs::read(&p).unwrap()
-            } else {
-                if m.is_dir() {
-                    stack.push(p.clone());
-                }
-                Vec::new()
-            };
-            out.push(format!(
+    let mut out: Vec<String> = walk(dir)
+        .into_iter()
+        .map(|(p, m, data)| {
+            format!(
                 "{:?} {:o} {}:{} {} {} {:?} {:?}",
                 p,
                 m.mode(),
@@ -101,9 +90,9 @@ fn snapshot(dir: &Path) -> Vec<String> {
                 m.rdev(),
                 get_xattr(&p, c"user.k"),
                 data
-            ));
-        }
-    }
+            )
+        })
+        .collect();
     out.sort();
     out
 }
