@@ -1,5 +1,6 @@
 //! [`GuardFs`]: a delegating [`FileSystem`] that enforces minivm's policy on
-//! top of a fuse-backend-rs backend (PassthroughFs, later OverlayFs).
+//! top of a backend: fuse-backend-rs's `PassthroughFs` for a shared
+//! directory, minivm's [`LayeredFs`](super::LayeredFs) for an image's layers.
 //!
 //! * **Read-only**: fuse-backend-rs has no read-only option, so every request
 //!   that could change the tree fails with EROFS: SETATTR, SYMLINK, MKNOD,
@@ -18,8 +19,10 @@
 //!   FALLOCATE if its whole length would; CREATE/MKDIR/MKNOD/SYMLINK once the
 //!   cap is reached. UNLINK/RMDIR/RENAME-over release what the removed inode
 //!   occupied when its last link goes. Not counted: directory growth from new
-//!   entries, and changes made behind the guest's back on the host. With an
-//!   overlay, a copy-up is charged only for what the write itself changes.
+//!   entries, and changes made behind the guest's back on the host. With
+//!   a [`LayeredFs`](super::LayeredFs) backend, a copy-up is charged by the backend
+//!   itself (against the same cap), the guard what the write then changes. The
+//!   charging helpers are in `charge.rs`, the counter in `cap.rs`.
 //! * **Unprivileged VMM**: PassthroughFs switches the thread's euid/egid to
 //!   the guest's for creates, which fails with EPERM unless the VMM is root.
 //!   When it is not, creates run with the VMM's own ids instead, unless the

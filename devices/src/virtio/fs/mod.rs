@@ -5,7 +5,7 @@
 //! FUSE request that [`fuse_backend_rs::api::server::Server`] decodes and runs
 //! against an [`Arc<Vfs>`]; requests are served on a worker thread of the
 //! device (see `worker.rs`) so a slow host file system never stalls the VMM's
-//! event loop. [`passthrough`] and [`disk_cap`] build that `Vfs` for one host
+//! event loop. [`passthrough()`] and [`disk_cap`] build that `Vfs` for one host
 //! directory, wrapped in [`GuardFs`] which adds read-only mode, the size cap
 //! and the containment checks below. [`overlay`] serves an OCI image from its
 //! unpacked layers the same way, with a per-VM upper directory.
@@ -74,9 +74,11 @@
 //! worker thread that both `unshare(CLONE_FS)`, so the VMM keeps its umask.
 
 mod cap;
+mod charge;
+mod error;
 mod guard;
+mod image;
 mod layered;
-mod overlay;
 mod passthrough;
 mod worker;
 
@@ -93,10 +95,12 @@ use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRE
 use virtio_queue::Queue;
 
 pub use self::cap::{disk_usage, SizeCap};
+pub use self::error::FsError;
 pub use self::guard::{GuardFs, Policy};
+pub use self::image::{layered_fs, overlay};
 pub use self::layered::LayeredFs;
-pub use self::overlay::{layered_fs, overlay};
 pub use self::passthrough::{disk_cap, mount_vfs, passthrough};
+pub use self::worker::FuseServer;
 use self::worker::Worker;
 use super::{ActivateError, Interrupt, VirtioDevice};
 use crate::GuestMemory;
@@ -109,57 +113,6 @@ const NUM_REQUEST_QUEUES: u32 = 1;
 pub const TAG_MAX_LEN: usize = 36;
 /// `sizeof(struct virtio_fs_config)`: `u8 tag[36]; le32 num_request_queues`.
 const CONFIG_LEN: usize = TAG_MAX_LEN + 4;
-
-/// The FUSE server the device runs requests through.
-pub type FuseServer = Server<Arc<Vfs>>;
-
-/// Why a virtio-fs device or its file system could not be set up.
-#[derive(Debug, thiserror::Error)]
-pub enum FsError {
-    /// The tag is empty or longer than the config space allows.
-    #[error("tag {0:?} is {n} bytes; a virtio-fs tag must be 1 to 36 bytes", n = .0.len())]
-    TagLength(String),
-    /// The tag contains a NUL byte, which would truncate it in the guest.
-    #[error("tag {0:?} contains a NUL byte")]
-    TagNul(String),
-    /// The shared directory cannot be resolved or is not a directory.
-    #[error("shared directory {path}: {source}")]
-    Root {
-        path: std::path::PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    /// The shared directory's path is not UTF-8 (fuse-backend-rs takes a String).
-    #[error("shared directory {0}: path is not valid UTF-8")]
-    RootNotUtf8(std::path::PathBuf),
-    /// fuse-backend-rs failed to create or import the passthrough file system.
-    #[error("passthrough file system: {0}")]
-    Passthrough(#[source] std::io::Error),
-    /// An image overlay needs at least one layer.
-    #[error("an image overlay needs at least one layer")]
-    NoLayers,
-    /// The merged view of the image layers could not be set up.
-    #[error("overlay of image layers: {0}")]
-    Overlay(#[source] std::io::Error),
-    /// What a crashed run left in the writable layer's work directory could
-    /// not be removed.
-    #[error("clearing the work directory of writable layer {path}: {source}")]
-    WorkDir {
-        path: std::path::PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    /// Mounting the file system into the Vfs failed.
-    #[error("mounting into the FUSE vfs: {0}")]
-    Mount(#[source] fuse_backend_rs::api::vfs::VfsError),
-    /// Measuring the existing usage for the size cap failed.
-    #[error("measuring disk usage under {path}: {source}")]
-    Usage {
-        path: std::path::PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-}
 
 /// A virtio-fs device serving one [`Vfs`] under one tag.
 pub struct Fs {

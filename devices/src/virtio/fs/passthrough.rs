@@ -30,9 +30,9 @@ use fuse_backend_rs::api::{BackendFileSystem, Vfs, VfsOptions};
 use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
 
 use super::cap::{disk_usage, SizeCap};
+use super::error::FsError;
 use super::guard::{GuardFs, Policy};
 use super::worker::with_private_umask;
-use super::FsError;
 
 /// Shares the host directory `root` (symlinks in the path itself are
 /// resolved now; inside the share they are never followed by the host).
@@ -51,7 +51,7 @@ pub fn passthrough(root: &Path, read_only: bool) -> Result<Arc<Vfs>, FsError> {
 
 /// Shares `root` writable, refusing growth past `cap_bytes` of allocated
 /// space (ENOSPC). Space already used under `root` is measured first (see
-/// [`disk_usage`](super::disk_usage)) and counts against the cap; the guest's
+/// [`disk_usage`]) and counts against the cap; the guest's
 /// `statfs` reports the cap as the file system size.
 pub fn disk_cap(root: &Path, cap_bytes: u64) -> Result<Arc<Vfs>, FsError> {
     let dir = canonical_dir(root)?;

@@ -12,13 +12,16 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use fuse_backend_rs::api::filesystem::FileSystem;
+use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::api::Vfs;
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter};
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 
-use super::FuseServer;
 use crate::virtio::{Interrupt, INTERRUPT_STATUS_USED_RING};
 use crate::GuestMemory;
+
+/// The FUSE server the device runs requests through.
+pub type FuseServer = Server<Arc<Vfs>>;
 
 enum Msg {
     /// The driver notified this queue.

@@ -12,9 +12,9 @@ use std::time::Duration;
 use fuse_backend_rs::abi::fuse_abi::CreateIn;
 use fuse_backend_rs::api::filesystem::{Context, FileSystem, GetxattrReply, ListxattrReply};
 
-use super::TempDir;
+use super::{walk, TempDir};
 use crate::virtio::fs::layered::{Chunk, LayeredFs, WORK_DIR};
-use crate::virtio::fs::overlay::layered_fs;
+use crate::virtio::fs::layered_fs;
 use crate::virtio::fs::passthrough::passthrough_fs;
 
 const ROOT: u64 = 1;
@@ -77,21 +77,10 @@ fn set_mtime(path: &Path, sec: i64) {
 
 /// Every path under `dir` with its metadata, xattr and content.
 fn snapshot(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            let m = std::fs::symlink_metadata(&p).unwrap();
-            let data = if m.is_file() {
-                std::fs::read(&p).unwrap()
-            } else {
-                if m.is_dir() {
-                    stack.push(p.clone());
-                }
-                Vec::new()
-            };
-            out.push(format!(
+    let mut out: Vec<String> = walk(dir)
+        .into_iter()
+        .map(|(p, m, data)| {
+            format!(
                 "{:?} {:o} {}:{} {} {} {:?} {:?}",
                 p,
                 m.mode(),
@@ -101,9 +90,9 @@ fn snapshot(dir: &Path) -> Vec<String> {
                 m.rdev(),
                 get_xattr(&p, c"user.k"),
                 data
-            ));
-        }
-    }
+            )
+        })
+        .collect();
     out.sort();
     out
 }
@@ -521,8 +510,8 @@ fn rename_and_rmdir_over_lower_layers() {
 /// xattrs, and what it sets is recorded the same way in the upper.
 #[test]
 fn mapped_mode_presents_and_records_ids_in_xattrs() {
-    use crate::virtio::fs::layered::Ids;
     use fuse_backend_rs::api::filesystem::SetattrValid;
+    use layerfmt::Override;
 
     let tmp = TempDir::new();
     let (lower, upper) = (tmp.path().join("lower"), tmp.path().join("upper"));
@@ -594,8 +583,8 @@ fn mapped_mode_presents_and_records_ids_in_xattrs() {
     assert_eq!((host.uid(), host.mode() & 0o7777), (0, 0o750 | 0o600));
     let rec = get_xattr(&upper.join("su"), c"user.minivm.override").unwrap();
     assert_eq!(
-        Ids::parse(&rec),
-        Some(Ids {
+        Override::parse(&rec),
+        Some(Override {
             uid: 1234,
             gid: 5678,
             mode: 0o100750,

@@ -4,6 +4,7 @@
 mod device;
 mod layered;
 mod overlay;
+mod refs;
 mod share;
 
 use std::path::{Path, PathBuf};
@@ -57,6 +58,29 @@ pub(super) const OPENDIR: u32 = 27;
 pub(super) const READDIR: u32 = 28;
 pub(super) const CREATE: u32 = 35;
 pub(super) const FALLOCATE: u32 = 43;
+
+/// Every entry under `dir` (depth first, unsorted) with its metadata, and
+/// its content if it is a regular file.
+pub(super) fn walk(dir: &Path) -> Vec<(PathBuf, std::fs::Metadata, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let data = if m.is_file() {
+                std::fs::read(&p).unwrap()
+            } else {
+                if m.is_dir() {
+                    stack.push(p.clone());
+                }
+                Vec::new()
+            };
+            out.push((p, m, data));
+        }
+    }
+    out
+}
 
 /// A fresh directory under the system temp dir, removed on drop.
 pub(super) struct TempDir(pub PathBuf);

@@ -28,23 +28,10 @@ fn set_opaque(path: &Path) {
 /// Every path, kind, content and mode under `dir`.
 fn snapshot(dir: &Path) -> Vec<(String, u32, Vec<u8>)> {
     use std::os::unix::fs::MetadataExt;
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            let m = std::fs::symlink_metadata(&p).unwrap();
-            let data = if m.is_file() {
-                std::fs::read(&p).unwrap()
-            } else {
-                if m.is_dir() {
-                    stack.push(p.clone());
-                }
-                Vec::new()
-            };
-            out.push((p.display().to_string(), m.mode(), data));
-        }
-    }
+    let mut out: Vec<_> = walk(dir)
+        .into_iter()
+        .map(|(p, m, data)| (p.display().to_string(), m.mode(), data))
+        .collect();
     out.sort();
     out
 }

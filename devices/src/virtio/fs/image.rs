@@ -2,10 +2,10 @@
 //! [`LayeredFs`] over one read-only `PassthroughFs` per layer of the layer
 //! store, plus a per-VM writable upper directory.
 //!
-//! The layers must be in the form `imagefs::layerstore` writes (whiteouts as
-//! 0:0 character devices, opaque directories marked with
-//! `user.overlay.opaque`), unpacked as root: the owners and modes the guest
-//! sees are the host's. The upper directory is where every change lands:
+//! The layers must be in the form `imagefs::layerstore` writes, which the
+//! `layerfmt` crate defines (whiteouts as 0:0 character devices, opaque
+//! directories marked with `user.overlay.opaque`); unpacked as root, the
+//! owners and modes the guest sees are the host's (unprivileged: see below). The upper directory is where every change lands:
 //! copy-up on write, a 0:0 whiteout when a lower entry is deleted, so the
 //! lower layers are never written and can be shared by any number of VMs.
 //!
@@ -31,10 +31,10 @@ use std::time::Duration;
 use fuse_backend_rs::api::Vfs;
 
 use super::cap::{disk_usage, SizeCap};
+use super::error::FsError;
 use super::guard::{GuardFs, Policy};
 use super::layered::{clear_work_dir, LayeredFs};
 use super::passthrough::{canonical_dir, mount_vfs, passthrough_fs};
-use super::FsError;
 
 /// How long the guest may cache entries and attributes.
 const TIMEOUT: Duration = Duration::from_secs(5);
