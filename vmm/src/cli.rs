@@ -216,6 +216,11 @@ pub struct RunArgs {
     /// shows the cap).
     #[arg(long, value_name = "SIZE", value_parser = parse_disk_size, requires = "fs_root")]
     pub upper_size: Option<u64>,
+
+    /// Leave out the virtio-rng entropy device (on by default: the guest's
+    /// /dev/hwrng, filled from the host's getrandom).
+    #[arg(long)]
+    pub no_rng: bool,
 }
 
 /// Most vCPUs: the MADT gives them xAPIC ids 0..N-1, below the broadcast id 0xff.
@@ -406,6 +411,10 @@ mod tests {
         let Command::Run(r) = c.command else { panic!() };
         assert_eq!(r.mem, 1 << 30);
         assert!(r.readonly);
+        assert!(!r.no_rng, "virtio-rng is on by default");
+        let c = Cli::try_parse_from(["minivm", "run", "--no-rng"]).unwrap();
+        let Command::Run(r) = c.command else { panic!() };
+        assert!(r.no_rng);
         assert!(Cli::try_parse_from(["minivm", "run", "--cmdline", "a", "--append", "b"]).is_err());
         assert!(Cli::try_parse_from(["minivm", "run", "--cpus", "0"]).is_err());
         assert!(Cli::try_parse_from(["minivm", "run", "--cpus", "255"]).is_err());

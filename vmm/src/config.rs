@@ -36,6 +36,8 @@ pub struct VmConfig {
     pub cpus: u8,
     /// Kernel command line, without the device and host parameters minivm adds.
     pub cmdline: String,
+    /// Attach a virtio-rng entropy device.
+    pub rng: bool,
 }
 
 /// A file system served over virtio-fs.

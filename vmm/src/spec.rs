@@ -135,6 +135,8 @@ pub struct RunSpec {
     pub cpus: u8,
     /// Kernel command line, without the device and host parameters minivm adds.
     pub cmdline: String,
+    /// Attach a virtio-rng entropy device (unless `--no-rng`).
+    pub rng: bool,
 }
 
 impl RunSpec {
@@ -179,6 +181,7 @@ impl RunSpec {
             mem_size: args.mem,
             cpus: args.cpus,
             cmdline,
+            rng: !args.no_rng,
         })
     }
 }
@@ -301,6 +304,7 @@ mod tests {
             rootfs: None,
             share: vec![],
             upper_size: None,
+            no_rng: false,
             cmdline: None,
             append: Some("quiet".into()),
             mem: 64 << 20,
@@ -339,6 +343,14 @@ mod tests {
         let mut a = args(None, Some("/bin/sh"));
         a.cmdline = Some("custom".into());
         assert_eq!(RunSpec::from_args(&a).unwrap().cmdline, "custom");
+    }
+
+    #[test]
+    fn rng_is_on_unless_no_rng() {
+        let mut a = args(None, Some("/bin/sh"));
+        assert!(RunSpec::from_args(&a).unwrap().rng);
+        a.no_rng = true;
+        assert!(!RunSpec::from_args(&a).unwrap().rng);
     }
 
     #[test]

@@ -15,6 +15,7 @@ use devices::i8042::I8042;
 use devices::serial::{ConsoleOutput, InputEvents, SerialDevice};
 use devices::virtio::block::Block;
 use devices::virtio::mmio::MmioTransport;
+use devices::virtio::rng::Rng;
 use devices::virtio::Interrupt;
 use devices::{ExitHandle, ExitReason};
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
@@ -295,6 +296,10 @@ fn setup_devices(
         .map_err(fail)?;
         let fs = devices::virtio::fs::Fs::new(&share.tag, vfs).map_err(fail)?;
         add_virtio(vm, mem, Box::new(fs), "virtio-fs", &mut slots)?;
+    }
+    // Last, so the disk and shares keep their slots with or without it.
+    if config.rng {
+        add_virtio(vm, mem, Box::new(Rng::new()), "virtio-rng", &mut slots)?;
     }
     for (transport, base) in slots.transports {
         mmio.insert(transport.clone(), base, VIRTIO_MMIO_SIZE)?;
@@ -583,6 +588,7 @@ mod tests {
             mem_size: 64 << 20,
             cpus: 1,
             cmdline: "console=ttyS0".into(),
+            rng: true,
         };
         let extra = ["virtio_mmio.device=4K@0xd0000000:5".to_string()];
         assert_eq!(

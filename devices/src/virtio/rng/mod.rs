@@ -1,0 +1,376 @@
+//! virtio-rng: an entropy device whose single request queue the host fills
+//! from its own `getrandom(2)`.
+//!
+//! The driver posts chains of device-writable buffers; each chain gets up to
+//! [`MAX_BYTES_PER_CHAIN`] random bytes and a used length equal to what was
+//! written. A chain the device cannot serve (a device-readable descriptor, a
+//! buffer outside guest memory, too many descriptors) is returned with used
+//! length 0 and a rate-limited warning: the driver then simply asks again.
+//! Requests are served inline on the event loop, like virtio-blk's.
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemory as _};
+
+use super::{ActivateError, Interrupt, VirtioDevice, INTERRUPT_STATUS_USED_RING};
+use crate::GuestMemory;
+
+/// Size of the request queue (Linux keeps one request in flight).
+pub const QUEUE_SIZE: u16 = 64;
+/// Most random bytes one chain gets; the rest of its buffers stay untouched.
+pub const MAX_BYTES_PER_CHAIN: usize = 64 * 1024;
+/// Most descriptors accepted in one chain.
+const MAX_DESCRIPTORS: usize = QUEUE_SIZE as usize;
+/// Shortest interval between two warnings about bad chains.
+const WARN_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Why a chain was not served (logged; the guest sees used length 0), or
+/// why the host could not supply entropy.
+#[derive(Debug, thiserror::Error)]
+pub enum RngError {
+    /// The device only writes; a device-readable buffer is a driver bug.
+    #[error("descriptor {index} of the chain is device-readable")]
+    ReadOnlyDescriptor {
+        /// Position of the descriptor in the chain.
+        index: usize,
+    },
+    /// A buffer lies (partly) outside guest memory.
+    #[error("buffer {addr:#x}+{len:#x} is not in guest memory")]
+    OutOfMemory {
+        /// Guest-physical start of the buffer.
+        addr: u64,
+        /// Its length.
+        len: u32,
+    },
+    /// More descriptors than the device accepts in one chain.
+    #[error("chain has more than {MAX_DESCRIPTORS} descriptors")]
+    TooManyDescriptors,
+    /// Writing the random bytes into guest memory failed.
+    #[error("writing guest memory: {0}")]
+    Memory(#[from] vm_memory::GuestMemoryError),
+    /// The host's getrandom(2) failed.
+    #[error("getrandom: {0}")]
+    Entropy(#[source] std::io::Error),
+}
+
+/// What the device has served since it was created.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RngStats {
+    /// Random bytes written into guest buffers.
+    pub bytes: u64,
+    /// Chains served with at least one byte.
+    pub requests: u64,
+    /// Chains returned with used length 0 because they were malformed or the
+    /// host could not supply entropy.
+    pub rejected: u64,
+}
+
+/// Logs at most one warning per [`WARN_INTERVAL`], counting the rest.
+#[derive(Default)]
+struct WarnLimit {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl WarnLimit {
+    fn warn(&mut self, what: &dyn std::fmt::Display) {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < WARN_INTERVAL)
+        {
+            self.suppressed += 1;
+            return;
+        }
+        if self.suppressed > 0 {
+            tracing::warn!(
+                "virtio-rng: {what} ({} similar warnings suppressed)",
+                self.suppressed
+            );
+        } else {
+            tracing::warn!("virtio-rng: {what}");
+        }
+        self.last = Some(now);
+        self.suppressed = 0;
+    }
+}
+
+/// State that exists only between activation and reset.
+struct Active {
+    mem: Arc<GuestMemory>,
+    queue: Queue,
+    interrupt: Arc<Interrupt>,
+    /// Set when the driver broke the ring protocol; serving stops until reset.
+    broken: bool,
+}
+
+/// A virtio entropy device (device id 4) with one request queue.
+pub struct Rng {
+    avail_features: u64,
+    acked_features: u64,
+    queue_sizes: [u16; 1],
+    active: Option<Active>,
+    /// Host buffer the random bytes go through on their way to the guest.
+    buf: Vec<u8>,
+    stats: RngStats,
+    warn: WarnLimit,
+}
+
+impl Default for Rng {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Rng {
+    /// Creates an idle device; it needs no host resources but a buffer.
+    pub fn new() -> Rng {
+        Rng {
+            avail_features: (1u64 << VIRTIO_F_VERSION_1)
+                | (1u64 << VIRTIO_RING_F_EVENT_IDX)
+                | (1u64 << VIRTIO_RING_F_INDIRECT_DESC),
+            acked_features: 0,
+            queue_sizes: [QUEUE_SIZE],
+            active: None,
+            buf: vec![0; MAX_BYTES_PER_CHAIN],
+            stats: RngStats::default(),
+            warn: WarnLimit::default(),
+        }
+    }
+
+    /// What the device has served so far.
+    pub fn stats(&self) -> RngStats {
+        self.stats
+    }
+}
+
+impl Drop for Rng {
+    fn drop(&mut self) {
+        let s = self.stats;
+        tracing::info!(
+            "virtio-rng: served {} bytes in {} requests ({} rejected)",
+            s.bytes,
+            s.requests,
+            s.rejected
+        );
+    }
+}
+
+impl VirtioDevice for Rng {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_RNG
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_sizes
+    }
+
+    fn features(&self) -> u64 {
+        self.avail_features
+    }
+
+    fn ack_features(&mut self, features: u64) {
+        self.acked_features = features & self.avail_features;
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        // virtio-rng has no configuration space.
+        super::read_config_bytes(&[], offset, data);
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        tracing::debug!(
+            "virtio-rng: config write of {} bytes at {offset:#x} ignored",
+            data.len()
+        );
+    }
+
+    fn activate(
+        &mut self,
+        mem: Arc<GuestMemory>,
+        mut queues: Vec<Queue>,
+        interrupt: Arc<Interrupt>,
+    ) -> Result<(), ActivateError> {
+        if queues.len() != 1 {
+            return Err(ActivateError::QueueCount {
+                expected: 1,
+                got: queues.len(),
+            });
+        }
+        self.active = Some(Active {
+            mem,
+            queue: queues.remove(0),
+            interrupt,
+            broken: false,
+        });
+        Ok(())
+    }
+
+    fn process_queue(&mut self, index: usize) {
+        if index != 0 {
+            tracing::warn!("virtio-rng: notify of non-existent queue {index}");
+            return;
+        }
+        let Some(active) = self.active.as_mut() else {
+            tracing::debug!("virtio-rng: notify before activation ignored");
+            return;
+        };
+        if active.broken {
+            return;
+        }
+        let mut filler = Filler {
+            buf: &mut self.buf,
+            stats: &mut self.stats,
+            warn: &mut self.warn,
+        };
+        let mut used = false;
+        if let Err(e) = active.drain(&mut filler, &mut used) {
+            tracing::error!("virtio-rng: queue stopped until reset: {e}");
+            active.broken = true;
+        }
+        // Chains completed before an error still deserve their interrupt.
+        if used {
+            active.signal_used();
+        }
+    }
+
+    fn reset(&mut self) {
+        self.active = None;
+        self.acked_features = 0;
+    }
+}
+
+/// Serves chains: the device's buffer, counters and warning limit.
+struct Filler<'a> {
+    buf: &'a mut [u8],
+    stats: &'a mut RngStats,
+    warn: &'a mut WarnLimit,
+}
+
+impl Filler<'_> {
+    /// Serves one chain and returns its used length (0 when it was rejected).
+    fn serve(&mut self, mem: &GuestMemory, chain: DescriptorChain<&GuestMemory>) -> u32 {
+        match fill_chain(mem, chain, self.buf) {
+            Ok(0) => 0,
+            Ok(n) => {
+                self.stats.bytes += n as u64;
+                self.stats.requests += 1;
+                n as u32
+            }
+            Err(e) => {
+                self.stats.rejected += 1;
+                self.warn.warn(&e);
+                0
+            }
+        }
+    }
+}
+
+/// Checks every descriptor of `chain`, then fills its buffers in order with
+/// random bytes, at most `buf.len()` in all. Returns the number written.
+fn fill_chain(
+    mem: &GuestMemory,
+    chain: DescriptorChain<&GuestMemory>,
+    buf: &mut [u8],
+) -> Result<usize, RngError> {
+    let mut buffers: Vec<(GuestAddress, u32)> = Vec::new();
+    for (index, d) in chain.enumerate() {
+        if index >= MAX_DESCRIPTORS {
+            return Err(RngError::TooManyDescriptors);
+        }
+        if !d.is_write_only() {
+            return Err(RngError::ReadOnlyDescriptor { index });
+        }
+        if !mem.check_range(d.addr(), d.len() as usize) {
+            return Err(RngError::OutOfMemory {
+                addr: d.addr().raw_value(),
+                len: d.len(),
+            });
+        }
+        buffers.push((d.addr(), d.len()));
+    }
+    let mut written = 0usize;
+    for (addr, len) in buffers {
+        let n = (len as usize).min(buf.len() - written);
+        if n == 0 {
+            continue;
+        }
+        let chunk = &mut buf[written..written + n];
+        getrandom(chunk).map_err(RngError::Entropy)?;
+        mem.write_slice(chunk, addr)?;
+        written += n;
+    }
+    Ok(written)
+}
+
+/// Fills `buf` from the host's getrandom(2), retrying short reads and EINTR.
+fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        let rest = &mut buf[done..];
+        // SAFETY: the kernel writes at most `rest.len()` bytes into `rest`,
+        // a live, exclusively borrowed buffer.
+        let r = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        done += r as usize;
+    }
+    Ok(())
+}
+
+impl Active {
+    /// Drains the queue with notifications suppressed, re-enables them, and
+    /// repeats if the driver added buffers meanwhile.
+    fn drain(
+        &mut self,
+        filler: &mut Filler<'_>,
+        used: &mut bool,
+    ) -> Result<(), virtio_queue::Error> {
+        let mem = &*self.mem;
+        loop {
+            self.queue.disable_notification(mem)?;
+            loop {
+                // `iter` re-reads avail.idx and fails when a broken driver
+                // moved it more than a queue's worth ahead.
+                let next = self.queue.iter(mem)?.next();
+                let Some(chain) = next else { break };
+                let head = chain.head_index();
+                let len = filler.serve(mem, chain);
+                match self.queue.add_used(mem, head, len) {
+                    Ok(()) => *used = true,
+                    Err(e) => {
+                        tracing::warn!("virtio-rng: adding chain {head} to the used ring: {e}")
+                    }
+                }
+            }
+            if !self.queue.enable_notification(mem)? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Interrupts if the driver asked for it (EVENT_IDX) or always without it.
+    fn signal_used(&mut self) {
+        match self.queue.needs_notification(&*self.mem) {
+            Ok(false) => {}
+            Ok(true) => self.interrupt.trigger(INTERRUPT_STATUS_USED_RING),
+            Err(e) => {
+                tracing::warn!("virtio-rng: reading used_event: {e}");
+                self.interrupt.trigger(INTERRUPT_STATUS_USED_RING);
+            }
+        }
+    }
+}
