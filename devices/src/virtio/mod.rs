@@ -7,6 +7,7 @@
 pub mod block;
 pub mod fs;
 pub mod mmio;
+mod queue;
 pub mod rng;
 
 use std::sync::atomic::{AtomicU32, Ordering};

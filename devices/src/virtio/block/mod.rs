@@ -18,11 +18,12 @@ use virtio_bindings::virtio_blk::{
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::Queue;
 
 use self::backend::{Backend, Overlay};
 use self::request::{Disk, ID_BYTES, SECTOR_SIZE, SEG_MAX};
-use super::{ActivateError, Interrupt, VirtioDevice, INTERRUPT_STATUS_USED_RING};
+use super::queue::ActiveQueue;
+use super::{ActivateError, Interrupt, VirtioDevice};
 use crate::GuestMemory;
 
 /// Size of the single request queue.
@@ -44,15 +45,6 @@ pub enum BlockError {
     SerialTooLong(String),
 }
 
-/// State that exists only between activation and reset.
-struct Active {
-    mem: Arc<GuestMemory>,
-    queue: Queue,
-    interrupt: Arc<Interrupt>,
-    /// Set when the driver broke the ring protocol; serving stops until reset.
-    broken: bool,
-}
-
 /// A virtio-blk device with one request queue, backed by a raw image file.
 pub struct Block {
     disk: Disk,
@@ -60,7 +52,8 @@ pub struct Block {
     acked_features: u64,
     config: [u8; CONFIG_LEN],
     queue_sizes: [u16; 1],
-    active: Option<Active>,
+    /// The request queue, between activation and reset.
+    active: Option<ActiveQueue>,
 }
 
 impl Block {
@@ -179,12 +172,7 @@ impl VirtioDevice for Block {
             });
         }
         let queue = queues.remove(0);
-        self.active = Some(Active {
-            mem,
-            queue,
-            interrupt,
-            broken: false,
-        });
+        self.active = Some(ActiveQueue::new("virtio-blk", mem, queue, interrupt));
         Ok(())
     }
 
@@ -197,68 +185,12 @@ impl VirtioDevice for Block {
             tracing::debug!("virtio-blk: notify before activation ignored");
             return;
         };
-        active.serve(&mut self.disk);
+        let disk = &mut self.disk;
+        active.serve(|_, chain| request::process_chain(chain, disk).1);
     }
 
     fn reset(&mut self) {
         self.active = None;
         self.acked_features = 0;
-    }
-}
-
-impl Active {
-    /// Drains the queue with notifications suppressed, re-enables them, and
-    /// repeats if the driver added buffers meanwhile; then interrupts if the
-    /// driver asked for it (EVENT_IDX) or always (without EVENT_IDX).
-    fn serve(&mut self, disk: &mut Disk) {
-        if self.broken {
-            return;
-        }
-        let mut used = false;
-        if let Err(e) = self.drain(disk, &mut used) {
-            tracing::error!("virtio-blk: queue stopped until reset: {e}");
-            self.broken = true;
-        }
-        // Chains completed before an error still deserve their interrupt.
-        if used {
-            self.signal_used();
-        }
-    }
-
-    fn drain(&mut self, disk: &mut Disk, used: &mut bool) -> Result<(), virtio_queue::Error> {
-        let mem = &*self.mem;
-        loop {
-            self.queue.disable_notification(mem)?;
-            // `iter` re-reads avail.idx and fails on one more than a queue's
-            // worth ahead of us: a broken or hostile driver.
-            loop {
-                // Bound to a local so the iterator's borrow of the queue ends here.
-                let next = self.queue.iter(mem)?.next();
-                let Some(chain) = next else { break };
-                let (head, len) = request::process_chain(chain, disk);
-                match self.queue.add_used(mem, head, len) {
-                    Ok(()) => *used = true,
-                    // E.g. a head index beyond the queue: skip it, the ring moved on.
-                    Err(e) => {
-                        tracing::warn!("virtio-blk: adding chain {head} to the used ring: {e}")
-                    }
-                }
-            }
-            if !self.queue.enable_notification(mem)? {
-                return Ok(());
-            }
-        }
-    }
-
-    fn signal_used(&mut self) {
-        match self.queue.needs_notification(&*self.mem) {
-            Ok(false) => {}
-            Ok(true) => self.interrupt.trigger(INTERRUPT_STATUS_USED_RING),
-            Err(e) => {
-                // Better a spurious interrupt than a hung guest.
-                tracing::warn!("virtio-blk: reading used_event: {e}");
-                self.interrupt.trigger(INTERRUPT_STATUS_USED_RING);
-            }
-        }
     }
 }

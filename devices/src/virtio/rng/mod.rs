@@ -17,10 +17,11 @@ use std::time::{Duration, Instant};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use virtio_queue::{DescriptorChain, Queue};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemory as _};
 
-use super::{ActivateError, Interrupt, VirtioDevice, INTERRUPT_STATUS_USED_RING};
+use super::queue::ActiveQueue;
+use super::{ActivateError, Interrupt, VirtioDevice};
 use crate::GuestMemory;
 
 /// Size of the request queue (Linux keeps one request in flight).
@@ -104,20 +105,13 @@ impl WarnLimit {
 }
 
 /// State that exists only between activation and reset.
-struct Active {
-    mem: Arc<GuestMemory>,
-    queue: Queue,
-    interrupt: Arc<Interrupt>,
-    /// Set when the driver broke the ring protocol; serving stops until reset.
-    broken: bool,
-}
-
 /// A virtio entropy device (device id 4) with one request queue.
 pub struct Rng {
     avail_features: u64,
     acked_features: u64,
     queue_sizes: [u16; 1],
-    active: Option<Active>,
+    /// The request queue, between activation and reset.
+    active: Option<ActiveQueue>,
     /// Host buffer the random bytes go through on their way to the guest.
     buf: Vec<u8>,
     stats: RngStats,
@@ -205,12 +199,12 @@ impl VirtioDevice for Rng {
                 got: queues.len(),
             });
         }
-        self.active = Some(Active {
+        self.active = Some(ActiveQueue::new(
+            "virtio-rng",
             mem,
-            queue: queues.remove(0),
+            queues.remove(0),
             interrupt,
-            broken: false,
-        });
+        ));
         Ok(())
     }
 
@@ -223,23 +217,12 @@ impl VirtioDevice for Rng {
             tracing::debug!("virtio-rng: notify before activation ignored");
             return;
         };
-        if active.broken {
-            return;
-        }
         let mut filler = Filler {
             buf: &mut self.buf,
             stats: &mut self.stats,
             warn: &mut self.warn,
         };
-        let mut used = false;
-        if let Err(e) = active.drain(&mut filler, &mut used) {
-            tracing::error!("virtio-rng: queue stopped until reset: {e}");
-            active.broken = true;
-        }
-        // Chains completed before an error still deserve their interrupt.
-        if used {
-            active.signal_used();
-        }
+        active.serve(|mem, chain| filler.serve(mem, chain));
     }
 
     fn reset(&mut self) {
@@ -329,48 +312,4 @@ fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
         done += r as usize;
     }
     Ok(())
-}
-
-impl Active {
-    /// Drains the queue with notifications suppressed, re-enables them, and
-    /// repeats if the driver added buffers meanwhile.
-    fn drain(
-        &mut self,
-        filler: &mut Filler<'_>,
-        used: &mut bool,
-    ) -> Result<(), virtio_queue::Error> {
-        let mem = &*self.mem;
-        loop {
-            self.queue.disable_notification(mem)?;
-            loop {
-                // `iter` re-reads avail.idx and fails when a broken driver
-                // moved it more than a queue's worth ahead.
-                let next = self.queue.iter(mem)?.next();
-                let Some(chain) = next else { break };
-                let head = chain.head_index();
-                let len = filler.serve(mem, chain);
-                match self.queue.add_used(mem, head, len) {
-                    Ok(()) => *used = true,
-                    Err(e) => {
-                        tracing::warn!("virtio-rng: adding chain {head} to the used ring: {e}")
-                    }
-                }
-            }
-            if !self.queue.enable_notification(mem)? {
-                return Ok(());
-            }
-        }
-    }
-
-    /// Interrupts if the driver asked for it (EVENT_IDX) or always without it.
-    fn signal_used(&mut self) {
-        match self.queue.needs_notification(&*self.mem) {
-            Ok(false) => {}
-            Ok(true) => self.interrupt.trigger(INTERRUPT_STATUS_USED_RING),
-            Err(e) => {
-                tracing::warn!("virtio-rng: reading used_event: {e}");
-                self.interrupt.trigger(INTERRUPT_STATUS_USED_RING);
-            }
-        }
-    }
 }
