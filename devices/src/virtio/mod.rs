@@ -7,6 +7,8 @@
 pub mod block;
 pub mod fs;
 pub mod mmio;
+#[cfg(test)]
+pub(crate) mod mock;
 mod queue;
 pub mod rng;
 

@@ -23,6 +23,7 @@ pub(crate) use super::QUEUE_SIZE;
 use super::{Block, BlockError};
 use crate::bus::BusDevice;
 use crate::virtio::mmio::MmioTransport;
+use crate::virtio::mock::add_chain;
 use crate::virtio::{Interrupt, VirtioDevice, INTERRUPT_STATUS_USED_RING};
 use crate::GuestMemory;
 
@@ -79,25 +80,6 @@ pub(crate) fn raw_descs(descs: &[(u64, u32, u16)]) -> Vec<RawDescriptor> {
         .iter()
         .map(|&(a, l, f)| SplitDescriptor::new(a, l, f, 0).into())
         .collect()
-}
-
-/// A chain of `descs` starting at descriptor `first`, appended to the avail ring.
-fn add_chain(mq: &MockSplitQueue<GuestMemory>, first: u16, descs: &[(u64, u32, u16)]) {
-    let n = descs.len() as u16;
-    let raw: Vec<RawDescriptor> = descs
-        .iter()
-        .enumerate()
-        .map(|(i, &(a, l, f))| {
-            let i = i as u16;
-            let flags = if i + 1 < n {
-                f | VRING_DESC_F_NEXT as u16
-            } else {
-                f
-            };
-            SplitDescriptor::new(a, l, flags, first + i + 1).into()
-        })
-        .collect();
-    mq.add_desc_chains(&raw, first).unwrap();
 }
 
 fn interrupt() -> Arc<Interrupt> {

@@ -6,10 +6,9 @@ use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
 use virtio_bindings::virtio_mmio::*;
 use virtio_bindings::virtio_ring::{
-    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT,
-    VRING_DESC_F_WRITE,
+    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, VRING_DESC_F_INDIRECT, VRING_DESC_F_WRITE,
 };
-use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+use virtio_queue::desc::split::Descriptor as SplitDescriptor;
 use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -17,6 +16,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::{Rng, RngStats, WarnLimit, MAX_BYTES_PER_CHAIN, QUEUE_SIZE};
 use crate::bus::BusDevice;
 use crate::virtio::mmio::MmioTransport;
+use crate::virtio::mock::add_chain;
 use crate::virtio::{Interrupt, VirtioDevice, INTERRUPT_STATUS_USED_RING};
 use crate::GuestMemory;
 
@@ -32,26 +32,6 @@ fn mem() -> Arc<GuestMemory> {
 
 fn interrupt() -> Arc<Interrupt> {
     Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap()))
-}
-
-/// A chain of `descs` (`(addr, len, flags)`) starting at descriptor `first`,
-/// appended to the avail ring.
-fn add_chain(mq: &MockSplitQueue<GuestMemory>, first: u16, descs: &[(u64, u32, u16)]) {
-    let n = descs.len() as u16;
-    let raw: Vec<RawDescriptor> = descs
-        .iter()
-        .enumerate()
-        .map(|(i, &(a, l, f))| {
-            let i = i as u16;
-            let flags = if i + 1 < n {
-                f | VRING_DESC_F_NEXT as u16
-            } else {
-                f
-            };
-            SplitDescriptor::new(a, l, flags, first + i + 1).into()
-        })
-        .collect();
-    mq.add_desc_chains(&raw, first).unwrap();
 }
 
 /// Used-ring entry `i` as (head, len).

@@ -257,19 +257,7 @@ impl<'m> Harness<'m> {
         }
         let first = self.next_desc[q];
         self.next_desc[q] += n;
-        let raw: Vec<RawDescriptor> = descs
-            .iter()
-            .enumerate()
-            .map(|(i, &(a, l, f))| {
-                let i = i as u16;
-                let flags = if i + 1 < n {
-                    f | VRING_DESC_F_NEXT as u16
-                } else {
-                    f
-                };
-                SplitDescriptor::new(a, l, flags, first + i + 1).into()
-            })
-            .collect();
+        let raw = crate::virtio::mock::chain_descriptors(first, descs);
         let before = self.queue(q).used().idx().load();
         self.queue(q).add_desc_chains(&raw, first).unwrap();
         self.kick(q);
