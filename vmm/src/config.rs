@@ -8,16 +8,30 @@ use std::path::PathBuf;
 /// `panic=-1`: a panicking kernel restarts at once instead of hanging.
 pub const DEFAULT_CMDLINE: &str =
     "console=ttyS0 reboot=k panic=-1 pci=off 8250.nr_uarts=1 cryptomgr.notests";
+/// The glibc tunable of [`PVM_CMDLINE`], spelled once.
+macro_rules! glibc_no_avx {
+    () => {
+        "glibc.cpu.hwcaps=-AVX,-AVX2,-AVX512F,-AVX512BW,-AVX512VL,-AVX512DQ,\
+         -AVX512CD,-FMA,-F16C,-AVX_Fast_Unaligned_Load"
+    };
+}
+
 /// Work-arounds for kvm-pvm hosts (see the README): the kernel patch's switch,
 /// plus instructions the host's emulator cannot run hidden from the guest.
 /// Guest user space reads the host's CPUID directly and would use AVX, whose
 /// registers a `noxsave` kernel does not preserve across context switches
-/// (random crashes): the glibc tunable, which the kernel hands to init as an
-/// environment variable, keeps glibc's string and memory functions off AVX.
-pub const PVM_CMDLINE: &str = "minivm_pvm_quirks noxsave \
-    clearcpuid=popcnt,cx16,fsgsbase,smap,pcid,invpcid,rdrand,rdseed,pku,rdtscp,clwb,clflushopt \
-    GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX,-AVX2,-AVX512F,-AVX512BW,-AVX512VL,-AVX512DQ,\
-    -AVX512CD,-FMA,-F16C,-AVX_Fast_Unaligned_Load";
+/// (random crashes): the glibc tunable keeps glibc's string and memory
+/// functions off AVX. The kernel hands it to init as an environment
+/// variable; `systemd.setenv=` makes systemd pass it on to every unit, since
+/// systemd starts services with a clean environment.
+pub const PVM_CMDLINE: &str = concat!(
+    "minivm_pvm_quirks noxsave ",
+    "clearcpuid=popcnt,cx16,fsgsbase,smap,pcid,invpcid,rdrand,rdseed,pku,rdtscp,clwb,clflushopt ",
+    "GLIBC_TUNABLES=",
+    glibc_no_avx!(),
+    " systemd.setenv=GLIBC_TUNABLES=",
+    glibc_no_avx!()
+);
 
 /// Everything needed to build the VM.
 #[derive(Debug, Clone)]
@@ -95,4 +109,24 @@ pub struct DiskConfig {
     pub read_only: bool,
     /// Never write the file: the VM writes to a private copy-on-write layer.
     pub copy_on_write: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pvm_glibc_tunable_reaches_init_and_every_systemd_unit() {
+        let words: Vec<&str> = PVM_CMDLINE.split_whitespace().collect();
+        let init = words
+            .iter()
+            .find_map(|w| w.strip_prefix("GLIBC_TUNABLES="))
+            .expect("GLIBC_TUNABLES for init");
+        let units = words
+            .iter()
+            .find_map(|w| w.strip_prefix("systemd.setenv=GLIBC_TUNABLES="))
+            .expect("systemd.setenv for units");
+        assert_eq!(init, units);
+        assert!(init.starts_with("glibc.cpu.hwcaps=-AVX,") && !init.contains(' '));
+    }
 }
