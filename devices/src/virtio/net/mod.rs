@@ -272,6 +272,8 @@ fn drain_rx(
     loop {
         if *pending == 0 {
             match tap.read_frame(buf) {
+                // End of file: a tap never says it, a closed stand-in does.
+                Ok(0) => return Ok(()),
                 Ok(n) if n < VNET_HDR_LEN => {
                     counters.tap.note(tap.name(), "short read", &n);
                     continue;

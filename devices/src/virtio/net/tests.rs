@@ -306,3 +306,14 @@ fn events_before_activation_are_harmless() {
     net.process_queue(TX_QUEUE);
     assert_eq!(net.host_fds().len(), 1);
 }
+
+#[test]
+fn short_reads_and_a_closed_peer_end_the_rx_loop() {
+    let mem = new_mem();
+    let (mut net, r, peer) = rig(&mem);
+    add_chain(&r.rx, 0, &[(BUF, 4096, W)]);
+    peer_send(&peer, &[1, 2, 3]); // shorter than the header: dropped
+    drop(peer);
+    net.process_host_event(0);
+    assert!(used(&r.rx).is_empty());
+}
