@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::config::NetConfig;
+
 /// minivm: a small, fast, secure KVM virtual machine monitor.
 ///
 /// minivm boots a Linux kernel directly (no bootloader, no firmware) with a
@@ -25,6 +27,8 @@ pub struct Cli {
 }
 
 /// What to do.
+// Parsed once per process: the size of `RunArgs` does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Boot a virtual machine from a raw disk (--image) or an OCI image (--oci).
@@ -212,6 +216,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "HOSTDIR:TAG[:ro]", value_parser = parse_share)]
     pub share: Vec<Share>,
 
+    /// A virtio-net device on host tap NAME (an existing tap, or created when minivm
+    /// has CAP_NET_ADMIN); the guest sees eth0, eth1, ... in order (repeatable).
+    /// MAC defaults to a locally administered address derived from NAME.
+    #[arg(long, value_name = "tap=NAME[,mac=MAC]", value_parser = parse_net)]
+    pub net: Vec<NetConfig>,
+
     /// With --rootfs or --virtiofs: cap what the guest may write (ENOSPC beyond; statfs
     /// shows the cap).
     #[arg(long, value_name = "SIZE", value_parser = parse_disk_size, requires = "fs_root")]
@@ -254,6 +264,15 @@ pub enum ArgError {
     /// A `--share` tag the guest could not mount.
     #[error("'{0}': the tag must be 1 to 36 characters, without '/' or spaces")]
     ShareBadTag(String),
+    /// A `--net` not of the form `tap=NAME[,mac=MAC]`.
+    #[error("'{0}': expected tap=NAME or tap=NAME,mac=MAC")]
+    NetSyntax(String),
+    /// A `--net` tap name Linux would refuse.
+    #[error("'{0}': the tap name must be 1 to 15 characters, without '/', ',' or spaces")]
+    NetBadTap(String),
+    /// A `--net` MAC that is malformed or multicast.
+    #[error("'{0}': the MAC must be six hex octets like 02:00:00:00:00:01, and unicast")]
+    NetBadMac(String),
     /// No number in front.
     #[error("'{0}' is not a size: expected a number with an optional unit (K, M, G, T)")]
     NotASize(String),
@@ -299,6 +318,43 @@ fn parse_share(s: &str) -> Result<Share, ArgError> {
         tag: tag.to_string(),
         read_only,
     })
+}
+
+fn parse_net(s: &str) -> Result<NetConfig, ArgError> {
+    let mut tap = None;
+    let mut mac = None;
+    for part in s.split(',') {
+        match part.split_once('=') {
+            Some(("tap", v)) if tap.is_none() => tap = Some(v),
+            Some(("mac", v)) if mac.is_none() => mac = Some(parse_mac(v, s)?),
+            _ => return Err(ArgError::NetSyntax(s.into())),
+        }
+    }
+    let tap = tap.ok_or_else(|| ArgError::NetSyntax(s.into()))?;
+    if tap.is_empty() || tap.len() > 15 || tap.contains(['/', ' ', '\0', '\t', '\n']) {
+        return Err(ArgError::NetBadTap(s.into()));
+    }
+    Ok(NetConfig {
+        tap: tap.to_string(),
+        mac,
+    })
+}
+
+fn parse_mac(v: &str, arg: &str) -> Result<[u8; 6], ArgError> {
+    let bad = || ArgError::NetBadMac(arg.into());
+    let mut mac = [0u8; 6];
+    let mut parts = v.split(':');
+    for b in &mut mac {
+        let p = parts.next().ok_or_else(bad)?;
+        if p.len() != 2 {
+            return Err(bad());
+        }
+        *b = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+    }
+    if parts.next().is_some() || mac[0] & 1 != 0 {
+        return Err(bad());
+    }
+    Ok(mac)
 }
 
 fn parse_disk_size(s: &str) -> Result<u64, ArgError> {
@@ -451,6 +507,52 @@ mod tests {
         assert_eq!(parse_share("/a:b:c").unwrap().path, PathBuf::from("/a:b"));
         assert!(parse_share("nodir").is_err());
         assert!(parse_share("/x:").is_err());
+        assert_eq!(
+            parse_net("tap=tap0"),
+            Ok(NetConfig {
+                tap: "tap0".into(),
+                mac: None
+            })
+        );
+        assert_eq!(
+            parse_net("mac=02:aB:00:00:00:ff,tap=t").unwrap().mac,
+            Some([2, 0xab, 0, 0, 0, 0xff])
+        );
+        for bad in [
+            "",
+            "tap=",
+            "tap0",
+            "tap=a,tap=b",
+            "tap=a,x=1",
+            "mac=02:00:00:00:00:01",
+        ] {
+            assert!(
+                matches!(
+                    parse_net(bad),
+                    Err(ArgError::NetSyntax(_) | ArgError::NetBadTap(_))
+                ),
+                "{bad:?}"
+            );
+        }
+        assert!(matches!(
+            parse_net("tap=0123456789abcdef"),
+            Err(ArgError::NetBadTap(_))
+        ));
+        for bad in [
+            "01:00:00:00:00:01",
+            "02:00:00:00:00",
+            "02:00:00:00:00:01:02",
+            "2:0:0:0:0:1",
+            "zz:00:00:00:00:01",
+        ] {
+            assert!(
+                matches!(
+                    parse_net(&format!("tap=t,mac={bad}")),
+                    Err(ArgError::NetBadMac(_))
+                ),
+                "{bad}"
+            );
+        }
         let c = Cli::try_parse_from([
             "minivm",
             "convert",

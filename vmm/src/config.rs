@@ -44,6 +44,8 @@ pub struct VmConfig {
     pub disk: Option<DiskConfig>,
     /// virtio-fs shares; with --rootfs the first is the root.
     pub shares: Vec<ShareConfig>,
+    /// virtio-net devices, one per `--net`, in order (eth0 first).
+    pub nets: Vec<NetConfig>,
     /// Guest memory in bytes.
     pub mem_size: u64,
     /// vCPUs.
@@ -99,6 +101,15 @@ impl ShareSource {
 /// which the kernel would take for a block device, and not "rootfs", which
 /// busybox `df` and others skip as the initramfs' name.
 pub const ROOTFS_TAG: &str = "minivm-root";
+
+/// A virtio-net device over a host tap (`--net tap=NAME[,mac=MAC]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetConfig {
+    /// Tap interface name: an existing tap, or one minivm creates.
+    pub tap: String,
+    /// Guest MAC; by default a locally administered one derived from the tap name.
+    pub mac: Option<[u8; 6]>,
+}
 
 /// A virtio-blk disk.
 #[derive(Debug, Clone)]

@@ -8,7 +8,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::cli::{ImageOpts, RunArgs};
-use crate::config::{ShareConfig, ShareSource, DEFAULT_CMDLINE, ROOTFS_TAG};
+use crate::config::{NetConfig, ShareConfig, ShareSource, DEFAULT_CMDLINE, ROOTFS_TAG};
 use crate::io_reason::io_reason;
 
 /// A `run` argument that names a missing or unusable file.
@@ -37,6 +37,9 @@ pub enum SpecError {
     /// Two virtio-fs shares with one tag.
     #[error("share tag {tag}: used twice")]
     DuplicateTag { tag: String },
+    /// Two `--net` on one tap.
+    #[error("tap {tap}: given to --net twice")]
+    DuplicateTap { tap: String },
 }
 
 /// What the guest's root filesystem is, with every choice about it made.
@@ -129,6 +132,8 @@ pub struct RunSpec {
     pub initrd: Option<PathBuf>,
     /// The `--share` directories (the root's share comes first when it is one).
     pub shares: Vec<ShareConfig>,
+    /// The `--net` devices.
+    pub nets: Vec<NetConfig>,
     /// Guest memory in bytes.
     pub mem_size: u64,
     /// vCPUs.
@@ -159,6 +164,11 @@ impl RunSpec {
                 size_cap: None,
             });
         }
+        for (i, n) in args.net.iter().enumerate() {
+            if args.net[..i].iter().any(|m| m.tap == n.tap) {
+                return Err(SpecError::DuplicateTap { tap: n.tap.clone() });
+            }
+        }
         if let Some(i) = &args.initrd {
             check_readable("initrd", i)?;
         }
@@ -178,6 +188,7 @@ impl RunSpec {
             kernel,
             initrd: args.initrd.clone(),
             shares,
+            nets: args.net.clone(),
             mem_size: args.mem,
             cpus: args.cpus,
             cmdline,
@@ -303,6 +314,7 @@ mod tests {
             initrd: None,
             rootfs: None,
             share: vec![],
+            net: vec![],
             upper_size: None,
             no_rng: false,
             cmdline: None,

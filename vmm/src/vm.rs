@@ -15,6 +15,7 @@ use devices::i8042::I8042;
 use devices::serial::{ConsoleOutput, InputEvents, SerialDevice};
 use devices::virtio::block::Block;
 use devices::virtio::mmio::MmioTransport;
+use devices::virtio::net::Net;
 use devices::virtio::rng::Rng;
 use devices::virtio::Interrupt;
 use devices::{ExitHandle, ExitReason};
@@ -88,6 +89,12 @@ pub enum VmError {
         /// What is shared, as [`ShareSource::describe`] says it.
         what: String,
         source: devices::virtio::fs::FsError,
+    },
+    /// A virtio-net device could not be set up.
+    #[error("--net tap={tap}: {source}")]
+    Net {
+        tap: String,
+        source: devices::virtio::net::NetError,
     },
     /// More virtio devices than GSIs.
     #[error("{what}: too many virtio devices")]
@@ -296,6 +303,24 @@ fn setup_devices(
         .map_err(fail)?;
         let fs = devices::virtio::fs::Fs::new(&share.tag, vfs).map_err(fail)?;
         add_virtio(vm, mem, Box::new(fs), "virtio-fs", &mut slots)?;
+    }
+    for net in &config.nets {
+        let dev = Net::new(&net.tap, net.mac).map_err(|source| VmError::Net {
+            tap: net.tap.clone(),
+            source,
+        })?;
+        let m = dev.mac();
+        tracing::info!(
+            "virtio-net on tap {}: guest MAC {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            net.tap,
+            m[0],
+            m[1],
+            m[2],
+            m[3],
+            m[4],
+            m[5]
+        );
+        add_virtio(vm, mem, Box::new(dev), "virtio-net", &mut slots)?;
     }
     // Last, so the disk and shares keep their slots with or without it.
     if config.rng {
@@ -585,6 +610,7 @@ mod tests {
             initrd: None,
             disk: None,
             shares: vec![],
+            nets: vec![],
             mem_size: 64 << 20,
             cpus: 1,
             cmdline: "console=ttyS0".into(),

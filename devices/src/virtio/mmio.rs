@@ -458,11 +458,30 @@ impl MutEventSubscriber for MmioTransport {
                 tracing::warn!("virtio-mmio: cannot watch queue {idx} eventfd: {e}");
             }
         }
+        // The device's own host fds follow the doorbells in the data numbering.
+        let first = self.queue_evts.len();
+        for (i, fd) in self.device.host_fds().into_iter().enumerate() {
+            let set = EventSet::IN | EventSet::EDGE_TRIGGERED;
+            if let Err(e) = ops.add(Events::with_data_raw(fd, (first + i) as u32, set)) {
+                tracing::warn!("virtio-mmio: cannot watch host fd {i} of the device: {e}");
+            }
+        }
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         let idx = events.data() as usize;
         let set = events.event_set();
+        if let Some(host) = idx.checked_sub(self.queue_evts.len()) {
+            if set.intersects(EventSet::ERROR | EventSet::HANG_UP) {
+                tracing::warn!("virtio-mmio: host fd {host} reported {set:?}; no longer watched");
+                if let Err(e) = ops.remove(events) {
+                    tracing::warn!("virtio-mmio: removing host fd {host}: {e}");
+                }
+            } else {
+                self.device.process_host_event(host);
+            }
+            return;
+        }
         if set.intersects(EventSet::ERROR | EventSet::HANG_UP) {
             tracing::warn!("virtio-mmio: queue {idx} eventfd reported {set:?}; no longer watched");
             if let Err(e) = ops.remove(events) {

@@ -9,9 +9,11 @@ pub mod fs;
 pub mod mmio;
 #[cfg(test)]
 pub(crate) mod mock;
+pub mod net;
 mod queue;
 pub mod rng;
 
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
@@ -119,4 +121,15 @@ pub trait VirtioDevice: Send {
     fn process_queue(&mut self, index: usize);
     /// Stops the device (driver wrote Status = 0); it can be activated again.
     fn reset(&mut self);
+    /// Host fds (e.g. a tap) the event loop watches for this device,
+    /// edge-triggered for input; each event calls [`Self::process_host_event`]
+    /// with the fd's index here. The fds must stay open as long as the device.
+    fn host_fds(&self) -> Vec<RawFd> {
+        Vec::new()
+    }
+    /// Host fd `index` of [`Self::host_fds`] became readable (whether or not
+    /// the device is active). Never panics.
+    fn process_host_event(&mut self, index: usize) {
+        tracing::debug!("virtio: unexpected host event {index}");
+    }
 }
