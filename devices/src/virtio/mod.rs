@@ -5,6 +5,7 @@
 //! queue configuration; a device only sees activated queues and requests.
 
 pub mod block;
+mod device;
 pub mod fs;
 pub mod mmio;
 #[cfg(test)]
@@ -13,14 +14,11 @@ pub mod net;
 mod queue;
 pub mod rng;
 
-use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
 
-use virtio_queue::Queue;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::GuestMemory;
+pub use device::{VirtioConfig, VirtioDevice};
 
 /// `VIRTIO_MMIO_INT_VRING`: the device used buffers.
 pub const INTERRUPT_STATUS_USED_RING: u32 = 0x1;
@@ -93,43 +91,5 @@ pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
     if let Some(src) = config.get(start..) {
         let n = src.len().min(data.len());
         data[..n].copy_from_slice(&src[..n]);
-    }
-}
-
-/// Device logic behind a virtio transport.
-pub trait VirtioDevice: Send {
-    /// Virtio device id (`virtio_ids::VIRTIO_ID_*`).
-    fn device_type(&self) -> u32;
-    /// Maximum size of each queue; the length is the number of queues.
-    fn queue_max_sizes(&self) -> &[u16];
-    /// Feature bits offered to the driver (the transport adds `VIRTIO_F_VERSION_1`).
-    fn features(&self) -> u64;
-    /// Feature bits the driver accepted (a subset of `features()`).
-    fn ack_features(&mut self, features: u64);
-    /// Reads device configuration space; bytes past its end read as zero.
-    fn read_config(&self, offset: u64, data: &mut [u8]);
-    /// Writes device configuration space; unknown or read-only fields are ignored.
-    fn write_config(&mut self, offset: u64, data: &[u8]);
-    /// Starts the device with the driver's queues (all `is_valid`).
-    fn activate(
-        &mut self,
-        mem: Arc<GuestMemory>,
-        queues: Vec<Queue>,
-        interrupt: Arc<Interrupt>,
-    ) -> Result<(), ActivateError>;
-    /// Serves queue `index` after the driver notified it. Never panics on guest data.
-    fn process_queue(&mut self, index: usize);
-    /// Stops the device (driver wrote Status = 0); it can be activated again.
-    fn reset(&mut self);
-    /// Host fds (e.g. a tap) the event loop watches for this device,
-    /// edge-triggered for input; each event calls [`Self::process_host_event`]
-    /// with the fd's index here. The fds must stay open as long as the device.
-    fn host_fds(&self) -> Vec<RawFd> {
-        Vec::new()
-    }
-    /// Host fd `index` of [`Self::host_fds`] became readable (whether or not
-    /// the device is active). Never panics.
-    fn process_host_event(&mut self, index: usize) {
-        tracing::debug!("virtio: unexpected host event {index}");
     }
 }

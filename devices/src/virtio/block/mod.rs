@@ -23,7 +23,7 @@ use virtio_queue::Queue;
 use self::backend::{Backend, Overlay};
 use self::request::{Disk, ID_BYTES, SECTOR_SIZE, SEG_MAX};
 use super::queue::ActiveQueue;
-use super::{ActivateError, Interrupt, VirtioDevice};
+use super::{ActivateError, Interrupt, VirtioConfig, VirtioDevice};
 use crate::GuestMemory;
 
 /// Size of the single request queue.
@@ -48,10 +48,7 @@ pub enum BlockError {
 /// A virtio-blk device with one request queue, backed by a raw image file.
 pub struct Block {
     disk: Disk,
-    avail_features: u64,
-    acked_features: u64,
-    config: [u8; CONFIG_LEN],
-    queue_sizes: [u16; 1],
+    virtio: VirtioConfig,
     /// The request queue, between activation and reset.
     active: Option<ActiveQueue>,
 }
@@ -111,10 +108,13 @@ impl Block {
 
         Ok(Block {
             disk,
-            avail_features,
-            acked_features: 0,
-            config,
-            queue_sizes: [QUEUE_SIZE],
+            virtio: VirtioConfig::new(
+                "virtio-blk",
+                VIRTIO_ID_BLOCK,
+                vec![QUEUE_SIZE],
+                avail_features,
+                config.to_vec(),
+            ),
             active: None,
         })
     }
@@ -126,37 +126,17 @@ impl Block {
 
     /// Features the driver accepted in the last negotiation.
     pub fn acked_features(&self) -> u64 {
-        self.acked_features
+        self.virtio.acked_features
     }
 }
 
 impl VirtioDevice for Block {
-    fn device_type(&self) -> u32 {
-        VIRTIO_ID_BLOCK
+    fn virtio_config(&self) -> &VirtioConfig {
+        &self.virtio
     }
 
-    fn queue_max_sizes(&self) -> &[u16] {
-        &self.queue_sizes
-    }
-
-    fn features(&self) -> u64 {
-        self.avail_features
-    }
-
-    fn ack_features(&mut self, features: u64) {
-        self.acked_features = features & self.avail_features;
-    }
-
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        super::read_config_bytes(&self.config, offset, data);
-    }
-
-    fn write_config(&mut self, offset: u64, data: &[u8]) {
-        // Only writeback mode (VIRTIO_BLK_F_CONFIG_WCE) is writable, and it is not offered.
-        tracing::debug!(
-            "virtio-blk: config write of {} bytes at {offset:#x} ignored",
-            data.len()
-        );
+    fn virtio_config_mut(&mut self) -> &mut VirtioConfig {
+        &mut self.virtio
     }
 
     fn activate(
@@ -165,12 +145,7 @@ impl VirtioDevice for Block {
         mut queues: Vec<Queue>,
         interrupt: Arc<Interrupt>,
     ) -> Result<(), ActivateError> {
-        if queues.len() != 1 {
-            return Err(ActivateError::QueueCount {
-                expected: 1,
-                got: queues.len(),
-            });
-        }
+        self.virtio.check_queues(&queues)?;
         let queue = queues.remove(0);
         self.active = Some(ActiveQueue::new("virtio-blk", mem, queue, interrupt));
         Ok(())
@@ -191,6 +166,6 @@ impl VirtioDevice for Block {
 
     fn reset(&mut self) {
         self.active = None;
-        self.acked_features = 0;
+        self.virtio.acked_features = 0;
     }
 }

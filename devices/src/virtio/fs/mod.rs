@@ -102,7 +102,7 @@ pub use self::layered::LayeredFs;
 pub use self::passthrough::{disk_cap, mount_vfs, passthrough};
 pub use self::worker::FuseServer;
 use self::worker::Worker;
-use super::{ActivateError, Interrupt, VirtioDevice};
+use super::{ActivateError, Interrupt, VirtioConfig, VirtioDevice};
 use crate::GuestMemory;
 
 /// Size of each queue (virtiofsd uses the same).
@@ -119,10 +119,7 @@ pub struct Fs {
     tag: String,
     vfs: Arc<Vfs>,
     server: Arc<FuseServer>,
-    avail_features: u64,
-    acked_features: u64,
-    config: [u8; CONFIG_LEN],
-    queue_sizes: [u16; 1 + NUM_REQUEST_QUEUES as usize],
+    virtio: VirtioConfig,
     worker: Option<Worker>,
 }
 
@@ -147,12 +144,16 @@ impl Fs {
             vfs,
             // EVENT_IDX is honoured through virtio-queue's needs_notification;
             // indirect chains are walked by virtio-queue's descriptor iterator.
-            avail_features: (1u64 << VIRTIO_F_VERSION_1)
-                | (1u64 << VIRTIO_RING_F_EVENT_IDX)
-                | (1u64 << VIRTIO_RING_F_INDIRECT_DESC),
-            acked_features: 0,
-            config,
-            queue_sizes: [QUEUE_SIZE; 1 + NUM_REQUEST_QUEUES as usize],
+            // Both config fields are read-only for the driver (virtio 1.2, 5.11.4).
+            virtio: VirtioConfig::new(
+                "virtio-fs",
+                VIRTIO_ID_FS,
+                vec![QUEUE_SIZE; 1 + NUM_REQUEST_QUEUES as usize],
+                (1u64 << VIRTIO_F_VERSION_1)
+                    | (1u64 << VIRTIO_RING_F_EVENT_IDX)
+                    | (1u64 << VIRTIO_RING_F_INDIRECT_DESC),
+                config.to_vec(),
+            ),
             worker: None,
         })
     }
@@ -164,7 +165,7 @@ impl Fs {
 
     /// Features the driver accepted in the last negotiation.
     pub fn acked_features(&self) -> u64 {
-        self.acked_features
+        self.virtio.acked_features
     }
 
     /// Waits until the worker has handled every notification sent so far.
@@ -177,32 +178,12 @@ impl Fs {
 }
 
 impl VirtioDevice for Fs {
-    fn device_type(&self) -> u32 {
-        VIRTIO_ID_FS
+    fn virtio_config(&self) -> &VirtioConfig {
+        &self.virtio
     }
 
-    fn queue_max_sizes(&self) -> &[u16] {
-        &self.queue_sizes
-    }
-
-    fn features(&self) -> u64 {
-        self.avail_features
-    }
-
-    fn ack_features(&mut self, features: u64) {
-        self.acked_features = features & self.avail_features;
-    }
-
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        super::read_config_bytes(&self.config, offset, data);
-    }
-
-    fn write_config(&mut self, offset: u64, data: &[u8]) {
-        // Both fields are read-only for the driver (virtio 1.2, 5.11.4).
-        tracing::debug!(
-            "virtio-fs: config write of {} bytes at {offset:#x} ignored",
-            data.len()
-        );
+    fn virtio_config_mut(&mut self) -> &mut VirtioConfig {
+        &mut self.virtio
     }
 
     fn activate(
@@ -211,12 +192,7 @@ impl VirtioDevice for Fs {
         queues: Vec<Queue>,
         interrupt: Arc<Interrupt>,
     ) -> Result<(), ActivateError> {
-        if queues.len() != self.queue_sizes.len() {
-            return Err(ActivateError::QueueCount {
-                expected: self.queue_sizes.len(),
-                got: queues.len(),
-            });
-        }
+        self.virtio.check_queues(&queues)?;
         // A previous session that was never reset still owns its worker.
         self.worker = None;
         let worker = Worker::spawn(
@@ -233,7 +209,7 @@ impl VirtioDevice for Fs {
     }
 
     fn process_queue(&mut self, index: usize) {
-        if index >= self.queue_sizes.len() {
+        if index >= self.virtio.queue_sizes.len() {
             tracing::warn!("virtio-fs: notify of non-existent queue {index}");
             return;
         }
@@ -247,6 +223,6 @@ impl VirtioDevice for Fs {
         // Dropping the worker joins it; it ends the FUSE session on the way out
         // so the next driver can send FUSE_INIT again.
         self.worker = None;
-        self.acked_features = 0;
+        self.virtio.acked_features = 0;
     }
 }

@@ -5,7 +5,7 @@ use event_manager::{EventManager, SubscriberOps};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use super::*;
-use crate::virtio::ActivateError;
+use crate::virtio::{ActivateError, VirtioConfig};
 
 // Short names keep each register access on one line.
 const STATUS: u32 = VIRTIO_MMIO_STATUS;
@@ -37,17 +37,14 @@ struct FakeState {
     fail_activate: bool,
 }
 
-struct Fake(Arc<Mutex<FakeState>>, Vec<u16>);
+struct Fake(Arc<Mutex<FakeState>>, VirtioConfig);
 
 impl VirtioDevice for Fake {
-    fn device_type(&self) -> u32 {
-        42
-    }
-    fn queue_max_sizes(&self) -> &[u16] {
+    fn virtio_config(&self) -> &VirtioConfig {
         &self.1
     }
-    fn features(&self) -> u64 {
-        FAKE_FEATURES
+    fn virtio_config_mut(&mut self) -> &mut VirtioConfig {
+        &mut self.1
     }
     fn ack_features(&mut self, features: u64) {
         self.0.lock().unwrap().acked = Some(features);
@@ -87,7 +84,8 @@ fn fake(sizes: &[u16]) -> (io::Result<MmioTransport>, Arc<Mutex<FakeState>>) {
     let state = Arc::new(Mutex::new(FakeState::default()));
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
     let irq = Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap()));
-    let dev = Box::new(Fake(state.clone(), sizes.to_vec()));
+    let config = VirtioConfig::new("fake", 42, sizes.to_vec(), FAKE_FEATURES, Vec::new());
+    let dev = Box::new(Fake(state.clone(), config));
     (MmioTransport::new(dev, Arc::new(mem), irq), state)
 }
 

@@ -34,7 +34,7 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT};
 
 use self::chain::MAX_FRAME_LEN;
 use self::tap::{Tap, TapError, OFFLOAD_CSUM, OFFLOAD_TSO4, OFFLOAD_TSO6, VNET_HDR_LEN};
-use super::{ActivateError, Interrupt, VirtioDevice, INTERRUPT_STATUS_USED_RING};
+use super::{ActivateError, Interrupt, VirtioConfig, VirtioDevice, INTERRUPT_STATUS_USED_RING};
 use crate::GuestMemory;
 
 /// Size of each queue.
@@ -97,10 +97,7 @@ struct Active {
 /// A virtio-net device bound to one tap.
 pub struct Net {
     tap: Tap,
-    avail_features: u64,
-    acked_features: u64,
-    config: [u8; CONFIG_LEN],
-    queue_sizes: [u16; 2],
+    virtio: VirtioConfig,
     active: Option<Active>,
     /// A frame read from the tap (`rx_buf[..rx_pending]`) waiting for an RX buffer.
     rx_pending: usize,
@@ -145,10 +142,15 @@ impl Net {
         config[8..10].copy_from_slice(&1u16.to_le_bytes());
         Net {
             tap,
-            avail_features,
-            acked_features: 0,
-            config,
-            queue_sizes: [QUEUE_SIZE; 2],
+            // The MAC is writable only by legacy drivers (VIRTIO_NET_F_CTRL_MAC_ADDR
+            // era); a VERSION_1 device treats the config space as read-only.
+            virtio: VirtioConfig::new(
+                "virtio-net",
+                VIRTIO_ID_NET,
+                vec![QUEUE_SIZE; 2],
+                avail_features,
+                config.to_vec(),
+            ),
             active: None,
             rx_pending: 0,
             rx_buf: vec![0; MAX_FRAME_LEN],
@@ -160,13 +162,13 @@ impl Net {
     /// The guest's MAC address.
     pub fn mac(&self) -> [u8; 6] {
         let mut m = [0u8; 6];
-        m.copy_from_slice(&self.config[..6]);
+        m.copy_from_slice(&self.virtio.config_space[..6]);
         m
     }
 
     /// Features the driver accepted in the last negotiation.
     pub fn acked_features(&self) -> u64 {
-        self.acked_features
+        self.virtio.acked_features
     }
 
     /// Guest chains dropped so far: (TX, RX).
@@ -356,39 +358,23 @@ fn drain_tx(
 }
 
 impl VirtioDevice for Net {
-    fn device_type(&self) -> u32 {
-        VIRTIO_ID_NET
+    fn virtio_config(&self) -> &VirtioConfig {
+        &self.virtio
     }
 
-    fn queue_max_sizes(&self) -> &[u16] {
-        &self.queue_sizes
-    }
-
-    fn features(&self) -> u64 {
-        self.avail_features
+    fn virtio_config_mut(&mut self) -> &mut VirtioConfig {
+        &mut self.virtio
     }
 
     fn ack_features(&mut self, features: u64) {
-        self.acked_features = features & self.avail_features;
-        let flags = Self::tap_offloads(self.acked_features);
+        let v = &mut self.virtio;
+        v.acked_features = features & v.avail_features;
+        let flags = Self::tap_offloads(v.acked_features);
         if let Err(e) = self.tap.set_offload(flags) {
             // The tap accepted these when probed; without them the guest
             // still gets correct (fully checksummed, segmented) frames.
             tracing::warn!("virtio-net: {e}");
         }
-    }
-
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        super::read_config_bytes(&self.config, offset, data);
-    }
-
-    fn write_config(&mut self, offset: u64, data: &[u8]) {
-        // The MAC is writable only with VIRTIO_NET_F_CTRL_MAC_ADDR-era legacy
-        // drivers; a VERSION_1 device treats the config space as read-only.
-        tracing::debug!(
-            "virtio-net: config write of {} bytes at {offset:#x} ignored",
-            data.len()
-        );
     }
 
     fn activate(
@@ -438,7 +424,7 @@ impl VirtioDevice for Net {
     fn reset(&mut self) {
         self.active = None;
         self.rx_pending = 0;
-        self.acked_features = 0;
+        self.virtio.acked_features = 0;
         if let Err(e) = self.tap.set_offload(0) {
             tracing::warn!("virtio-net: {e}");
         }

@@ -21,7 +21,7 @@ use virtio_queue::{DescriptorChain, Queue};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemory as _};
 
 use super::queue::ActiveQueue;
-use super::{ActivateError, Interrupt, VirtioDevice};
+use super::{ActivateError, Interrupt, VirtioConfig, VirtioDevice};
 use crate::GuestMemory;
 
 /// Size of the request queue (Linux keeps one request in flight).
@@ -104,12 +104,9 @@ impl WarnLimit {
     }
 }
 
-/// State that exists only between activation and reset.
 /// A virtio entropy device (device id 4) with one request queue.
 pub struct Rng {
-    avail_features: u64,
-    acked_features: u64,
-    queue_sizes: [u16; 1],
+    virtio: VirtioConfig,
     /// The request queue, between activation and reset.
     active: Option<ActiveQueue>,
     /// Host buffer the random bytes go through on their way to the guest.
@@ -128,11 +125,16 @@ impl Rng {
     /// Creates an idle device; it needs no host resources but a buffer.
     pub fn new() -> Rng {
         Rng {
-            avail_features: (1u64 << VIRTIO_F_VERSION_1)
-                | (1u64 << VIRTIO_RING_F_EVENT_IDX)
-                | (1u64 << VIRTIO_RING_F_INDIRECT_DESC),
-            acked_features: 0,
-            queue_sizes: [QUEUE_SIZE],
+            // virtio-rng has no configuration space.
+            virtio: VirtioConfig::new(
+                "virtio-rng",
+                VIRTIO_ID_RNG,
+                vec![QUEUE_SIZE],
+                (1u64 << VIRTIO_F_VERSION_1)
+                    | (1u64 << VIRTIO_RING_F_EVENT_IDX)
+                    | (1u64 << VIRTIO_RING_F_INDIRECT_DESC),
+                Vec::new(),
+            ),
             active: None,
             buf: vec![0; MAX_BYTES_PER_CHAIN],
             stats: RngStats::default(),
@@ -159,32 +161,12 @@ impl Drop for Rng {
 }
 
 impl VirtioDevice for Rng {
-    fn device_type(&self) -> u32 {
-        VIRTIO_ID_RNG
+    fn virtio_config(&self) -> &VirtioConfig {
+        &self.virtio
     }
 
-    fn queue_max_sizes(&self) -> &[u16] {
-        &self.queue_sizes
-    }
-
-    fn features(&self) -> u64 {
-        self.avail_features
-    }
-
-    fn ack_features(&mut self, features: u64) {
-        self.acked_features = features & self.avail_features;
-    }
-
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        // virtio-rng has no configuration space.
-        super::read_config_bytes(&[], offset, data);
-    }
-
-    fn write_config(&mut self, offset: u64, data: &[u8]) {
-        tracing::debug!(
-            "virtio-rng: config write of {} bytes at {offset:#x} ignored",
-            data.len()
-        );
+    fn virtio_config_mut(&mut self) -> &mut VirtioConfig {
+        &mut self.virtio
     }
 
     fn activate(
@@ -193,12 +175,7 @@ impl VirtioDevice for Rng {
         mut queues: Vec<Queue>,
         interrupt: Arc<Interrupt>,
     ) -> Result<(), ActivateError> {
-        if queues.len() != 1 {
-            return Err(ActivateError::QueueCount {
-                expected: 1,
-                got: queues.len(),
-            });
-        }
+        self.virtio.check_queues(&queues)?;
         self.active = Some(ActiveQueue::new(
             "virtio-rng",
             mem,
@@ -227,7 +204,7 @@ impl VirtioDevice for Rng {
 
     fn reset(&mut self) {
         self.active = None;
-        self.acked_features = 0;
+        self.virtio.acked_features = 0;
     }
 }
 

@@ -73,7 +73,7 @@ fn identity_features_and_empty_config() {
         assert_ne!(f & (1 << bit), 0, "feature bit {bit}");
     }
     rng.ack_features(u64::MAX);
-    assert_eq!(rng.acked_features, f);
+    assert_eq!(rng.virtio.acked_features, f);
     let mut w = [0xffu8; 8];
     rng.read_config(0, &mut w);
     assert_eq!(w, [0; 8]);
