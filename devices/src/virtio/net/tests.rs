@@ -7,14 +7,14 @@ use std::sync::Arc;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 use virtio_bindings::virtio_net::*;
-use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
 use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::tap::{Tap, VNET_HDR_LEN};
 use super::{Net, QUEUE_SIZE, RX_QUEUE, TX_QUEUE};
+use crate::virtio::mock::add_chain;
 use crate::virtio::{Interrupt, VirtioDevice, INTERRUPT_STATUS_USED_RING};
 use crate::GuestMemory;
 
@@ -91,25 +91,6 @@ fn rig(mem: &Arc<GuestMemory>) -> (Net, Rig<'_>, OwnedFd) {
         irq,
     };
     (net, r, peer)
-}
-
-/// Appends a chain of `(addr, len, flags)` starting at descriptor `first`.
-fn add_chain(mq: &MockSplitQueue<GuestMemory>, first: u16, descs: &[(u64, u32, u16)]) {
-    let n = descs.len() as u16;
-    let raw: Vec<RawDescriptor> = descs
-        .iter()
-        .enumerate()
-        .map(|(i, &(a, l, f))| {
-            let i = i as u16;
-            let flags = if i + 1 < n {
-                f | VRING_DESC_F_NEXT as u16
-            } else {
-                f
-            };
-            SplitDescriptor::new(a, l, flags, first + i + 1).into()
-        })
-        .collect();
-    mq.add_desc_chains(&raw, first).unwrap();
 }
 
 fn used(mq: &MockSplitQueue<GuestMemory>) -> Vec<(u32, u32)> {
