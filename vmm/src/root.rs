@@ -99,6 +99,7 @@ impl PreparedRoot {
             mem_size: spec.mem_size,
             cpus: spec.cpus,
             cmdline: spec.cmdline.clone(),
+            shutdown_timeout: spec.shutdown_timeout,
         }
     }
 }
@@ -123,6 +124,7 @@ mod tests {
             mem_size: 64 << 20,
             cpus: 1,
             cmdline: "quiet".into(),
+            shutdown_timeout: std::time::Duration::ZERO,
         }
     }
 

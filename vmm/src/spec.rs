@@ -135,6 +135,8 @@ pub struct RunSpec {
     pub cpus: u8,
     /// Kernel command line, without the device and host parameters minivm adds.
     pub cmdline: String,
+    /// `--shutdown-timeout`.
+    pub shutdown_timeout: std::time::Duration,
 }
 
 impl RunSpec {
@@ -179,6 +181,7 @@ impl RunSpec {
             mem_size: args.mem,
             cpus: args.cpus,
             cmdline,
+            shutdown_timeout: std::time::Duration::from_secs(args.shutdown_timeout),
         })
     }
 }
@@ -306,6 +309,7 @@ mod tests {
             mem: 64 << 20,
             cpus: 1,
             readonly: true,
+            shutdown_timeout: 0,
         }
     }
 
