@@ -2,7 +2,7 @@
 //! `acpi_tables` crate (as Cloud Hypervisor does):
 //!
 //! ```text
-//! RSDP (0xe0000) -> XSDT -> FADT -> DSDT  (\_S5_, COM1, virtio-mmio devices)
+//! RSDP (0xe0000) -> XSDT -> FADT -> DSDT  (\_S5_, COM1, power button, virtio-mmio devices)
 //!                        -> MADT          (one Local APIC per vCPU, the IOAPIC)
 //! ```
 //!
@@ -11,6 +11,14 @@
 //! sleep status and reset registers are the ports of [`ports::ACPI_PM`],
 //! served by `devices::acpi::AcpiPmDevice`; their offsets and values here must
 //! match it (a unit test checks that they do).
+//!
+//! The power button: a hardware-reduced platform has no fixed-feature
+//! button, so (as in Cloud Hypervisor) a Generic Event Device (`ACPI0013`)
+//! owns an edge interrupt, [`ports::GED_GSI`], whose `_EVT` method notifies
+//! the power button device (`PNP0C0C`) with 0x80, "button pressed". Linux's
+//! evged runs `_EVT` on each edge (no status register to read: there is one
+//! event), the ACPI button driver turns the notification into KEY_POWER on
+//! an input device, and systemd-logind or acpid shut the guest down.
 //!
 //! On a hardware-reduced platform Linux drops the legacy PIC and pre-allocates
 //! no ISA IRQs, so a device that is not described here gets no interrupt: the
@@ -33,7 +41,7 @@ use linux_loader::loader::bootparam::boot_params;
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::layout::{EBDA_START, HIMEM_START, VIRTIO_MMIO_SIZE, ZERO_PAGE_ADDR};
-use crate::ports::{self, COM1, COM1_GSI};
+use crate::ports::{self, COM1, COM1_GSI, GED_GSI};
 use crate::GuestMemory;
 
 /// Where the RSDP goes: the start of the BIOS read-only area Linux scans.
@@ -50,6 +58,8 @@ pub const RESET_PORT: u16 = ports::ACPI_PM.at(2);
 pub const RESET_VALUE: u8 = 1;
 /// The sleep type `\_S5_` announces; the guest writes it to SLP_TYP to power off.
 pub const S5_SLEEP_TYPE: u8 = 5;
+/// The notification a power button device gets when pressed (ACPI 6.5, 5.6.6).
+const POWER_BUTTON_PRESSED: u8 = 0x80;
 /// The local APICs' address as seen by every vCPU.
 pub const LAPIC_ADDR: u32 = 0xfee0_0000;
 /// The in-kernel IOAPIC's address.
@@ -171,8 +181,27 @@ fn com1_aml() -> RawAml {
     )))
 }
 
+/// The power button (`\_SB_.PWRB`) and the Generic Event Device that
+/// notifies it when [`GED_GSI`] fires.
+fn power_button_aml() -> [RawAml; 2] {
+    let hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0C0C"));
+    let uid = aml::Name::new("_UID".into(), &0u8);
+    let pwrb = RawAml(to_bytes(&aml::Device::new("PWRB".into(), vec![&hid, &uid])));
+    let hid = aml::Name::new("_HID".into(), &"ACPI0013");
+    let irq = aml::Interrupt::new(true, true, false, false, GED_GSI);
+    let crs = aml::Name::new("_CRS".into(), &aml::ResourceTemplate::new(vec![&irq]));
+    let button = aml::Path::new("\\_SB_.PWRB");
+    let notify = aml::Notify::new(&button, &POWER_BUTTON_PRESSED);
+    let evt = aml::Method::new("_EVT".into(), 1, false, vec![&notify]);
+    let ged = RawAml(to_bytes(&aml::Device::new(
+        "GED_".into(),
+        vec![&hid, &uid, &crs, &evt],
+    )));
+    [ged, pwrb]
+}
+
 /// The DSDT: `\_S5_` (so Linux powers off through the sleep registers), and
-/// under `\_SB_` the UART and the virtio-mmio devices.
+/// under `\_SB_` the UART, the power button and the virtio-mmio devices.
 fn dsdt(virtio_devices: &[(u64, u32)]) -> Result<Vec<u8>, AcpiError> {
     if virtio_devices.len() > MAX_DSDT_DEVICES {
         return Err(AcpiError::TooManyDevices {
@@ -187,6 +216,7 @@ fn dsdt(virtio_devices: &[(u64, u32)]) -> Result<Vec<u8>, AcpiError> {
     );
     table.append_slice(&to_bytes(&s5));
     let mut devices = vec![com1_aml()];
+    devices.extend(power_button_aml());
     for (i, &(base, gsi)) in virtio_devices.iter().enumerate() {
         devices.push(virtio_device_aml(i, base, gsi)?);
     }
@@ -464,6 +494,31 @@ mod tests {
         // Extended IRQ descriptor: consumer, edge, active high, exclusive, GSI 4.
         assert!(contains(&dsdt, &[0x89, 6, 0, 0x03, 1, 4, 0, 0, 0]));
         assert!(!contains(&dsdt, b"LNRO0005"));
+    }
+
+    #[test]
+    fn dsdt_has_the_power_button_and_its_event_device() {
+        let mem = memory();
+        let tables = walk(&mem, create_acpi_tables(&mem, 1, &[]).unwrap());
+        let dsdt = table(&mem, u64_at(&tables[0].1, FADT_X_DSDT), b"DSDT");
+        let find = |needle: &[u8]| contains(&dsdt, needle);
+        // Device(PWRB) with _HID EISAID("PNP0C0C").
+        assert!(find(b"PWRB"));
+        assert!(find(&[
+            0x08, b'_', b'H', b'I', b'D', 0x0c, 0x41, 0xd0, 0x0c, 0x0c
+        ]));
+        // Device(GED_) with _HID "ACPI0013".
+        assert!(find(b"GED_"));
+        assert!(find(b"ACPI0013\0"));
+        // Extended IRQ descriptor: consumer, edge, active high, exclusive, GED_GSI.
+        assert!(find(&[0x89, 6, 0, 0x03, 1, GED_GSI as u8, 0, 0, 0]));
+        // Method(_EVT, 1) { Notify(\\_SB_.PWRB, 0x80) }: MethodOp, length,
+        // name, flags = 1 argument, NotifyOp, RootChar, DualNamePrefix,
+        // the two segments, BytePrefix 0x80.
+        let mut evt = vec![0x14, 0x13, b'_', b'E', b'V', b'T', 0x01, 0x86, b'\\', 0x2e];
+        evt.extend_from_slice(b"_SB_PWRB");
+        evt.extend_from_slice(&[0x0a, 0x80]);
+        assert!(find(&evt), "{:x?}", dsdt);
     }
 
     /// The MADT's interrupt controller structures as (type, bytes).

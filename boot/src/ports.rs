@@ -55,10 +55,16 @@ pub const COM1: PortRange = PortRange {
 /// COM1's interrupt line (GSI), its ISA IRQ.
 pub const COM1_GSI: u32 = 4;
 
+/// The interrupt line (GSI) of the power button's ACPI Generic Event Device
+/// (`boot::acpi`): minivm pulses it, through an irqfd, to ask the guest to
+/// shut down. ISA IRQ 3 (COM2's), which nothing else here uses.
+pub const GED_GSI: u32 = 3;
+
 /// Every range, for the overlap check.
 pub const ALL: [PortRange; 4] = [I8042, HARNESS, ACPI_PM, COM1];
 
 const _: () = assert!(COM1_GSI < crate::layout::VIRTIO_FIRST_IRQ);
+const _: () = assert!(GED_GSI < crate::layout::VIRTIO_FIRST_IRQ && GED_GSI != COM1_GSI);
 
 #[cfg(test)]
 mod tests {

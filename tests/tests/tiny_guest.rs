@@ -114,7 +114,15 @@ fn sigterm_stops_a_spinning_guest() {
     };
     let k = g.write(&dir, "guest.elf");
     let mut child = std::process::Command::new(minivm_bin())
-        .args(["run", "--kernel", k.to_str().unwrap(), "--mem", "16M"])
+        .args([
+            "run",
+            "--kernel",
+            k.to_str().unwrap(),
+            "--mem",
+            "16M",
+            "--shutdown-timeout",
+            "0",
+        ])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .spawn()

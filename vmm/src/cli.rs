@@ -147,6 +147,9 @@ EXIT STATUS:
   3      the guest crashed: triple fault, kernel panic, or an instruction KVM cannot run
   128+S  minivm was stopped by signal S
 
+  SIGTERM asks the guest to shut down (ACPI power button); a second SIGTERM, or
+  --shutdown-timeout seconds passing, stops it hard (exit 143).
+
   A write to port 0xf5 logs \"boot finished\" with the time since minivm started.
 
 KERNEL:
@@ -203,6 +206,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=i64::from(MAX_CPUS)))]
     pub cpus: u8,
 
+    /// SIGTERM presses the guest's ACPI power button; if the guest has not
+    /// powered off this many seconds later (or on a second SIGTERM) it is
+    /// stopped hard. 0: SIGTERM stops it at once.
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_SHUTDOWN_TIMEOUT)]
+    pub shutdown_timeout: u64,
+
     /// Attach the root (disk or --rootfs directory) read-only: guest writes fail and nothing changes.
     #[arg(long)]
     pub readonly: bool,
@@ -235,6 +244,8 @@ pub struct RunArgs {
 
 /// Most vCPUs: the MADT gives them xAPIC ids 0..N-1, below the broadcast id 0xff.
 pub const MAX_CPUS: u8 = 254;
+/// Seconds a guest has to power off after SIGTERM pressed its power button.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: u64 = 30;
 
 /// Smallest guest memory accepted.
 pub const MIN_MEM: u64 = 4 << 20;
@@ -449,6 +460,23 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("multiple"));
+    }
+
+    #[test]
+    fn shutdown_timeout_flag() {
+        let run = |extra: &[&str]| {
+            let mut a = vec!["minivm", "run"];
+            a.extend_from_slice(extra);
+            Cli::try_parse_from(a).map(|c| match c.command {
+                Command::Run(r) => r.shutdown_timeout,
+                _ => panic!(),
+            })
+        };
+        assert_eq!(run(&[]).unwrap(), DEFAULT_SHUTDOWN_TIMEOUT);
+        assert_eq!(run(&["--shutdown-timeout", "5"]).unwrap(), 5);
+        assert_eq!(run(&["--shutdown-timeout", "0"]).unwrap(), 0);
+        assert!(run(&["--shutdown-timeout", "-1"]).is_err());
+        assert!(run(&["--shutdown-timeout", "5s"]).is_err());
     }
 
     #[test]

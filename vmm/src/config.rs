@@ -2,6 +2,7 @@
 //! checked and prepared (by the `spec` and `root` modules).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// The command line a Linux guest gets unless `--cmdline` replaces it.
 /// `pci=off`: there is no PCI bus; `8250.nr_uarts=1`: one UART, no probing of absent ones;
@@ -54,6 +55,9 @@ pub struct VmConfig {
     pub cmdline: String,
     /// Attach a virtio-rng entropy device.
     pub rng: bool,
+    /// How long a SIGTERM'd guest has to power off after its power button is
+    /// pressed; zero: SIGTERM stops the VM at once.
+    pub shutdown_timeout: Duration,
 }
 
 /// A file system served over virtio-fs.

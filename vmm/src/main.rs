@@ -14,6 +14,7 @@ mod images;
 mod io_reason;
 mod paths;
 mod root;
+mod shutdown;
 mod spec;
 mod terminal;
 mod upper;

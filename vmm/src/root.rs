@@ -101,6 +101,7 @@ impl PreparedRoot {
             cpus: spec.cpus,
             cmdline: spec.cmdline.clone(),
             rng: spec.rng,
+            shutdown_timeout: spec.shutdown_timeout,
         }
     }
 }
@@ -127,6 +128,7 @@ mod tests {
             cpus: 1,
             cmdline: "quiet".into(),
             rng: true,
+            shutdown_timeout: std::time::Duration::ZERO,
         }
     }
 

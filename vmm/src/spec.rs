@@ -142,6 +142,8 @@ pub struct RunSpec {
     pub cmdline: String,
     /// Attach a virtio-rng entropy device (unless `--no-rng`).
     pub rng: bool,
+    /// `--shutdown-timeout`.
+    pub shutdown_timeout: std::time::Duration,
 }
 
 impl RunSpec {
@@ -193,6 +195,7 @@ impl RunSpec {
             cpus: args.cpus,
             cmdline,
             rng: !args.no_rng,
+            shutdown_timeout: std::time::Duration::from_secs(args.shutdown_timeout),
         })
     }
 }
@@ -322,6 +325,7 @@ mod tests {
             mem: 64 << 20,
             cpus: 1,
             readonly: true,
+            shutdown_timeout: 0,
         }
     }
 

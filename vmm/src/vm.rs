@@ -28,6 +28,7 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::config::{self, ShareSource, VmConfig};
 use crate::io_reason::io_reason;
+use crate::shutdown::{ShutdownRequest, SHUTDOWN_SIGNAL};
 use crate::terminal::{ExitWatcher, RawMode, StdinForwarder};
 use crate::vcpu::{Buses, Vcpu, VcpuError};
 use boot::layout::{VIRTIO_FIRST_IRQ, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE};
@@ -139,10 +140,17 @@ type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 static HOST_SIGNAL: AtomicI32 = AtomicI32::new(0);
 /// The exit event fd the handler wakes.
 static EXIT_EVENT_FD: AtomicI32 = AtomicI32::new(-1);
+/// The shutdown request event fd SIGTERM writes instead, when set.
+static SHUTDOWN_EVENT_FD: AtomicI32 = AtomicI32::new(-1);
 
 extern "C" fn on_host_signal(sig: libc::c_int) {
-    HOST_SIGNAL.store(sig, Ordering::SeqCst);
-    let fd = EXIT_EVENT_FD.load(Ordering::SeqCst);
+    let shutdown_fd = SHUTDOWN_EVENT_FD.load(Ordering::SeqCst);
+    let fd = if sig == SHUTDOWN_SIGNAL && shutdown_fd >= 0 {
+        shutdown_fd
+    } else {
+        HOST_SIGNAL.store(sig, Ordering::SeqCst);
+        EXIT_EVENT_FD.load(Ordering::SeqCst)
+    };
     if fd >= 0 {
         let one: u64 = 1;
         // SAFETY: write(2) is async-signal-safe; the buffer is a local u64.
@@ -150,9 +158,12 @@ extern "C" fn on_host_signal(sig: libc::c_int) {
     }
 }
 
-fn install_signal_handlers(exit: &ExitHandle) {
+/// Installs the handlers of SIGTERM, SIGINT and SIGHUP: they stop the VM
+/// through `exit`, except SIGTERM, which writes `shutdown` when given.
+fn install_signal_handlers(exit: &ExitHandle, shutdown: Option<std::os::fd::RawFd>) {
     use std::os::fd::AsRawFd;
     EXIT_EVENT_FD.store(exit.event_fd().as_raw_fd(), Ordering::SeqCst);
+    SHUTDOWN_EVENT_FD.store(shutdown.unwrap_or(-1), Ordering::SeqCst);
     for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
         // SAFETY: the handler only touches atomics and calls write(2).
         unsafe { libc::signal(sig, on_host_signal as *const () as libc::sighandler_t) };
@@ -161,6 +172,24 @@ fn install_signal_handlers(exit: &ExitHandle) {
     if let Err(e) = register_signal_handler(SIGRTMIN(), crate::vcpu::kick_handler) {
         tracing::warn!("cannot install the vCPU kick handler: {e}");
     }
+}
+
+/// The power button's interrupt and what presses it on SIGTERM; `None`
+/// (SIGTERM stops the VM at once) when the timeout is zero.
+fn power_button(
+    vm: &VmFd,
+    exit: &ExitHandle,
+    timeout: Duration,
+) -> Result<Option<Arc<Mutex<ShutdownRequest>>>, VmError> {
+    if timeout.is_zero() {
+        return Ok(None);
+    }
+    let button = EventFd::new(libc::EFD_NONBLOCK).map_err(host_err("power button irq"))?;
+    vm.register_irqfd(&button, ports::GED_GSI)
+        .map_err(kvm_err("register the power button irqfd"))?;
+    let s = ShutdownRequest::new(button, exit.clone(), timeout)
+        .map_err(host_err("shutdown request event"))?;
+    Ok(Some(Arc::new(Mutex::new(s))))
 }
 
 fn host_err(what: &'static str) -> impl FnOnce(std::io::Error) -> VmError {
@@ -484,7 +513,14 @@ pub fn run(config: &VmConfig, start: Instant) -> Result<ExitReason, VmError> {
     };
 
     let exit = ExitHandle::new().map_err(host_err("exit event"))?;
-    install_signal_handlers(&exit);
+    let shutdown = power_button(&vm, &exit, config.shutdown_timeout)?;
+    install_signal_handlers(
+        &exit,
+        shutdown.as_ref().map(|s| {
+            use std::os::fd::AsRawFd;
+            s.lock().unwrap().request_fd().as_raw_fd()
+        }),
+    );
     let console = ConsoleOutput::new(Box::new(std::io::stdout())).map_err(host_err("console"))?;
     let devs = setup_devices(&vm, &mem, config, &exit, &console, start)?;
 
@@ -515,6 +551,9 @@ pub fn run(config: &VmConfig, start: Instant) -> Result<ExitReason, VmError> {
 
     let mut em: EventManager<Subscriber> = EventManager::new()?;
     for s in &devs.subscribers {
+        em.add_subscriber(s.clone());
+    }
+    if let Some(s) = &shutdown {
         em.add_subscriber(s.clone());
     }
     em.add_subscriber(Arc::new(Mutex::new(
@@ -554,7 +593,10 @@ pub fn run(config: &VmConfig, start: Instant) -> Result<ExitReason, VmError> {
             exit.request(ExitReason::HostSignal(sig));
             continue;
         }
-        if let Err(e) = em.run() {
+        let wait_ms = shutdown
+            .as_ref()
+            .map_or(-1, |s| s.lock().unwrap().wait_ms(Instant::now()));
+        if let Err(e) = em.run_with_timeout(wait_ms) {
             if let event_manager::Error::Epoll(ref err) = e {
                 if err.errno() == libc::EINTR {
                     continue;
@@ -562,7 +604,11 @@ pub fn run(config: &VmConfig, start: Instant) -> Result<ExitReason, VmError> {
             }
             break Err(VmError::EventLoop(e));
         }
+        if let Some(s) = &shutdown {
+            s.lock().unwrap().check_deadline(Instant::now());
+        }
     };
+    SHUTDOWN_EVENT_FD.store(-1, Ordering::SeqCst);
 
     stop.store(true, Ordering::Release);
     drop(done_tx);
@@ -615,6 +661,7 @@ mod tests {
             cpus: 1,
             cmdline: "console=ttyS0".into(),
             rng: true,
+            shutdown_timeout: Duration::ZERO,
         };
         let extra = ["virtio_mmio.device=4K@0xd0000000:5".to_string()];
         assert_eq!(
