@@ -1,5 +1,5 @@
 //! Devices seen from a real Linux guest (one busybox initramfs boot, about
-//! a minute under kvm-pvm): the virtio-rng entropy device.
+//! a minute under kvm-pvm): the virtio-rng entropy device, and two vCPUs.
 
 use testkit::*;
 
@@ -8,6 +8,7 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs dev /dev 2>/dev/null
 echo "MARKER devices init running"
+echo "cpus_online=$(cat /sys/devices/system/cpu/online)"
 echo "rng_available=$(cat /sys/class/misc/hw_random/rng_available)"
 echo "rng_current=$(cat /sys/class/misc/hw_random/rng_current)"
 for d in /sys/bus/virtio/devices/*; do echo "virtio_device=$(cat $d/device)"; done
@@ -25,7 +26,8 @@ EXIT
 "#;
 
 /// The guest finds virtio-rng (device id 4) as its current hardware RNG and
-/// reads two different, non-zero 4 KiB blocks from /dev/hwrng.
+/// reads two different, non-zero 4 KiB blocks from /dev/hwrng; with
+/// `--cpus 2` both vCPUs are online.
 #[test]
 fn virtio_rng_gives_the_guest_random_bytes() {
     if !kvm_available() {
@@ -44,6 +46,8 @@ fn virtio_rng_gives_the_guest_random_bytes() {
             initrd.to_str().unwrap(),
             "--mem",
             "256M",
+            "--cpus",
+            "2",
             "--append",
             "quiet rdinit=/init",
         ],
@@ -64,6 +68,8 @@ fn virtio_rng_gives_the_guest_random_bytes() {
     );
     for want in [
         "MARKER devices init running",
+        // --cpus 2: both vCPUs came up (ACPI MADT, SMP boot).
+        "cpus_online=0-1",
         "virtio_device=0x0004",
         "rng1_bytes=4096 rng2_bytes=4096",
         "rng_reads=differ",
