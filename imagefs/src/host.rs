@@ -83,8 +83,9 @@ impl WorkDir {
     }
 
     /// Whether `dir` is a work directory no live process holds (or not a
-    /// directory one can lock at all). Probing takes the lock for a moment.
-    pub fn is_abandoned(dir: &Path) -> bool {
+    /// directory one can lock at all). Probing takes the lock for a moment;
+    /// only a sweep, holding the parent's lock, may act on the answer.
+    fn is_abandoned(dir: &Path) -> bool {
         match File::open(dir) {
             Ok(f) => flock(&f, libc::LOCK_EX | libc::LOCK_NB).is_ok(),
             Err(_) => true,

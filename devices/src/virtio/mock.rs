@@ -4,6 +4,8 @@ use virtio_bindings::virtio_ring::VRING_DESC_F_NEXT;
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 
+use crate::bus::BusDevice;
+use crate::virtio::mmio::MmioTransport;
 use crate::GuestMemory;
 
 /// Appends to the avail ring a chain of `descs` (`(addr, len, flags)`, NEXT
@@ -29,4 +31,16 @@ pub(crate) fn chain_descriptors(first: u16, descs: &[(u64, u32, u16)]) -> Vec<Ra
             SplitDescriptor::new(a, l, flags, first + i + 1).into()
         })
         .collect()
+}
+
+/// Writes a 32-bit virtio-mmio register, as a driver does.
+pub(crate) fn reg_write(t: &mut MmioTransport, reg: u32, v: u32) {
+    t.write(u64::from(reg), &v.to_le_bytes());
+}
+
+/// Reads a 32-bit virtio-mmio register, as a driver does.
+pub(crate) fn reg_read(t: &mut MmioTransport, reg: u32) -> u32 {
+    let mut b = [0u8; 4];
+    t.read(u64::from(reg), &mut b);
+    u32::from_le_bytes(b)
 }

@@ -23,7 +23,7 @@ pub(crate) use super::QUEUE_SIZE;
 use super::{Block, BlockError};
 use crate::bus::BusDevice;
 use crate::virtio::mmio::MmioTransport;
-use crate::virtio::mock::add_chain;
+use crate::virtio::mock::{add_chain, reg_read, reg_write};
 use crate::virtio::{Interrupt, VirtioDevice, INTERRUPT_STATUS_USED_RING};
 use crate::GuestMemory;
 
@@ -287,16 +287,6 @@ fn indirect_chain() {
     assert_eq!(mq.used().ring().ref_at(0).unwrap().load().len(), 1025);
     assert_eq!(t.status(), VIRTIO_BLK_S_OK as u8);
     std::fs::remove_file(path).unwrap();
-}
-
-fn reg_write(t: &mut MmioTransport, reg: u32, v: u32) {
-    t.write(u64::from(reg), &v.to_le_bytes());
-}
-
-fn reg_read(t: &mut MmioTransport, reg: u32) -> u32 {
-    let mut b = [0u8; 4];
-    t.read(u64::from(reg), &mut b);
-    u32::from_le_bytes(b)
 }
 
 #[test]

@@ -94,15 +94,7 @@ fn transport() -> (MmioTransport, Arc<Mutex<FakeState>>) {
     (t.unwrap(), s)
 }
 
-fn w(t: &mut MmioTransport, reg: u32, v: u32) {
-    t.write(u64::from(reg), &v.to_le_bytes());
-}
-
-fn r(t: &mut MmioTransport, reg: u32) -> u32 {
-    let mut b = [0u8; 4];
-    t.read(u64::from(reg), &mut b);
-    u32::from_le_bytes(b)
-}
+use crate::virtio::mock::{reg_read as r, reg_write as w};
 
 /// ACK, DRIVER, features (low word, high word), FEATURES_OK; returns the status read back.
 fn negotiate(t: &mut MmioTransport, lo: u32, hi: u32) -> u32 {

@@ -14,9 +14,8 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::{Rng, RngStats, WarnLimit, MAX_BYTES_PER_CHAIN, QUEUE_SIZE};
-use crate::bus::BusDevice;
 use crate::virtio::mmio::MmioTransport;
-use crate::virtio::mock::add_chain;
+use crate::virtio::mock::{add_chain, reg_read, reg_write};
 use crate::virtio::{Interrupt, VirtioDevice, INTERRUPT_STATUS_USED_RING};
 use crate::GuestMemory;
 
@@ -222,16 +221,6 @@ fn warnings_are_rate_limited() {
     w.warn(&"second");
     w.warn(&"third");
     assert_eq!(w.suppressed, 2);
-}
-
-fn reg_write(t: &mut MmioTransport, reg: u32, v: u32) {
-    t.write(u64::from(reg), &v.to_le_bytes());
-}
-
-fn reg_read(t: &mut MmioTransport, reg: u32) -> u32 {
-    let mut b = [0u8; 4];
-    t.read(u64::from(reg), &mut b);
-    u32::from_le_bytes(b)
 }
 
 #[test]

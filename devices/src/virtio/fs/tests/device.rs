@@ -11,6 +11,7 @@ use super::*;
 use crate::bus::BusDevice;
 use crate::virtio::fs::{FsError, TAG_MAX_LEN};
 use crate::virtio::mmio::MmioTransport;
+use crate::virtio::mock::reg_read;
 use crate::virtio::{ActivateError, INTERRUPT_STATUS_USED_RING};
 
 fn vfs(dir: &TempDir) -> Arc<Vfs> {
@@ -311,12 +312,6 @@ fn event_idx_suppresses_interrupts() {
     assert_eq!(req.used().idx().load(), 3);
     assert_eq!(irq.status(), INTERRUPT_STATUS_USED_RING);
     assert_eq!(irq.irqfd().read().unwrap(), 1);
-}
-
-fn reg_read(t: &mut MmioTransport, reg: u32) -> u32 {
-    let mut b = [0u8; 4];
-    t.read(u64::from(reg), &mut b);
-    u32::from_le_bytes(b)
 }
 
 #[test]
