@@ -64,8 +64,8 @@ pub use layout::{
     BuiltLayer,
 };
 pub use minivm::{
-    default_kernel, kvm_available, minivm_bin, run_minivm, run_minivm_with, scratch_dir, RunOutput,
-    BOOT_TIMEOUT,
+    default_kernel, initramfs_boot_args, kvm_available, minivm_bin, run_minivm, run_minivm_with,
+    scratch_dir, RunOutput, BOOT_TIMEOUT,
 };
 pub use registry::{
     bcrypt_htpasswd_line, free_port, skopeo_copy, TestRegistry, HTPASSWD_PASSWORD, HTPASSWD_USER,

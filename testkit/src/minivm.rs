@@ -99,8 +99,35 @@ impl RunOutput {
 }
 
 /// Runs `minivm` with `args`, stdin from /dev/null, killing it after `timeout`.
-pub fn run_minivm(args: &[&str], timeout: Duration) -> RunOutput {
+pub fn run_minivm<I, S>(args: I, timeout: Duration) -> RunOutput
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
     run_minivm_with(Command::new(minivm_bin()).args(args), timeout)
+}
+
+/// The `run` arguments that boot a busybox initramfs whose `/init` is
+/// `init_script` (written under `dir`) on the default kernel, quietly; more
+/// `run` options may follow them.
+pub fn initramfs_boot_args(dir: &Path, init_script: &str) -> Vec<String> {
+    let initrd = crate::busybox_initramfs(dir, init_script);
+    let kernel = default_kernel();
+    [
+        "run",
+        "--kernel",
+        path_str(&kernel),
+        "--initrd",
+        path_str(&initrd),
+        "--append",
+        "quiet rdinit=/init",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("test paths are UTF-8")
 }
 
 /// Runs a prepared command (stdout/stderr captured, stdin null) with a timeout.

@@ -9,7 +9,7 @@ const T: Duration = Duration::from_secs(30);
 
 #[test]
 fn help_teaches_usage_and_exit_codes() {
-    let out = run_minivm(&["run", "--help"], T);
+    let out = run_minivm(["run", "--help"], T);
     assert_eq!(out.code(), 0);
     for needle in [
         "--image",
@@ -30,7 +30,7 @@ fn help_teaches_usage_and_exit_codes() {
             out.stdout
         );
     }
-    let out = run_minivm(&["--help"], T);
+    let out = run_minivm(["--help"], T);
     assert!(out.stdout.contains("run"));
 }
 
@@ -48,7 +48,7 @@ fn usage_errors_exit_2() {
         assert_eq!(out.code(), 2, "{args:?}: {out:#?}");
         assert!(out.stderr.contains("error"), "{args:?}: {}", out.stderr);
     }
-    let out = run_minivm(&["run", "--mem", "12X"], T);
+    let out = run_minivm(["run", "--mem", "12X"], T);
     assert!(out.stderr.contains("unknown unit"), "{}", out.stderr);
 }
 
@@ -56,7 +56,7 @@ fn usage_errors_exit_2() {
 fn missing_and_unreadable_files_are_named() {
     let dir = scratch_dir("cli-files");
     let out = run_minivm(
-        &[
+        [
             "run",
             "--image",
             "/nonexistent/disk.raw",
@@ -73,7 +73,7 @@ fn missing_and_unreadable_files_are_named() {
         out.stderr
     );
 
-    let out = run_minivm(&["run", "--kernel", "/nonexistent/vmlinux"], T);
+    let out = run_minivm(["run", "--kernel", "/nonexistent/vmlinux"], T);
     assert_eq!(out.code(), 1);
     assert!(
         out.stderr
@@ -82,12 +82,12 @@ fn missing_and_unreadable_files_are_named() {
         out.stderr
     );
 
-    let out = run_minivm(&["run", "--kernel", dir.to_str().unwrap()], T);
+    let out = run_minivm(["run", "--kernel", dir.to_str().unwrap()], T);
     assert_eq!(out.code(), 1);
     assert!(out.stderr.contains("is a directory"), "{}", out.stderr);
 
     let out = run_minivm(
-        &[
+        [
             "run",
             "--kernel",
             "/bin/sh",
@@ -128,7 +128,7 @@ fn not_a_kernel_is_rejected() {
     let junk = dir.join("junk.bin");
     std::fs::write(&junk, vec![0x90u8; 4096]).unwrap();
     let out = run_minivm(
-        &["run", "--kernel", junk.to_str().unwrap(), "--mem", "16M"],
+        ["run", "--kernel", junk.to_str().unwrap(), "--mem", "16M"],
         T,
     );
     assert_eq!(out.code(), 1);

@@ -34,25 +34,13 @@ fn virtio_rng_gives_the_guest_random_bytes() {
         return;
     }
     let dir = scratch_dir("devices-boot");
-    let initrd = busybox_initramfs(&dir, &INIT.replace("EXIT", &exit_port_cmd(7)));
-    let kernel = default_kernel();
-    let out = run_minivm(
-        &[
-            "-v",
-            "run",
-            "--kernel",
-            kernel.to_str().unwrap(),
-            "--initrd",
-            initrd.to_str().unwrap(),
-            "--mem",
-            "256M",
-            "--cpus",
-            "2",
-            "--append",
-            "quiet rdinit=/init",
-        ],
-        BOOT_TIMEOUT,
-    );
+    let mut args = vec!["-v".to_string()];
+    args.extend(initramfs_boot_args(
+        &dir,
+        &INIT.replace("EXIT", &exit_port_cmd(7)),
+    ));
+    args.extend(["--mem", "256M", "--cpus", "2"].map(String::from));
+    let out = run_minivm(&args, BOOT_TIMEOUT);
     println!("guest output:\n{}", out.stdout);
     assert_eq!(out.code(), 7, "{out:#?}");
     let current = out

@@ -61,7 +61,7 @@ fn disk_boot_persists_writes_and_readonly_protects_the_image() {
     let (k, i) = (kernel.to_str().unwrap(), img.to_str().unwrap());
 
     let out = run_minivm(
-        &[
+        [
             "run",
             "--kernel",
             k,
@@ -98,7 +98,7 @@ fn disk_boot_persists_writes_and_readonly_protects_the_image() {
 
     let before = file_digest(&img);
     let out = run_minivm(
-        &[
+        [
             "run",
             "--kernel",
             k,
@@ -147,7 +147,7 @@ fn non_ext4_disk_panics_and_minivm_exits_nonzero() {
     std::fs::write(&img, vec![0x5au8; 8 << 20]).unwrap();
     let kernel = default_kernel();
     let out = run_minivm(
-        &[
+        [
             "run",
             "--kernel",
             kernel.to_str().unwrap(),
@@ -182,7 +182,7 @@ fn initrd_cmdline_and_memory() {
     let initrd = busybox_initramfs(&dir, &init);
     let kernel = default_kernel();
     let out = run_minivm(
-        &[
+        [
             "run",
             "--kernel",
             kernel.to_str().unwrap(),

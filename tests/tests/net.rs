@@ -170,24 +170,10 @@ fn in_namespace() {
     });
 
     let dir = scratch_dir("net");
-    let initrd = busybox_initramfs(&dir, &guest_init(mib));
-    let kernel = default_kernel();
-    let out = run_minivm(
-        &[
-            "run",
-            "--kernel",
-            kernel.to_str().unwrap(),
-            "--initrd",
-            initrd.to_str().unwrap(),
-            "--mem",
-            "512M",
-            "--net",
-            &format!("tap={TAP},mac={GUEST_MAC}"),
-            "--append",
-            "quiet rdinit=/init",
-        ],
-        BOOT_TIMEOUT + Duration::from_secs(600),
-    );
+    let mut args = initramfs_boot_args(&dir, &guest_init(mib));
+    let net = format!("tap={TAP},mac={GUEST_MAC}");
+    args.extend(["--mem", "512M", "--net", &net].map(String::from));
+    let out = run_minivm(&args, BOOT_TIMEOUT + Duration::from_secs(600));
     let guest: Vec<&str> = out.stdout.lines().filter(|l| l.contains("NET ")).collect();
     eprintln!("guest said:\n{}", guest.join("\n"));
     assert_eq!(out.code(), 0, "{out:#?}");

@@ -46,18 +46,8 @@ struct Running {
 
 fn start(init: &str, name: &str, extra: &[&str]) -> Running {
     let dir = scratch_dir(name);
-    let initrd = busybox_initramfs(&dir, init);
-    let kernel = default_kernel();
-    let mut args = vec![
-        "run",
-        "--kernel",
-        kernel.to_str().unwrap(),
-        "--initrd",
-        initrd.to_str().unwrap(),
-        "--append",
-        "quiet rdinit=/init",
-    ];
-    args.extend_from_slice(extra);
+    let mut args = initramfs_boot_args(&dir, init);
+    args.extend(extra.iter().map(|a| a.to_string()));
     let mut child = Command::new(minivm_bin())
         .args(&args)
         .stdin(Stdio::null())

@@ -175,7 +175,7 @@ fn kernel_beyond_memory_is_a_clear_error() {
     elf[64 + 24..64 + 32].copy_from_slice(&addr);
     let k = dir.join("high.elf");
     std::fs::write(&k, elf).unwrap();
-    let out = run_minivm(&["run", "--kernel", k.to_str().unwrap(), "--mem", "16M"], T);
+    let out = run_minivm(["run", "--kernel", k.to_str().unwrap(), "--mem", "16M"], T);
     assert_eq!(out.code(), 1, "{out:#?}");
     assert!(
         out.stderr.contains("outside guest memory"),

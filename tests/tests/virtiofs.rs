@@ -60,7 +60,7 @@ fn boot_from_directory_with_share_cap_and_containment() {
     let kernel = default_kernel();
     let share = format!("{}:data:ro", data.display());
     let out = run_minivm(
-        &[
+        [
             "run",
             "--kernel",
             kernel.to_str().unwrap(),
