@@ -10,7 +10,9 @@
 //!   one ([`FakeServer`]);
 //! - guests: the [`TinyGuest`], busybox roots as directory, disk or initramfs
 //!   ([`busybox_root`], [`busybox_disk`], [`busybox_initramfs`]), and running
-//!   the `minivm` binary with a timeout ([`run_minivm`]).
+//!   the `minivm` binary with a timeout ([`run_minivm`]) or on a pseudo-terminal
+//!   ([`PtySession`]);
+//! - network tests in a private namespace with a tap ([`in_private_netns`]).
 //!
 //! ```no_run
 //! use testkit::{Compression, TempDir, TestEntry, TestImage};
@@ -40,6 +42,8 @@ mod image;
 mod layer;
 mod layout;
 mod minivm;
+mod netns;
+mod pty;
 mod registry;
 mod rootfs;
 mod tempdir;
@@ -67,6 +71,11 @@ pub use minivm::{
     default_kernel, initramfs_boot_args, kvm_available, minivm_bin, run_minivm, run_minivm_with,
     scratch_dir, RunOutput, BOOT_TIMEOUT,
 };
+pub use netns::{
+    in_private_netns, make_test_tap, payload, receive_from_guest, send_to_guest, sha256_hex,
+    test_net_arg, GUEST_IP, GUEST_MAC, HOST_IP, TEST_TAP,
+};
+pub use pty::PtySession;
 pub use registry::{
     bcrypt_htpasswd_line, free_port, skopeo_copy, TestRegistry, HTPASSWD_PASSWORD, HTPASSWD_USER,
 };

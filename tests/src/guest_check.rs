@@ -2,11 +2,13 @@
 //! prints what the guest sees (stat, checksums, link targets, listings,
 //! xattrs), and the host compares it with `tricky_expectations()`.
 
-use crate::oci::{sha256_hex, show};
+use crate::oci::show;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
-use testkit::{busybox_layer, tricky_expectations, tricky_image, Expect, TestEntry, TestImage};
+use testkit::{
+    busybox_layer, sha256_hex, tricky_expectations, tricky_image, Expect, TestEntry, TestImage,
+};
 
 /// How the check script names an image path: relative to `/`, and the root
 /// itself as `.` (busybox cannot stat "").

@@ -1,7 +1,6 @@
 //! Running minivm on OCI images in the tests: a command with its own image
 //! cache, what the cache holds, and checks of the disks it makes.
 
-use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -44,14 +43,6 @@ pub fn e2fsck_clean(img: &Path) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// The sha256 of `data` in lower-case hex.
-pub fn sha256_hex(data: &[u8]) -> String {
-    Sha256::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// Bytes shown as text (lossy).
