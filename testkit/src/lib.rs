@@ -10,7 +10,8 @@
 //!   one ([`FakeServer`]);
 //! - guests: the [`TinyGuest`], busybox roots as directory, disk or initramfs
 //!   ([`busybox_root`], [`busybox_disk`], [`busybox_initramfs`]), and running
-//!   the `minivm` binary with a timeout ([`run_minivm`]).
+//!   the `minivm` binary with a timeout ([`run_minivm`]) or interactively
+//!   ([`RunningVm`]: wait for console lines, send signals).
 //!
 //! ```no_run
 //! use testkit::{Compression, TempDir, TestEntry, TestImage};
@@ -42,6 +43,7 @@ mod layout;
 mod minivm;
 mod registry;
 mod rootfs;
+mod running;
 mod tempdir;
 #[cfg(test)]
 mod tests;
@@ -71,4 +73,5 @@ pub use registry::{
     bcrypt_htpasswd_line, free_port, skopeo_copy, TestRegistry, HTPASSWD_PASSWORD, HTPASSWD_USER,
 };
 pub use rootfs::{busybox_disk, busybox_initramfs, busybox_root, exit_port_cmd, write_tree};
+pub use running::{Finished, RunningVm};
 pub use tempdir::TempDir;

@@ -144,6 +144,8 @@ pub struct RunSpec {
     pub rng: bool,
     /// `--shutdown-timeout`.
     pub shutdown_timeout: std::time::Duration,
+    /// `--restart`: a guest reboot boots it again instead of ending minivm.
+    pub restart: bool,
 }
 
 impl RunSpec {
@@ -196,6 +198,7 @@ impl RunSpec {
             cmdline,
             rng: !args.no_rng,
             shutdown_timeout: std::time::Duration::from_secs(args.shutdown_timeout),
+            restart: args.restart,
         })
     }
 }
@@ -326,6 +329,7 @@ mod tests {
             cpus: 1,
             readonly: true,
             shutdown_timeout: 0,
+            restart: false,
         }
     }
 
