@@ -3,9 +3,49 @@
 //! process, keeping its disk (and copy-on-write layer) and console, and
 //! releasing everything the previous VM held.
 
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use testkit::*;
+
+/// Boot 1 checks the VM's size, writes a random token to the root disk and
+/// reboots; boot 2 (the same /init) finds the token and powers off.
+const REBOOT_ONCE_INIT: &str = r#"#!/bin/sh
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+if [ -f /lifecycle-token ]; then
+  echo "MARKER boot2 token=$(cat /lifecycle-token)"
+  echo "MARKER boot2 cpus=$(cat /sys/devices/system/cpu/online)"
+  poweroff -f
+fi
+echo "MARKER boot1 memtotal_kb=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo)"
+echo "MARKER boot1 cpus=$(cat /sys/devices/system/cpu/online)"
+tok=$(head -c 16 /dev/urandom | md5sum | cut -c1-32)
+echo "$tok" > /lifecycle-token
+sync
+echo "MARKER boot1 token=$tok"
+reboot -f
+"#;
+
+/// The value after `MARKER <key>=` on the console, for each line that has it.
+fn markers(stdout: &str, key: &str) -> Vec<String> {
+    let tag = format!("MARKER {key}=");
+    stdout
+        .lines()
+        .filter_map(|l| Some(l[l.find(&tag)? + tag.len()..].trim().to_string()))
+        .collect()
+}
+
+/// The cached disks under a minivm cache directory (`minivm/disks/KEY/disk.raw`).
+fn cached_disks(cache: &Path) -> Vec<PathBuf> {
+    let Ok(keys) = std::fs::read_dir(cache.join("minivm/disks")) else {
+        return Vec::new();
+    };
+    keys.filter_map(|e| Some(e.ok()?.path().join("disk.raw")))
+        .filter(|p| p.is_file())
+        .collect()
+}
 
 /// Parses minivm's "boot N ended (...): open fds F, threads T, RSS R KiB,
 /// VmSize V KiB" log lines (`-v`) into (N, F, T, R, V).
@@ -114,4 +154,104 @@ fn a_reboot_ends_minivm_without_restart() {
     assert_eq!(out.code(), 0, "{out:#?}");
     assert_eq!(out.stdout, "tiny guest up\n", "one boot");
     assert!(!out.stderr.contains("--restart"), "{}", out.stderr);
+}
+
+/// A busybox OCI image booted copy-on-write with `--restart --mem 8G
+/// --cpus 2`: boot 1 sees 8 GiB and two CPUs, writes a random token and
+/// reboots; boot 2, in a fresh VM of the same process, reads the token back
+/// from the private copy-on-write layer (which a re-opened disk would have
+/// lost) and powers off, which ends minivm with 0. The cached disk never
+/// sees the token, and minivm holds as many fds after each boot as before
+/// the first.
+#[test]
+fn restart_keeps_the_copy_on_write_disk_across_a_reboot() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = scratch_dir("lifecycle-linux");
+    let mut layer = busybox_layer();
+    layer.push(TestEntry::executable("init", REBOOT_ONCE_INIT));
+    let layout = dir.join("layout");
+    TestImage::new(vec![layer])
+        .write_oci_layout(&layout, "1", Compression::Gzip)
+        .unwrap();
+    let cache = dir.join("cache");
+    let kernel = default_kernel();
+    let mut cmd = Command::new(minivm_bin());
+    cmd.env("XDG_CACHE_HOME", &cache).args([
+        "-v",
+        "run",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--oci",
+        &format!("oci:{}:1", layout.display()),
+        "--size",
+        "64M",
+        "--quiet",
+        "--mem",
+        "8G",
+        "--cpus",
+        "2",
+        "--restart",
+        "--append",
+        "quiet init=/init",
+    ]);
+    let out = run_minivm_with(&mut cmd, 2 * BOOT_TIMEOUT);
+    assert_eq!(out.code(), 0, "{out:#?}");
+    let mem: Vec<u64> = markers(&out.stdout, "boot1 memtotal_kb")
+        .iter()
+        .map(|v| v.parse().unwrap())
+        .collect();
+    assert_eq!(mem.len(), 1, "boot 1 ran once: {}", out.stdout);
+    assert!(mem[0] > 15 * (1 << 20) / 2, "MemTotal {} kB", mem[0]);
+    assert_eq!(
+        markers(&out.stdout, "boot1 cpus"),
+        ["0-1"],
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        markers(&out.stdout, "boot2 cpus"),
+        ["0-1"],
+        "{}",
+        out.stdout
+    );
+    let written = markers(&out.stdout, "boot1 token");
+    let read = markers(&out.stdout, "boot2 token");
+    assert_eq!(written.len(), 1, "{}", out.stdout);
+    assert_eq!(written[0].len(), 32, "{}", out.stdout);
+    assert_eq!(read, written, "boot 2 reads what boot 1 wrote");
+    assert_eq!(
+        out.stderr.matches("starting it again (--restart)").count(),
+        1,
+        "{}",
+        out.stderr
+    );
+
+    let disks = cached_disks(&cache);
+    assert_eq!(disks.len(), 1, "{disks:?}");
+    let cached = std::fs::read(&disks[0]).unwrap();
+    let token = written[0].as_bytes();
+    assert!(
+        !cached.windows(token.len()).any(|w| w == token),
+        "the token reached the cached disk"
+    );
+
+    let usage = boot_usage(&out.stderr);
+    let before = out
+        .stderr
+        .lines()
+        .find(|l| l.contains("before the first boot"))
+        .expect("usage before the first boot");
+    eprintln!("{before}");
+    for u in &usage {
+        eprintln!(
+            "after boot {}: fds {}, threads {}, RSS {} KiB, VmSize {} KiB",
+            u.0, u.1, u.2, u.3, u.4
+        );
+    }
+    assert_eq!(usage.len(), 2, "{}", out.stderr);
+    let fds_before = format!("open fds {},", usage[0].1);
+    assert!(before.contains(&fds_before), "{before} / {usage:?}");
+    assert_eq!(usage[0].1, usage[1].1, "fds after each boot");
 }

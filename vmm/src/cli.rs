@@ -205,7 +205,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "SIZE", default_value = "512M", value_parser = parse_mem_size)]
     pub mem: u64,
 
-    /// Number of vCPUs.
+    /// Number of vCPUs, at most the host's CPU count.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=i64::from(MAX_CPUS)))]
     pub cpus: u8,
 
