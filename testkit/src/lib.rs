@@ -10,8 +10,9 @@
 //!   one ([`FakeServer`]);
 //! - guests: the [`TinyGuest`], busybox roots as directory, disk or initramfs
 //!   ([`busybox_root`], [`busybox_disk`], [`busybox_initramfs`]), and running
-//!   the `minivm` binary with a timeout ([`run_minivm`]) or on a pseudo-terminal
-//!   ([`PtySession`]);
+//!   the `minivm` binary with a timeout ([`run_minivm`]), interactively
+//!   ([`RunningVm`]: wait for console lines, send signals) or on a
+//!   pseudo-terminal ([`PtySession`]);
 //! - network tests in a private namespace with a tap ([`in_private_netns`]).
 //!
 //! ```no_run
@@ -46,6 +47,7 @@ mod netns;
 mod pty;
 mod registry;
 mod rootfs;
+mod running;
 mod tempdir;
 #[cfg(test)]
 mod tests;
@@ -80,4 +82,5 @@ pub use registry::{
     bcrypt_htpasswd_line, free_port, skopeo_copy, TestRegistry, HTPASSWD_PASSWORD, HTPASSWD_USER,
 };
 pub use rootfs::{busybox_disk, busybox_initramfs, busybox_root, exit_port_cmd, write_tree};
+pub use running::{Finished, RunningVm};
 pub use tempdir::TempDir;

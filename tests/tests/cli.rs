@@ -20,6 +20,7 @@ fn help_teaches_usage_and_exit_codes() {
         "--cpus",
         "--readonly",
         "--initrd",
+        "--restart",
         "Ctrl-A",
         "0xf4",
         "EXIT STATUS",
@@ -138,4 +139,50 @@ fn not_a_kernel_is_rejected() {
         out.stderr
     );
     assert!(out.stderr.contains("junk.bin"), "{}", out.stderr);
+}
+
+/// The host's online CPUs, counted from /sys the way glibc's sysconf does.
+fn online_cpus() -> usize {
+    let list = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap();
+    list.trim()
+        .split(',')
+        .map(|r| match r.split_once('-') {
+            Some((a, b)) => b.parse::<usize>().unwrap() - a.parse::<usize>().unwrap() + 1,
+            None => 1,
+        })
+        .sum()
+}
+
+#[test]
+fn more_cpus_than_the_host_has_are_refused() {
+    let host = online_cpus();
+    if host >= 254 {
+        eprintln!("the host has {host} CPUs, more than --cpus allows: nothing to refuse");
+        return;
+    }
+    let run = |cpus: usize| {
+        let cpus = cpus.to_string();
+        let args = [
+            "run",
+            "--kernel",
+            "/bin/sh",
+            "--image",
+            "/nonexistent/disk.raw",
+            "--cpus",
+            &cpus,
+        ];
+        run_minivm(args, T)
+    };
+    let out = run(host + 1);
+    assert_eq!(out.code(), 1, "{out:#?}");
+    let expected = format!("--cpus {}: the host has only {host} CPU(s)", host + 1);
+    assert!(out.stderr.contains(&expected), "{}", out.stderr);
+    // As many as the host has pass: the run fails later, on the disk.
+    let out = run(host);
+    assert_eq!(out.code(), 1, "{out:#?}");
+    assert!(
+        out.stderr.contains("disk image /nonexistent/disk.raw"),
+        "{}",
+        out.stderr
+    );
 }

@@ -139,7 +139,9 @@ CONSOLE:
   in raw mode (restored on exit); press Ctrl-A then x to quit, Ctrl-A Ctrl-A to send Ctrl-A.
 
 EXIT STATUS:
-  0      the guest rebooted or powered off, or you quit with Ctrl-A x
+  0      the guest rebooted or powered off, or you quit with Ctrl-A x; with --restart a
+         reboot boots the guest again instead (nothing it wrote is lost), and only its
+         other ends end minivm
   N      the guest wrote N to the exit port (I/O port 0xf4), e.g. from a shell:
          printf '\\007' | dd of=/dev/port bs=1 seek=244 count=1     (exits 7)
   1      minivm failed (bad arguments, missing files, KVM errors)
@@ -148,7 +150,8 @@ EXIT STATUS:
   128+S  minivm was stopped by signal S
 
   SIGTERM asks the guest to shut down (ACPI power button); a second SIGTERM, or
-  --shutdown-timeout seconds passing, stops it hard (exit 143).
+  --shutdown-timeout seconds passing, stops it hard (exit 143). With --restart, a guest
+  that reboots after SIGTERM, or a SIGTERM that comes while it reboots, ends minivm with 0.
 
   A write to port 0xf5 logs \"boot finished\" with the time since minivm started.
 
@@ -202,7 +205,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "SIZE", default_value = "512M", value_parser = parse_mem_size)]
     pub mem: u64,
 
-    /// Number of vCPUs.
+    /// Number of vCPUs, at most the host's CPU count.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=i64::from(MAX_CPUS)))]
     pub cpus: u8,
 
@@ -211,6 +214,12 @@ pub struct RunArgs {
     /// stopped hard. 0: SIGTERM stops it at once.
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_SHUTDOWN_TIMEOUT)]
     pub shutdown_timeout: u64,
+
+    /// When the guest reboots, boot it again in the same process (a fresh VM
+    /// with the same disk, writable layer, taps and console) instead of ending
+    /// with 0.
+    #[arg(long)]
+    pub restart: bool,
 
     /// Attach the root (disk or --rootfs directory) read-only: guest writes fail and nothing changes.
     #[arg(long)]

@@ -3,8 +3,9 @@
 //!
 //! `run` goes one way: the arguments are validated into a [`spec::RunSpec`],
 //! its root is prepared ([`root::PreparedRoot`]: converted, unpacked, given a
-//! writable layer), [`vm::run`] builds and runs the VM, and the way the guest
-//! ended becomes minivm's exit status.
+//! writable layer), [`lifecycle::run`] boots the guest (again after each
+//! reboot with `--restart`), [`vm::boot`] building and running each VM, and
+//! the way the guest ended becomes minivm's exit status.
 
 mod cli;
 mod config;
@@ -12,12 +13,16 @@ mod cpuid;
 mod error;
 mod images;
 mod io_reason;
+mod lifecycle;
 mod paths;
 mod root;
+mod session;
 mod shutdown;
+mod signals;
 mod spec;
 mod terminal;
 mod upper;
+mod usage;
 mod vcpu;
 mod vm;
 
@@ -92,7 +97,7 @@ fn run(args: &cli::RunArgs, start: Instant) -> Result<ExitCode, Error> {
     let spec = RunSpec::from_args(args)?;
     // Lives as long as the VM: dropping it removes a private writable layer.
     let root = PreparedRoot::prepare(&spec.root)?;
-    let reason = vm::run(&root.vm_config(&spec), start)?;
+    let reason = lifecycle::run(&root.vm_config(&spec), spec.restart, start)?;
     match reason {
         ExitReason::GuestPanic => eprintln!("minivm: the guest kernel panicked"),
         ExitReason::HostSignal(s) => eprintln!("minivm: stopped by signal {s}"),

@@ -129,6 +129,7 @@ mod tests {
             cmdline: "quiet".into(),
             rng: true,
             shutdown_timeout: std::time::Duration::ZERO,
+            restart: false,
         }
     }
 

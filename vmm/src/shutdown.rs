@@ -84,6 +84,12 @@ impl ShutdownRequest {
         }
     }
 
+    /// Whether a shutdown was asked for: the button was pressed, or a
+    /// request came as the VM stopped and is still unread.
+    pub fn requested(&self) -> bool {
+        self.deadline.is_some() || self.requests.read().is_ok_and(|n| n > 0)
+    }
+
     /// Stops the VM hard once the deadline has passed.
     pub fn check_deadline(&mut self, now: Instant) {
         if self.deadline.is_some_and(|d| now >= d) {
@@ -147,6 +153,17 @@ mod tests {
         s.on_requests(2, t0);
         assert_eq!(exit.reason(), Some(ExitReason::HostSignal(libc::SIGTERM)));
         assert!(s.button.read().is_err(), "no press");
+    }
+
+    #[test]
+    fn a_press_or_an_unread_request_counts_as_requested() {
+        let (mut s, _exit) = request(100);
+        assert!(!s.requested());
+        s.request_fd().write(1).unwrap();
+        assert!(s.requested(), "unread request");
+        assert!(!s.requested(), "read once");
+        s.on_requests(1, Instant::now());
+        assert!(s.requested(), "pressed");
     }
 
     #[test]

@@ -40,6 +40,12 @@ pub enum SpecError {
     /// Two `--net` on one tap.
     #[error("tap {tap}: given to --net twice")]
     DuplicateTap { tap: String },
+    /// More vCPUs than the host has CPUs.
+    #[error(
+        "--cpus {cpus}: the host has only {host} CPU(s); more vCPUs than host CPUs only slow \
+         the guest down (and on kvm-pvm hosts break it)"
+    )]
+    TooManyCpus { cpus: u8, host: usize },
 }
 
 /// What the guest's root filesystem is, with every choice about it made.
@@ -144,6 +150,8 @@ pub struct RunSpec {
     pub rng: bool,
     /// `--shutdown-timeout`.
     pub shutdown_timeout: std::time::Duration,
+    /// `--restart`: a guest reboot boots it again instead of ending minivm.
+    pub restart: bool,
 }
 
 impl RunSpec {
@@ -151,6 +159,7 @@ impl RunSpec {
     /// reported before anything else (and before a possibly long conversion).
     pub fn from_args(args: &RunArgs) -> Result<RunSpec, SpecError> {
         let kernel = resolve_kernel(args.kernel.as_deref())?;
+        check_cpus(args.cpus, host_cpus())?;
         let root = root_spec(args)?;
         let mut shares: Vec<ShareConfig> = Vec::new();
         for s in &args.share {
@@ -196,6 +205,7 @@ impl RunSpec {
             cmdline,
             rng: !args.no_rng,
             shutdown_timeout: std::time::Duration::from_secs(args.shutdown_timeout),
+            restart: args.restart,
         })
     }
 }
@@ -246,6 +256,21 @@ fn root_spec(args: &RunArgs) -> Result<RootSpec, SpecError> {
 }
 
 /// `--kernel`, or the kernel `kernel/build.sh` built.
+/// The host's online CPUs (1 if it cannot tell).
+fn host_cpus() -> usize {
+    // SAFETY: sysconf only reads a system value.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    usize::try_from(n).unwrap_or(1).max(1)
+}
+
+/// Refuses more vCPUs than `host` CPUs: each vCPU is a thread that wants a CPU of its own.
+fn check_cpus(cpus: u8, host: usize) -> Result<(), SpecError> {
+    if usize::from(cpus) > host {
+        return Err(SpecError::TooManyCpus { cpus, host });
+    }
+    Ok(())
+}
+
 fn resolve_kernel(explicit: Option<&Path>) -> Result<PathBuf, SpecError> {
     if let Some(p) = explicit {
         check_readable("kernel", p)?;
@@ -326,7 +351,18 @@ mod tests {
             cpus: 1,
             readonly: true,
             shutdown_timeout: 0,
+            restart: false,
         }
+    }
+
+    #[test]
+    fn cpus_up_to_the_host_count() {
+        assert!(check_cpus(1, 1).is_ok());
+        assert!(check_cpus(4, 4).is_ok());
+        let e = check_cpus(5, 4).unwrap_err();
+        assert!(matches!(e, SpecError::TooManyCpus { cpus: 5, host: 4 }));
+        assert!(e.to_string().contains("only 4 CPU(s)"), "{e}");
+        assert!(host_cpus() >= 1);
     }
 
     #[test]

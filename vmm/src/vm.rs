@@ -1,9 +1,8 @@
 //! Building and running one VM: KVM VM with in-kernel irqchip and PIT, guest
 //! memory, devices on their buses, vCPU threads, and the device event loop.
 
-use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -13,23 +12,23 @@ use devices::bus::{Bus, BusDevice};
 use devices::harness::HarnessPorts;
 use devices::i8042::I8042;
 use devices::serial::{ConsoleOutput, InputEvents, SerialDevice};
-use devices::virtio::block::Block;
 use devices::virtio::mmio::MmioTransport;
-use devices::virtio::net::Net;
 use devices::virtio::rng::Rng;
-use devices::virtio::Interrupt;
+use devices::virtio::{Interrupt, VirtioDevice};
 use devices::{ExitHandle, ExitReason};
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, IoEventAddress, Kvm, VmFd};
 use vm_memory::{Address, GuestAddress, GuestMemory as _, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
-use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+use vmm_sys_util::signal::{Killable, SIGRTMIN};
 
 use crate::config::{self, ShareSource, VmConfig};
 use crate::io_reason::io_reason;
-use crate::shutdown::{ShutdownRequest, SHUTDOWN_SIGNAL};
-use crate::terminal::{ExitWatcher, RawMode, StdinForwarder};
+use crate::session::{DiskError, KeptDevices, Session};
+use crate::shutdown::ShutdownRequest;
+use crate::signals;
+use crate::terminal::{ExitWatcher, StdinForwarder};
 use crate::vcpu::{Buses, Vcpu, VcpuError};
 use boot::layout::{VIRTIO_FIRST_IRQ, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE};
 use boot::ports::{self, PortRange};
@@ -109,70 +108,12 @@ pub enum VmError {
     /// The event loop's exit watcher could not be made.
     #[error("event loop: {0}")]
     ExitWatcher(#[source] std::io::Error),
-}
-
-/// Why the root disk could not be opened.
-#[derive(Debug, thiserror::Error)]
-pub enum DiskError {
-    /// The image cannot be opened.
-    #[error("{}", io_reason(.0))]
-    Open(#[source] std::io::Error),
-    /// Another VM writes it.
-    #[error("in use by another VM (locked); use --readonly to share it")]
-    InUse,
-    /// The lock itself failed.
-    #[error("cannot lock: {0}")]
-    Lock(#[source] std::io::Error),
-    /// No nameless file for the copy-on-write layer beside the image.
-    #[error("cannot create a private layer in {}: {}", .dir.display(), io_reason(.source))]
-    PrivateLayer {
-        dir: PathBuf,
-        source: std::io::Error,
-    },
-    /// The block device refused the file.
-    #[error(transparent)]
-    Block(#[from] devices::virtio::block::BlockError),
+    /// A rebooted guest cannot start again: a device of the stopped VM is still held.
+    #[error("cannot restart the guest: a vCPU of the stopped VM still holds its devices")]
+    DevicesInUse,
 }
 
 type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
-
-/// Signal that ended minivm, set by the handler below.
-static HOST_SIGNAL: AtomicI32 = AtomicI32::new(0);
-/// The exit event fd the handler wakes.
-static EXIT_EVENT_FD: AtomicI32 = AtomicI32::new(-1);
-/// The shutdown request event fd SIGTERM writes instead, when set.
-static SHUTDOWN_EVENT_FD: AtomicI32 = AtomicI32::new(-1);
-
-extern "C" fn on_host_signal(sig: libc::c_int) {
-    let shutdown_fd = SHUTDOWN_EVENT_FD.load(Ordering::SeqCst);
-    let fd = if sig == SHUTDOWN_SIGNAL && shutdown_fd >= 0 {
-        shutdown_fd
-    } else {
-        HOST_SIGNAL.store(sig, Ordering::SeqCst);
-        EXIT_EVENT_FD.load(Ordering::SeqCst)
-    };
-    if fd >= 0 {
-        let one: u64 = 1;
-        // SAFETY: write(2) is async-signal-safe; the buffer is a local u64.
-        unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
-    }
-}
-
-/// Installs the handlers of SIGTERM, SIGINT and SIGHUP: they stop the VM
-/// through `exit`, except SIGTERM, which writes `shutdown` when given.
-fn install_signal_handlers(exit: &ExitHandle, shutdown: Option<std::os::fd::RawFd>) {
-    use std::os::fd::AsRawFd;
-    EXIT_EVENT_FD.store(exit.event_fd().as_raw_fd(), Ordering::SeqCst);
-    SHUTDOWN_EVENT_FD.store(shutdown.unwrap_or(-1), Ordering::SeqCst);
-    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-        // SAFETY: the handler only touches atomics and calls write(2).
-        unsafe { libc::signal(sig, on_host_signal as *const () as libc::sighandler_t) };
-    }
-    // The kick signal only needs to interrupt KVM_RUN.
-    if let Err(e) = register_signal_handler(SIGRTMIN(), crate::vcpu::kick_handler) {
-        tracing::warn!("cannot install the vCPU kick handler: {e}");
-    }
-}
 
 /// The power button's interrupt and what presses it on SIGTERM; `None`
 /// (SIGTERM stops the VM at once) when the timeout is zero.
@@ -248,6 +189,8 @@ fn create_memory(vm: &VmFd, size: u64) -> Result<Arc<GuestMemory>, VmError> {
 
 /// A running VM's pieces that must outlive the vCPU threads.
 struct Devices {
+    /// The transports holding the session's kept devices, to take them back.
+    kept: KeptTransports,
     pio: Bus,
     mmio: Bus,
     subscribers: Vec<Subscriber>,
@@ -262,6 +205,7 @@ fn setup_devices(
     vm: &VmFd,
     mem: &Arc<GuestMemory>,
     config: &VmConfig,
+    kept: &mut KeptDevices,
     exit: &ExitHandle,
     console: &ConsoleOutput,
     start: Instant,
@@ -301,18 +245,9 @@ fn setup_devices(
     }
 
     let mut slots = Slots::default();
-    if let Some(disk) = &config.disk {
-        let id = disk
-            .path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let id: String = id.chars().take(20).collect();
-        let block = open_disk(disk, &id).map_err(|source| VmError::Disk {
-            path: disk.path.clone(),
-            source,
-        })?;
-        add_virtio(vm, mem, Box::new(block), "virtio-blk", &mut slots)?;
+    let mut kept_transports = KeptTransports::default();
+    if let Some(block) = kept.disk.take() {
+        kept_transports.disk = Some(add_virtio(vm, mem, block, "virtio-blk", &mut slots)?);
     }
     for share in &config.shares {
         let what = share.source.describe();
@@ -333,23 +268,9 @@ fn setup_devices(
         let fs = devices::virtio::fs::Fs::new(&share.tag, vfs).map_err(fail)?;
         add_virtio(vm, mem, Box::new(fs), "virtio-fs", &mut slots)?;
     }
-    for net in &config.nets {
-        let dev = Net::new(&net.tap, net.mac).map_err(|source| VmError::Net {
-            tap: net.tap.clone(),
-            source,
-        })?;
-        let m = dev.mac();
-        tracing::info!(
-            "virtio-net on tap {}: guest MAC {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            net.tap,
-            m[0],
-            m[1],
-            m[2],
-            m[3],
-            m[4],
-            m[5]
-        );
-        add_virtio(vm, mem, Box::new(dev), "virtio-net", &mut slots)?;
+    for net in std::mem::take(&mut kept.nets) {
+        let t = add_virtio(vm, mem, net, "virtio-net", &mut slots)?;
+        kept_transports.nets.push(t);
     }
     // Last, so the disk and shares keep their slots with or without it.
     if config.rng {
@@ -367,6 +288,7 @@ fn setup_devices(
     }
     let virtio_mmio = slots.devices;
     Ok(Devices {
+        kept: kept_transports,
         pio,
         mmio,
         subscribers,
@@ -377,10 +299,12 @@ fn setup_devices(
     })
 }
 
+type Transport = Arc<Mutex<MmioTransport>>;
+
 /// virtio-mmio devices placed so far: one 4 KiB window and one GSI each.
 #[derive(Default)]
 struct Slots {
-    transports: Vec<(Arc<Mutex<MmioTransport>>, u64)>,
+    transports: Vec<(Transport, u64)>,
     cmdline: Vec<String>,
     devices: Vec<(u64, u32)>,
 }
@@ -390,10 +314,10 @@ struct Slots {
 fn add_virtio(
     vm: &VmFd,
     mem: &Arc<GuestMemory>,
-    device: Box<dyn devices::virtio::VirtioDevice>,
+    device: Box<dyn VirtioDevice>,
     what: &'static str,
     slots: &mut Slots,
-) -> Result<(), VmError> {
+) -> Result<Transport, VmError> {
     let index = slots.transports.len() as u64;
     let gsi = VIRTIO_FIRST_IRQ + index as u32;
     if gsi > boot::layout::LAST_IRQ {
@@ -413,66 +337,41 @@ fn add_virtio(
         )
         .map_err(kvm_err("register a virtio ioeventfd"))?;
     }
-    slots
-        .transports
-        .push((Arc::new(Mutex::new(transport)), base));
+    let transport = Arc::new(Mutex::new(transport));
+    slots.transports.push((transport.clone(), base));
     slots
         .cmdline
         .push(format!("virtio_mmio.device=4K@{base:#x}:{gsi}"));
     slots.devices.push((base, gsi));
-    Ok(())
+    Ok(transport)
 }
 
-/// Opens the disk: the file itself, or a private copy-on-write view of it
-/// (a reflink where the filesystem has them, else an overlay in the block backend).
-fn open_disk(disk: &config::DiskConfig, id: &str) -> Result<Block, DiskError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let writable = !disk.read_only && !disk.copy_on_write;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(writable)
-        .open(&disk.path)
-        .map_err(DiskError::Open)?;
-    lock_image(&file, !writable)?;
-    if !disk.copy_on_write {
-        return Ok(Block::new(file, disk.read_only, id)?);
-    }
-    // A nameless file beside the image: nothing is left behind, even after kill -9.
-    let dir = disk.path.parent().unwrap_or(Path::new("."));
-    let private = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_TMPFILE)
-        .open(dir)
-        .map_err(|source| DiskError::PrivateLayer {
-            dir: dir.to_path_buf(),
-            source,
-        })?;
-    if imagefs::sparse::reflink(&file, &private).is_ok() {
-        tracing::info!("disk {}: private reflink copy", disk.path.display());
-        return Ok(Block::new(private, false, id)?);
-    }
-    tracing::info!("disk {}: copy-on-write overlay", disk.path.display());
-    Ok(Block::new_overlay(file, private, id)?)
+/// The transports of one boot that hold the session's kept devices.
+#[derive(Default)]
+struct KeptTransports {
+    disk: Option<Transport>,
+    nets: Vec<Transport>,
 }
 
-/// Takes an advisory lock so two VMs never write one image (shared when read-only).
-fn lock_image(file: &File, read_only: bool) -> Result<(), DiskError> {
-    use std::os::fd::AsRawFd;
-    let op = if read_only {
-        libc::LOCK_SH
-    } else {
-        libc::LOCK_EX
-    };
-    // SAFETY: flock on an fd we own.
-    if unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) } != 0 {
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            return Err(DiskError::InUse);
-        }
-        return Err(DiskError::Lock(e));
+impl KeptTransports {
+    /// Gives the devices back to `kept`, once nothing else holds their
+    /// transports; a device still held (by a vCPU thread that did not stop)
+    /// is left out.
+    fn give_back(self, kept: &mut KeptDevices) {
+        let take = |t: Transport| match Arc::try_unwrap(t) {
+            Ok(m) => Some(
+                m.into_inner()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .into_device(),
+            ),
+            Err(_) => {
+                tracing::warn!("a virtio device is still in use after the VM stopped");
+                None
+            }
+        };
+        kept.disk = self.disk.and_then(take);
+        kept.nets = self.nets.into_iter().filter_map(take).collect();
     }
-    Ok(())
 }
 
 /// The final kernel command line: the configured one plus what minivm adds.
@@ -495,8 +394,19 @@ fn full_cmdline(config: &VmConfig, extra: &[String], pvm: bool) -> String {
     c
 }
 
-/// Boots the VM described by `config` and runs it to the end.
-pub fn run(config: &VmConfig, start: Instant) -> Result<ExitReason, VmError> {
+/// How one boot ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BootEnd {
+    /// Why the VM stopped.
+    pub reason: ExitReason,
+    /// Whether SIGTERM had asked the guest to shut down (power button).
+    pub shutdown_requested: bool,
+}
+
+/// Boots a fresh VM described by `config` around `session` (its console and
+/// kept devices, given back when the VM stops) and runs it to the end.
+/// `start`: when this boot began, for the boot-finished log line.
+pub fn boot(config: &VmConfig, session: &mut Session, start: Instant) -> Result<BootEnd, VmError> {
     let kvm =
         Kvm::new().map_err(|e| VmError::KvmOpen(std::io::Error::from_raw_os_error(e.errno())))?;
     let vm = create_vm(&kvm)?;
@@ -514,15 +424,15 @@ pub fn run(config: &VmConfig, start: Instant) -> Result<ExitReason, VmError> {
 
     let exit = ExitHandle::new().map_err(host_err("exit event"))?;
     let shutdown = power_button(&vm, &exit, config.shutdown_timeout)?;
-    install_signal_handlers(
+    signals::install(
         &exit,
         shutdown.as_ref().map(|s| {
             use std::os::fd::AsRawFd;
             s.lock().unwrap().request_fd().as_raw_fd()
         }),
     );
-    let console = ConsoleOutput::new(Box::new(std::io::stdout())).map_err(host_err("console"))?;
-    let devs = setup_devices(&vm, &mem, config, &exit, &console, start)?;
+    let (kept, console) = session.parts();
+    let devs = setup_devices(&vm, &mem, config, kept, &exit, console, start)?;
 
     let cmdline = full_cmdline(config, &devs.cmdline_extra, pvm);
     tracing::info!("kernel {} command line: {cmdline}", config.kernel.display());
@@ -566,7 +476,6 @@ pub fn run(config: &VmConfig, start: Instant) -> Result<ExitReason, VmError> {
         exit.clone(),
         interactive,
     ))));
-    let raw = RawMode::enter();
 
     let stop = Arc::new(AtomicBool::new(false));
     let mut threads: Vec<JoinHandle<()>> = Vec::new();
@@ -583,44 +492,67 @@ pub fn run(config: &VmConfig, start: Instant) -> Result<ExitReason, VmError> {
             .map_err(host_err("vCPU thread"))?;
         threads.push(t);
     }
+    drop(done_tx);
 
-    let result = loop {
+    let result = run_event_loop(&mut em, &exit, shutdown.as_ref());
+    signals::withdraw();
+    let shutdown_requested = shutdown
+        .as_ref()
+        .is_some_and(|s| s.lock().unwrap().requested());
+    stop.store(true, Ordering::Release);
+    stop_vcpus(threads, &done_rx);
+
+    // Release this VM's hold on the kept devices' transports before taking
+    // the devices back; the rest (memory, KVM fds) goes with the locals.
+    drop(em);
+    drop(buses);
+    drop(devs.subscribers);
+    devs.kept.give_back(session.parts().0);
+    Ok(BootEnd {
+        reason: result?,
+        shutdown_requested,
+    })
+}
+
+/// Runs the device event loop until an exit is requested.
+fn run_event_loop(
+    em: &mut EventManager<Subscriber>,
+    exit: &ExitHandle,
+    shutdown: Option<&Arc<Mutex<ShutdownRequest>>>,
+) -> Result<ExitReason, VmError> {
+    loop {
         if let Some(r) = exit.reason() {
-            break Ok(r);
+            return Ok(r);
         }
-        let sig = HOST_SIGNAL.load(Ordering::SeqCst);
-        if sig != 0 {
+        if let Some(sig) = signals::pending() {
             exit.request(ExitReason::HostSignal(sig));
             continue;
         }
-        let wait_ms = shutdown
-            .as_ref()
-            .map_or(-1, |s| s.lock().unwrap().wait_ms(Instant::now()));
+        let wait_ms = shutdown.map_or(-1, |s| s.lock().unwrap().wait_ms(Instant::now()));
         if let Err(e) = em.run_with_timeout(wait_ms) {
             if let event_manager::Error::Epoll(ref err) = e {
                 if err.errno() == libc::EINTR {
                     continue;
                 }
             }
-            break Err(VmError::EventLoop(e));
+            return Err(VmError::EventLoop(e));
         }
-        if let Some(s) = &shutdown {
+        if let Some(s) = shutdown {
             s.lock().unwrap().check_deadline(Instant::now());
         }
-    };
-    SHUTDOWN_EVENT_FD.store(-1, Ordering::SeqCst);
+    }
+}
 
-    stop.store(true, Ordering::Release);
-    drop(done_tx);
-    // Kick the vCPUs out of KVM_RUN until all have stopped (a kick can land
-    // just before a thread enters KVM_RUN, hence the repeats).
+/// Kicks the vCPUs out of KVM_RUN until all have stopped (a kick can land
+/// just before a thread enters KVM_RUN, hence the repeats), then joins them.
+fn stop_vcpus(threads: Vec<JoinHandle<()>>, done: &std::sync::mpsc::Receiver<()>) {
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut running = threads.len();
     while running > 0 && Instant::now() < deadline {
         for t in threads.iter().filter(|t| !t.is_finished()) {
             let _ = t.kill(SIGRTMIN());
         }
-        match done_rx.recv_timeout(Duration::from_millis(2)) {
+        match done.recv_timeout(Duration::from_millis(2)) {
             Ok(()) => running -= 1,
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => running = 0,
@@ -634,15 +566,6 @@ pub fn run(config: &VmConfig, start: Instant) -> Result<ExitReason, VmError> {
     } else {
         tracing::warn!("{running} vCPU thread(s) did not stop");
     }
-    let dropped = console.dropped();
-    console.finish(Duration::from_secs(2));
-    drop(raw);
-    if dropped > 0 {
-        eprintln!("minivm: {dropped} bytes of guest console output were dropped (stdout too slow)");
-    }
-    drop(vm);
-    drop(mem);
-    result
 }
 
 #[cfg(test)]

@@ -127,6 +127,13 @@ impl MmioTransport {
         self.activated
     }
 
+    /// Gives the device back, reset (its queues and guest memory released),
+    /// so that a rebooted guest's next VM can attach it again.
+    pub fn into_device(mut self) -> Box<dyn VirtioDevice> {
+        self.device.reset();
+        self.device
+    }
+
     /// Consumes a pending doorbell of queue `idx` and lets the device serve it.
     pub fn process_queue_event(&mut self, idx: usize) {
         let Some(evt) = self.queue_evts.get(idx) else {

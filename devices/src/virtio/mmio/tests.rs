@@ -321,6 +321,21 @@ fn reset_returns_to_power_on_state() {
 }
 
 #[test]
+fn into_device_resets_it_for_the_next_vm() {
+    let (mut t, state) = transport();
+    activate(&mut t);
+    let dev = t.into_device();
+    assert_eq!(state.lock().unwrap().resets, 1);
+    // A new transport (the rebooted guest's VM) activates it afresh.
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+    let irq = Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap()));
+    let mut t = MmioTransport::new(dev, Arc::new(mem), irq).unwrap();
+    assert!(!t.is_activated());
+    activate(&mut t);
+    assert_eq!(state.lock().unwrap().activations.len(), 2);
+}
+
+#[test]
 fn odd_widths_and_config_space() {
     let (mut t, state) = transport();
     // Non-32-bit accesses below 0x100: reads give zeros, writes are ignored.
