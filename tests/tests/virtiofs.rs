@@ -1,6 +1,7 @@
 //! Booting from a host directory over minivm's in-process virtio-fs, with a
 //! read-only share, a write cap, and escape attempts from the guest.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use testkit::*;
@@ -72,6 +73,7 @@ fn boot_from_directory_with_share_cap_and_containment() {
             &share,
             "--append",
             "quiet init=/init",
+            "--fs-stats",
         ],
         BOOT_TIMEOUT,
     );
@@ -123,10 +125,45 @@ fn boot_from_directory_with_share_cap_and_containment() {
         (8 * 1024..=16 * 1024).contains(&total_kb),
         "statfs does not report the cap: {df}"
     );
+    // --fs-stats: each share's requests by opcode, on stderr at exit.
+    let root_stats = fs_stats(&out.stderr, "minivm-root");
+    for op in [
+        "INIT", "LOOKUP", "GETATTR", "OPEN", "READ", "WRITE", "RENAME",
+    ] {
+        assert!(
+            root_stats.get(op).is_some_and(|&n| n > 0),
+            "no {op} on the root share: {root_stats:?}\n{}",
+            out.stderr
+        );
+    }
+    let data_stats = fs_stats(&out.stderr, "data");
+    assert!(
+        data_stats.get("LOOKUP").is_some_and(|&n| n > 0),
+        "{data_stats:?}"
+    );
+    assert!(!data_stats.contains_key("WRITE"), "{data_stats:?}");
     // Nothing was left past the cap on the host, and the secret is intact.
     assert!(!root.join("big").exists());
     assert_eq!(
         std::fs::read_to_string(dir.join("secret.txt")).unwrap(),
         SECRET
     );
+}
+
+/// The request counts by opcode that `--fs-stats` printed for share `tag`.
+fn fs_stats(stderr: &str, tag: &str) -> BTreeMap<String, u64> {
+    let head = format!("minivm: virtio-fs {tag}: ");
+    let mut lines = stderr.lines().skip_while(|l| !l.starts_with(&head));
+    assert!(
+        lines.next().is_some(),
+        "no --fs-stats dump for {tag}:\n{stderr}"
+    );
+    lines
+        .skip(1) // the column titles
+        .map_while(|l| {
+            let mut f = l.split_whitespace();
+            let (op, count) = (f.next()?, f.next()?.parse().ok()?);
+            l.starts_with("  ").then(|| (op.to_string(), count))
+        })
+        .collect()
 }

@@ -249,6 +249,11 @@ pub struct RunArgs {
     /// /dev/hwrng, filled from the host's getrandom).
     #[arg(long)]
     pub no_rng: bool,
+
+    /// At exit, print on stderr the FUSE requests each virtio-fs share served,
+    /// by opcode, with the server time they took.
+    #[arg(long)]
+    pub fs_stats: bool,
 }
 
 /// Most vCPUs: the MADT gives them xAPIC ids 0..N-1, below the broadcast id 0xff.

@@ -58,6 +58,8 @@ pub struct VmConfig {
     /// How long a SIGTERM'd guest has to power off after its power button is
     /// pressed; zero: SIGTERM stops the VM at once.
     pub shutdown_timeout: Duration,
+    /// Print each virtio-fs share's request counts when a boot ends.
+    pub fs_stats: bool,
 }
 
 /// A file system served over virtio-fs.

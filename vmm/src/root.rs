@@ -102,6 +102,7 @@ impl PreparedRoot {
             cmdline: spec.cmdline.clone(),
             rng: spec.rng,
             shutdown_timeout: spec.shutdown_timeout,
+            fs_stats: spec.fs_stats,
         }
     }
 }
@@ -129,6 +130,7 @@ mod tests {
             cmdline: "quiet".into(),
             rng: true,
             shutdown_timeout: std::time::Duration::ZERO,
+            fs_stats: false,
             restart: false,
         }
     }

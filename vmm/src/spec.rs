@@ -152,6 +152,8 @@ pub struct RunSpec {
     pub shutdown_timeout: std::time::Duration,
     /// `--restart`: a guest reboot boots it again instead of ending minivm.
     pub restart: bool,
+    /// `--fs-stats`.
+    pub fs_stats: bool,
 }
 
 impl RunSpec {
@@ -206,6 +208,7 @@ impl RunSpec {
             rng: !args.no_rng,
             shutdown_timeout: std::time::Duration::from_secs(args.shutdown_timeout),
             restart: args.restart,
+            fs_stats: args.fs_stats,
         })
     }
 }
@@ -255,7 +258,6 @@ fn root_spec(args: &RunArgs) -> Result<RootSpec, SpecError> {
     })
 }
 
-/// `--kernel`, or the kernel `kernel/build.sh` built.
 /// The host's online CPUs (1 if it cannot tell).
 fn host_cpus() -> usize {
     // SAFETY: sysconf only reads a system value.
@@ -271,6 +273,7 @@ fn check_cpus(cpus: u8, host: usize) -> Result<(), SpecError> {
     Ok(())
 }
 
+/// `--kernel`, or the kernel `kernel/build.sh` built.
 fn resolve_kernel(explicit: Option<&Path>) -> Result<PathBuf, SpecError> {
     if let Some(p) = explicit {
         check_readable("kernel", p)?;
@@ -352,6 +355,7 @@ mod tests {
             readonly: true,
             shutdown_timeout: 0,
             restart: false,
+            fs_stats: false,
         }
     }
 

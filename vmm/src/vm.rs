@@ -199,6 +199,8 @@ struct Devices {
     cmdline_extra: Vec<String>,
     /// (MMIO base, GSI) of each virtio-mmio device, for the DSDT.
     virtio_mmio: Vec<(u64, u32)>,
+    /// Each virtio-fs share's tag and request counts.
+    fs_stats: Vec<(String, Arc<devices::virtio::fs::FsStats>)>,
 }
 
 fn setup_devices(
@@ -249,6 +251,7 @@ fn setup_devices(
     if let Some(block) = kept.disk.take() {
         kept_transports.disk = Some(add_virtio(vm, mem, block, "virtio-blk", &mut slots)?);
     }
+    let mut fs_stats = Vec::new();
     for share in &config.shares {
         let what = share.source.describe();
         let fail = |source| VmError::Share {
@@ -266,6 +269,7 @@ fn setup_devices(
         }
         .map_err(fail)?;
         let fs = devices::virtio::fs::Fs::new(&share.tag, vfs).map_err(fail)?;
+        fs_stats.push((share.tag.clone(), fs.stats()));
         add_virtio(vm, mem, Box::new(fs), "virtio-fs", &mut slots)?;
     }
     for net in std::mem::take(&mut kept.nets) {
@@ -296,6 +300,7 @@ fn setup_devices(
         serial_input,
         cmdline_extra,
         virtio_mmio,
+        fs_stats,
     })
 }
 
@@ -501,6 +506,11 @@ pub fn boot(config: &VmConfig, session: &mut Session, start: Instant) -> Result<
         .is_some_and(|s| s.lock().unwrap().requested());
     stop.store(true, Ordering::Release);
     stop_vcpus(threads, &done_rx);
+    if config.fs_stats {
+        for (tag, stats) in &devs.fs_stats {
+            eprint!("minivm: {}", stats.report(tag));
+        }
+    }
 
     // Release this VM's hold on the kept devices' transports before taking
     // the devices back; the rest (memory, KVM fds) goes with the locals.
@@ -585,6 +595,7 @@ mod tests {
             cmdline: "console=ttyS0".into(),
             rng: true,
             shutdown_timeout: Duration::ZERO,
+            fs_stats: false,
         };
         let extra = ["virtio_mmio.device=4K@0xd0000000:5".to_string()];
         assert_eq!(

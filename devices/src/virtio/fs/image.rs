@@ -17,8 +17,9 @@
 //!   checks on every LOOKUP, EROFS without an upper, and the size cap, which
 //!   charges what each change adds; `LayeredFs` charges its copy-ups to the
 //!   same cap (ENOSPC when a copy would not fit).
-//! * Entry and attribute timeouts of 5 s: only this VM writes its upper and
-//!   the lower layers never change.
+//! * Entry and attribute timeouts of a day, as virtiofsd's `cache=always`:
+//!   only this VM writes its upper and the lower layers never change, so the
+//!   guest's own caches are never stale (see `layered`'s "Caching").
 //! * An unprivileged VMM: the layer store kept the image's owners, modes,
 //!   devices and non-`user.` xattrs in `user.minivm.*` xattrs; `LayeredFs`
 //!   presents those to the guest and records the guest's own in the same
@@ -37,7 +38,7 @@ use super::layered::{clear_work_dir, LayeredFs};
 use super::passthrough::{canonical_dir, mount_vfs, passthrough_fs};
 
 /// How long the guest may cache entries and attributes.
-const TIMEOUT: Duration = Duration::from_secs(5);
+const TIMEOUT: Duration = Duration::from_secs(86_400);
 
 /// Serves the merged view of `lowers` (layer directories, bottom-most first,
 /// as `LayerStore::ensure_image` returns them) with `upper` as the writable

@@ -80,6 +80,7 @@ mod guard;
 mod image;
 mod layered;
 mod passthrough;
+mod stats;
 mod worker;
 
 #[cfg(test)]
@@ -100,6 +101,7 @@ pub use self::guard::{GuardFs, Policy};
 pub use self::image::{layered_fs, overlay};
 pub use self::layered::LayeredFs;
 pub use self::passthrough::{disk_cap, mount_vfs, passthrough};
+pub use self::stats::{opcode_name, FsStats, OpStats};
 pub use self::worker::FuseServer;
 use self::worker::Worker;
 use super::{ActivateError, Interrupt, VirtioConfig, VirtioDevice};
@@ -119,6 +121,7 @@ pub struct Fs {
     tag: String,
     vfs: Arc<Vfs>,
     server: Arc<FuseServer>,
+    stats: Arc<FsStats>,
     virtio: VirtioConfig,
     worker: Option<Worker>,
 }
@@ -142,6 +145,7 @@ impl Fs {
             tag: tag.to_string(),
             server: Arc::new(Server::new(vfs.clone())),
             vfs,
+            stats: Arc::new(FsStats::default()),
             // EVENT_IDX is honoured through virtio-queue's needs_notification;
             // indirect chains are walked by virtio-queue's descriptor iterator.
             // Both config fields are read-only for the driver (virtio 1.2, 5.11.4).
@@ -161,6 +165,11 @@ impl Fs {
     /// The tag the guest mounts.
     pub fn tag(&self) -> &str {
         &self.tag
+    }
+
+    /// The requests this device served, across resets (`--fs-stats`).
+    pub fn stats(&self) -> Arc<FsStats> {
+        self.stats.clone()
     }
 
     /// Features the driver accepted in the last negotiation.
@@ -199,6 +208,7 @@ impl VirtioDevice for Fs {
             &self.tag,
             self.server.clone(),
             self.vfs.clone(),
+            self.stats.clone(),
             mem,
             queues,
             interrupt,

@@ -10,13 +10,16 @@ use std::io;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Instant;
 
+use fuse_backend_rs::abi::fuse_abi::InHeader;
 use fuse_backend_rs::api::filesystem::FileSystem;
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::api::Vfs;
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter};
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 
+use super::stats::FsStats;
 use crate::virtio::{Interrupt, INTERRUPT_STATUS_USED_RING};
 use crate::GuestMemory;
 
@@ -43,6 +46,7 @@ impl Worker {
         tag: &str,
         server: Arc<FuseServer>,
         vfs: Arc<Vfs>,
+        stats: Arc<FsStats>,
         mem: Arc<GuestMemory>,
         queues: Vec<Queue>,
         interrupt: Arc<Interrupt>,
@@ -50,6 +54,7 @@ impl Worker {
         let (tx, rx) = mpsc::channel();
         let state = State {
             server,
+            stats,
             mem,
             queues: queues.into_iter().map(|q| (q, false)).collect(),
             interrupt,
@@ -98,6 +103,7 @@ impl Drop for Worker {
 
 struct State {
     server: Arc<FuseServer>,
+    stats: Arc<FsStats>,
     mem: Arc<GuestMemory>,
     /// Each queue and whether the driver broke it (served no more until reset).
     queues: Vec<(Queue, bool)>,
@@ -201,7 +207,7 @@ impl State {
         }
         let mem = &*self.mem;
         let mut used = false;
-        if let Err(e) = drain(queue, mem, &self.server, &mut used) {
+        if let Err(e) = drain(queue, mem, &self.server, &self.stats, &mut used) {
             tracing::error!("virtio-fs: queue {index} stopped until reset: {e}");
             *broken = true;
         }
@@ -224,6 +230,7 @@ fn drain(
     queue: &mut Queue,
     mem: &GuestMemory,
     server: &FuseServer,
+    stats: &FsStats,
     used: &mut bool,
 ) -> Result<(), virtio_queue::Error> {
     loop {
@@ -234,7 +241,7 @@ fn drain(
             let next = queue.iter(mem)?.next();
             let Some(chain) = next else { break };
             let head = chain.head_index();
-            let len = handle_chain(server, mem, chain);
+            let len = handle_chain(server, stats, mem, chain);
             match queue.add_used(mem, head, len) {
                 Ok(()) => *used = true,
                 // E.g. a head index beyond the queue: skip it, the ring moved on.
@@ -251,10 +258,21 @@ fn drain(
 /// chain was unusable or the message could not be answered).
 fn handle_chain(
     server: &FuseServer,
+    stats: &FsStats,
     mem: &GuestMemory,
     chain: DescriptorChain<&GuestMemory>,
 ) -> u32 {
     let head = chain.head_index();
+    let mut reader = match Reader::from_descriptor_chain(mem, chain.clone()) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!("virtio-fs: chain {head}: readable buffers: {e}");
+            return 0;
+        }
+    };
+    // The server decodes the header again from its own reader; this copy
+    // only names the request for the accounting.
+    let opcode = reader.read_obj::<InHeader>().ok().map(|h| h.opcode);
     let reader = match Reader::from_descriptor_chain(mem, chain.clone()) {
         Ok(r) => r,
         Err(e) => {
@@ -269,7 +287,12 @@ fn handle_chain(
             return 0;
         }
     };
-    match server.handle_message(reader, writer.into(), None, None) {
+    let started = Instant::now();
+    let res = server.handle_message(reader, writer.into(), None, None);
+    if let Some(op) = opcode {
+        stats.record(op, started.elapsed());
+    }
+    match res {
         // A reply never exceeds the chain's writable bytes, which fit in u32.
         Ok(n) => u32::try_from(n).unwrap_or(u32::MAX),
         Err(e) => {

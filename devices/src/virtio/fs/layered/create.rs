@@ -177,6 +177,7 @@ impl LayeredFs {
         let handle = LayerHandle::file(upper, e.inode, fh);
         let real = *new;
         let entry = self.created(&mut t, parent, name, new, &e.attr, ids)?;
+        let opts = opts | OpenOptions::KEEP_CACHE;
         Ok((entry, Some(self.open_file(real, handle)), opts, None))
     }
 }

@@ -43,6 +43,15 @@
 //!   VMM's with `u+rw` (`u+rwx` for directories). Symlinks, FIFOs and sockets
 //!   cannot carry user xattrs: they show the host's owner.
 //!
+//! * **Caching**: the guest is the only writer of this tree (the lower
+//!   layers never change, the upper is this VM's), and every change it makes
+//!   goes through its own FUSE connection, which keeps its caches coherent.
+//!   So the guest may cache for the VM's life: entries and attributes (the
+//!   timeout [`LayeredFs::new`] takes), names that do not exist (a LOOKUP
+//!   miss is a negative entry), file pages across opens (KEEP_CACHE) and
+//!   directory listings (CACHE_DIR). Without that, each exec of a program
+//!   re-reads its pages and each open re-asks for every path component.
+//!
 //! A file opened read-only before a copy-up keeps reading the lower copy (as
 //! on overlayfs before Linux 4.19). Lower layers are only ever opened
 //! read-only. Namespace changes are serialised by one lock; reads and writes
@@ -135,6 +144,20 @@ pub fn clear_work_dir(upper: &std::path::Path) -> io::Result<()> {
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic elsewhere must not take the file system down with it.
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// An entry with no inode (nothing to link), for the kernel to keep as a
+/// name that does not exist for `entry_timeout`.
+fn no_inode_entry(entry_timeout: Duration) -> Entry {
+    Entry {
+        inode: 0,
+        generation: 0,
+        // SAFETY: stat64 is plain old data; all-zero is valid.
+        attr: unsafe { std::mem::zeroed() },
+        attr_flags: 0,
+        attr_timeout: Duration::ZERO,
+        entry_timeout,
+    }
 }
 
 /// A `layerfmt` xattr name as the layers take it.
@@ -263,6 +286,11 @@ impl LayeredFs {
             attr_timeout: self.timeout,
             entry_timeout: self.timeout,
         }
+    }
+
+    /// A LOOKUP miss the guest may cache: only it can create the name.
+    fn negative_entry(&self) -> Entry {
+        no_inode_entry(self.timeout)
     }
 
     fn getattr_real(&self, r: Real) -> io::Result<stat64> {

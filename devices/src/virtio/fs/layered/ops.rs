@@ -84,7 +84,10 @@ impl FileSystem for LayeredFs {
     }
 
     fn lookup(&self, _ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
-        self.do_lookup(parent, name)
+        match self.do_lookup(parent, name) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(self.negative_entry()),
+            r => r,
+        }
     }
 
     fn forget(&self, _ctx: &Context, inode: u64, count: u64) {
@@ -192,6 +195,7 @@ impl FileSystem for LayeredFs {
         let layer = self.layer(real);
         let (fh, opts, _) = layer.open(ctx, real.ino, flags, fuse_flags)?;
         let handle = LayerHandle::file(layer, real.ino, fh);
+        let opts = opts | OpenOptions::KEEP_CACHE;
         Ok((Some(self.open_file(real, handle)), opts, None))
     }
 
@@ -357,7 +361,7 @@ impl FileSystem for LayeredFs {
         inode: u64,
         _flags: u32,
     ) -> io::Result<(Option<u64>, OpenOptions)> {
-        Ok((Some(self.open_dir(inode)?), OpenOptions::empty()))
+        Ok((Some(self.open_dir(inode)?), OpenOptions::CACHE_DIR))
     }
 
     fn readdir(

@@ -13,7 +13,7 @@ use fuse_backend_rs::api::filesystem::{DirEntry, Entry, FileSystem};
 use super::lookup::is_whiteout;
 use super::refs::{ctx0, LayerHandle, Real};
 use super::tree::{DirItem, Tree, COPYUP_PREFIX, INO_BITS, ROOT};
-use super::{lock, LayeredFs};
+use super::{lock, no_inode_entry, LayeredFs};
 use crate::virtio::fs::guard::errno;
 
 impl LayeredFs {
@@ -156,15 +156,7 @@ impl LayeredFs {
         for (i, item) in items.iter().enumerate().skip(offset as usize) {
             let entry = if item.name.as_bytes() == b"." || item.name.as_bytes() == b".." {
                 // No attributes: the kernel then links nothing for it.
-                Entry {
-                    inode: 0,
-                    generation: 0,
-                    // SAFETY: stat64 is plain old data; all-zero is valid.
-                    attr: unsafe { std::mem::zeroed() },
-                    attr_flags: 0,
-                    attr_timeout: Duration::ZERO,
-                    entry_timeout: Duration::ZERO,
-                }
+                no_inode_entry(Duration::ZERO)
             } else {
                 // Changed since the listing was taken: skip it.
                 let Ok(entry) = self.do_lookup(inode, &item.name) else {

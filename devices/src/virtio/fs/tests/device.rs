@@ -247,6 +247,14 @@ fn reset_ends_the_session_so_init_works_again() {
             OUT_LEN,
         );
         assert_ne!(r.unwrap().error, 0);
+        // Every request was counted by its opcode, the refused one too.
+        let counts: Vec<(String, u64)> =
+            h.fs.stats()
+                .snapshot()
+                .into_iter()
+                .map(|(op, s)| (crate::virtio::fs::opcode_name(op), s.count))
+                .collect();
+        assert_eq!(counts, vec![("INIT".into(), 2), ("LOOKUP".into(), 1)]);
         h.fs.reset();
         // After reset the device ignores its old queues.
         let used = h.req.used().idx().load();

@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use fuse_backend_rs::abi::fuse_abi::CreateIn;
-use fuse_backend_rs::api::filesystem::{Context, FileSystem, GetxattrReply, ListxattrReply};
+use fuse_backend_rs::api::filesystem::{
+    Context, FileSystem, GetxattrReply, ListxattrReply, OpenOptions,
+};
 
 use super::{walk, TempDir};
 use crate::virtio::fs::layered::{Chunk, LayeredFs, WORK_DIR};
@@ -175,12 +177,14 @@ impl Fixture {
         }
     }
 
+    /// LOOKUP, with a negative entry (inode 0) read as ENOENT, as the kernel does.
     fn lookup(&self, parent: u64, name: &[u8]) -> Result<(u64, libc::stat64), i32> {
         let name = CString::new(name).unwrap();
-        self.fs
-            .lookup(&Context::default(), parent, &name)
-            .map(|e| (e.inode, e.attr))
-            .map_err(|e| e.raw_os_error().unwrap())
+        match self.fs.lookup(&Context::default(), parent, &name) {
+            Ok(e) if e.inode == 0 => Err(libc::ENOENT),
+            Ok(e) => Ok((e.inode, e.attr)),
+            Err(e) => Err(e.raw_os_error().unwrap()),
+        }
     }
 
     fn node(&self, path: &[u8]) -> u64 {
@@ -397,8 +401,8 @@ fn a_crashed_runs_scratch_files_are_removed_at_start() {
     assert_eq!(std::fs::read_dir(&work).unwrap().count(), 0);
     assert_eq!(std::fs::read(outside.join("keep")).unwrap(), b"keep");
     let ctx = Context::default();
-    let err = fs.lookup(&ctx, ROOT, WORK_DIR).unwrap_err();
-    assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
+    // Not there for the guest: a negative entry.
+    assert_eq!(fs.lookup(&ctx, ROOT, WORK_DIR).unwrap().inode, 0);
     // Copy-ups still work, through the recreated work directory.
     let f = fs.lookup(&ctx, ROOT, c"f").unwrap();
     let (fh, _, _) = fs.open(&ctx, f.inode, libc::O_WRONLY as u32, 0).unwrap();
@@ -683,4 +687,52 @@ fn copy_up_of_a_deep_path() {
     };
     worker.join().unwrap().unwrap();
     assert_eq!(std::fs::read(upper.join(&rel).join("f")).unwrap(), b"deep");
+}
+
+/// The guest is the tree's only writer, so it may keep everything: entries
+/// and attributes for the timeout, misses as negative entries, file pages
+/// across opens and directory listings.
+#[test]
+fn the_guest_may_cache_what_only_it_changes() {
+    let f = Fixture::new();
+    let ctx = Context::default();
+    let miss = f.fs.lookup(&ctx, ROOT, c"no-such-name").unwrap();
+    assert_eq!(miss.inode, 0);
+    assert_eq!(miss.entry_timeout, Duration::from_secs(1));
+    // The upper's hidden work directory is a miss like any other.
+    assert_eq!(f.fs.lookup(&ctx, ROOT, WORK_DIR).unwrap().inode, 0);
+    let hit = f.fs.lookup(&ctx, ROOT, c"r").unwrap();
+    assert_ne!(hit.inode, 0);
+    assert_eq!(hit.entry_timeout, Duration::from_secs(1));
+    assert_eq!(hit.attr_timeout, Duration::from_secs(1));
+
+    for flags in [libc::O_RDONLY, libc::O_RDWR] {
+        let (fh, opts, _) = f.fs.open(&ctx, hit.inode, flags as u32, 0).unwrap();
+        assert!(
+            opts.contains(OpenOptions::KEEP_CACHE),
+            "{flags:#o}: {opts:?}"
+        );
+        assert!(
+            !opts.contains(OpenOptions::DIRECT_IO),
+            "{flags:#o}: {opts:?}"
+        );
+        f.fs.release(&ctx, hit.inode, 0, fh.unwrap(), false, false, None)
+            .unwrap();
+    }
+    let args = CreateIn {
+        flags: libc::O_RDWR as u32,
+        mode: libc::S_IFREG | 0o644,
+        umask: 0,
+        fuse_flags: 0,
+    };
+    let (e, fh, opts, _) = f.fs.create(&ctx, ROOT, c"no-such-name", args).unwrap();
+    assert!(opts.contains(OpenOptions::KEEP_CACHE), "{opts:?}");
+    f.fs.release(&ctx, e.inode, 0, fh.unwrap(), false, false, None)
+        .unwrap();
+    // What was missing exists once the guest made it.
+    assert_eq!(f.lookup(ROOT, b"no-such-name").unwrap().0, e.inode);
+
+    let (dh, opts) = f.fs.opendir(&ctx, ROOT, 0).unwrap();
+    assert!(opts.contains(OpenOptions::CACHE_DIR), "{opts:?}");
+    f.fs.releasedir(&ctx, ROOT, 0, dh.unwrap()).unwrap();
 }

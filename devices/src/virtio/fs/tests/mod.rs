@@ -344,14 +344,18 @@ impl<'m> Harness<'m> {
         assert_eq!(u32_at(out, 0), 7, "FUSE major");
     }
 
-    /// LOOKUP: `Ok((nodeid, attr))` or the negative errno.
+    /// LOOKUP: `Ok((nodeid, attr))` or the negative errno; a negative
+    /// entry (nodeid 0) is ENOENT, as the kernel reads it.
     pub fn lookup(&mut self, parent: u64, name: &str) -> Result<(u64, Attr), i32> {
         let r = self.call(LOOKUP, parent, &cstr(name));
         if r.error != 0 {
             return Err(-r.error);
         }
         let b = &r.body;
-        Ok((u64_at(b, 0), Attr::parse(b, 40)))
+        match u64_at(b, 0) {
+            0 => Err(libc::ENOENT),
+            node => Ok((node, Attr::parse(b, 40))),
+        }
     }
 
     pub fn getattr(&mut self, node: u64) -> Result<Attr, i32> {
