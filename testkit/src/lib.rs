@@ -70,8 +70,8 @@ pub use layout::{
     BuiltLayer,
 };
 pub use minivm::{
-    default_kernel, initramfs_boot_args, kvm_available, minivm_bin, run_minivm, run_minivm_with,
-    scratch_dir, RunOutput, BOOT_TIMEOUT,
+    default_kernel, fs_stats, initramfs_boot_args, kvm_available, minivm_bin, run_minivm,
+    run_minivm_with, scratch_dir, RunOutput, BOOT_TIMEOUT,
 };
 pub use netns::{
     in_private_netns, make_test_tap, payload, receive_from_guest, send_to_guest, sha256_hex,

@@ -1,6 +1,7 @@
 //! Running the `minivm` binary under test: where it and the default kernel
 //! are, whether KVM is usable, scratch directories, runs with a timeout.
 
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
@@ -170,4 +171,22 @@ pub fn run_minivm_with(cmd: &mut Command, timeout: Duration) -> RunOutput {
         stderr,
         elapsed: start.elapsed(),
     }
+}
+
+/// The request counts by opcode that `--fs-stats` printed for share `tag`.
+pub fn fs_stats(stderr: &str, tag: &str) -> BTreeMap<String, u64> {
+    let head = format!("minivm: virtio-fs {tag}: ");
+    let mut lines = stderr.lines().skip_while(|l| !l.starts_with(&head));
+    assert!(
+        lines.next().is_some(),
+        "no --fs-stats dump for {tag}:\n{stderr}"
+    );
+    lines
+        .skip(1) // the column titles
+        .map_while(|l| {
+            let mut f = l.split_whitespace();
+            let (op, count) = (f.next()?, f.next()?.parse().ok()?);
+            l.starts_with("  ").then(|| (op.to_string(), count))
+        })
+        .collect()
 }

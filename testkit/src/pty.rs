@@ -102,12 +102,30 @@ impl PtySession {
     /// text from the previous match up to and including it. Panics, showing the
     /// tail of the screen, when `timeout` passes or the terminal closes first.
     pub fn expect(&mut self, needle: &str, timeout: Duration) -> String {
+        self.expect_unless(needle, &[], timeout)
+    }
+
+    /// [`PtySession::expect`], but panics as soon as one of `fail_on`
+    /// appears before `needle` (a failure that means it never will).
+    pub fn expect_unless(&mut self, needle: &str, fail_on: &[&str], timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;
         let (lock, cv) = &*self.screen;
         let mut s = lock.lock().unwrap();
         loop {
             let hay = &s.bytes[self.cursor.min(s.bytes.len())..];
-            if let Some(i) = find(hay, needle.as_bytes()) {
+            let found = find(hay, needle.as_bytes());
+            let before = |i: usize| found.is_none_or(|f| i < f);
+            if let Some(bad) = fail_on
+                .iter()
+                .find(|b| find(hay, b.as_bytes()).is_some_and(before))
+            {
+                let tail = &s.bytes[s.bytes.len().saturating_sub(3000)..];
+                panic!(
+                    "waiting for {needle:?}: {bad:?} came first; the screen ends with:\n{}",
+                    String::from_utf8_lossy(tail)
+                );
+            }
+            if let Some(i) = found {
                 let end = self.cursor + i + needle.len();
                 let text = String::from_utf8_lossy(&s.bytes[self.cursor..end]).into_owned();
                 self.cursor = end;
@@ -222,5 +240,21 @@ mod tests {
         }));
         let msg = *r.unwrap_err().downcast::<String>().unwrap();
         assert!(msg.contains("terminal closed"), "{msg}");
+    }
+
+    #[test]
+    fn expect_unless_stops_at_a_failure_that_comes_first() {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo one; echo FAILED; echo two; sleep 30"]);
+        let mut s = PtySession::spawn(cmd);
+        // A failure after the awaited text does not count.
+        s.expect_unless("one", &["FAILED"], Duration::from_secs(10));
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            s.expect_unless("never", &["nothing", "FAILED"], Duration::from_secs(20))
+        }));
+        let msg = *r.unwrap_err().downcast::<String>().unwrap();
+        assert!(msg.contains("\"FAILED\" came first"), "{msg}");
+        // SAFETY: kill has no memory-safety preconditions; the pid is our child's.
+        unsafe { libc::kill(s.pid(), libc::SIGKILL) };
     }
 }

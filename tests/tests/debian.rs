@@ -77,7 +77,7 @@ fn debian_over_virtio_blk() {
 fn debian_over_virtio_fs() {
     if slow_tests_enabled() && in_private_netns("debian_over_virtio_fs") {
         let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-        boot_and_live_in_it(&["--virtiofs"]);
+        boot_and_live_in_it(&["--virtiofs", "--fs-stats"]);
     }
 }
 
@@ -99,7 +99,12 @@ fn boot_and_live_in_it(root_args: &[&str]) {
     let start = Instant::now();
     let mut vm = PtySession::spawn(cmd);
 
-    vm.expect("debian-minivm login:", LOGIN_TIMEOUT);
+    // The console's getty gives up on its device after 90 s: no prompt will come.
+    vm.expect_unless(
+        "debian-minivm login:",
+        &["Failed to start serial-getty@ttyS0", "Dependency failed for serial-getty@ttyS0"],
+        LOGIN_TIMEOUT,
+    );
     let t_login = start.elapsed();
     vm.send("root\r");
     vm.expect("Password:", CMD_TIMEOUT);
@@ -188,8 +193,12 @@ fn boot_and_live_in_it(root_args: &[&str]) {
         "the guest did not power off: {}",
         tail(&screen, 3000)
     );
+    // --fs-stats: the boot's FUSE requests, for the notes.
+    let stats = screen
+        .find("minivm: virtio-fs ")
+        .map_or("", |i| &screen[i..]);
     eprintln!(
-        "debian {root_args:?}: login prompt after {t_login:.0?}, shut down in {:.0?}\n{blame}",
+        "debian {root_args:?}: login prompt after {t_login:.0?}, shut down in {:.0?}\n{blame}\n{stats}",
         t_term.elapsed()
     );
 }

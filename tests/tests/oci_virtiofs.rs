@@ -12,8 +12,13 @@ use testkit::*;
 
 /// What the virtio-fs guest changes after the check: a new file, a lower
 /// file rewritten (copy-up), one deleted (whiteout), one renamed; then it
-/// shows its view of them and of the cap.
+/// shows its view of them and of the cap. First it reads one file and
+/// misses one name [`CACHE_ROUNDS`] times, which the guest's caches serve.
 const VIRTIOFS_TAIL: &[u8] = br#"
+i=0
+while [ $i -lt 100 ]; do
+  cat /etc/passwd > /dev/null; [ -e /no-such-name ]; i=$((i+1))
+done
 echo "new in the vm" > /vm-new
 grep -c . /etc/passwd | sed 's/^/VMPASSWD-BEFORE /'
 echo "extra:x:1000:1000::/:/bin/sh" >> /etc/passwd
@@ -29,6 +34,9 @@ grep -c . /etc/passwd | sed 's/^/VMPASSWD /'
 tail -n 1 /etc/passwd | sed 's/^/VMPASSWD-LAST /'
 df -k / | sed 's/^/VMDF /'
 "#;
+
+/// The rounds of reads and misses at the start of [`VIRTIOFS_TAIL`].
+const CACHE_ROUNDS: u64 = 100;
 
 /// Every path under `dir` with its type, mode, owner, size, mtime, xattrs
 /// and content: what must not change in the layer store.
@@ -140,9 +148,21 @@ fn virtiofs_boot(privilege: Privilege) {
         "32M",
         "--append",
         "quiet init=/check",
+        "--fs-stats",
     ]);
     let out = run_minivm_with(&mut c, BOOT_TIMEOUT);
     assert_eq!(out.code(), 10, "{out:#?}");
+    // The guest is the merged tree's only writer, so its caches serve the
+    // repeated reads and misses: without them each round costs a READ (an
+    // open drops the cached pages) and a LOOKUP; the whole boot makes fewer.
+    let stats = fs_stats(&out.stderr, "minivm-root");
+    for op in ["READ", "LOOKUP"] {
+        let n = stats.get(op).copied().unwrap_or(0);
+        assert!(
+            n > 0 && n < CACHE_ROUNDS,
+            "{n} {op} requests for {CACHE_ROUNDS} rounds: {stats:?}"
+        );
+    }
     assert!(out.stdout.contains("CHECK DONE"), "{}", out.stdout);
     assert!(
         out.stderr

@@ -1,7 +1,6 @@
 //! Booting from a host directory over minivm's in-process virtio-fs, with a
 //! read-only share, a write cap, and escape attempts from the guest.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use testkit::*;
@@ -148,22 +147,4 @@ fn boot_from_directory_with_share_cap_and_containment() {
         std::fs::read_to_string(dir.join("secret.txt")).unwrap(),
         SECRET
     );
-}
-
-/// The request counts by opcode that `--fs-stats` printed for share `tag`.
-fn fs_stats(stderr: &str, tag: &str) -> BTreeMap<String, u64> {
-    let head = format!("minivm: virtio-fs {tag}: ");
-    let mut lines = stderr.lines().skip_while(|l| !l.starts_with(&head));
-    assert!(
-        lines.next().is_some(),
-        "no --fs-stats dump for {tag}:\n{stderr}"
-    );
-    lines
-        .skip(1) // the column titles
-        .map_while(|l| {
-            let mut f = l.split_whitespace();
-            let (op, count) = (f.next()?, f.next()?.parse().ok()?);
-            l.starts_with("  ").then(|| (op.to_string(), count))
-        })
-        .collect()
 }
