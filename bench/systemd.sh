@@ -6,7 +6,8 @@
 # disk or tree, vCPUs and memory; then SIGTERM (minivm) / QMP system_powerdown
 # (QEMU) to process exit: a clean ACPI shutdown. Prints each run, medians,
 # ratios minivm/QEMU and the virtio-fs/virtio-blk ratio, failed units seen on
-# the console, and the ten slowest units (from the console's systemd lines).
+# the console, the ten slowest units (from the console's systemd lines), and
+# minivm's FUSE requests by opcode in its virtio-fs boot (--fs-stats).
 #
 #   bench/systemd.sh [--runs N] [--only blk|fs] [--no-qemu]
 #
@@ -135,7 +136,7 @@ def runs_for(root, i):
     if root == "blk":
         mv = [minivm, "run", "--oci", ref, "--cpus", CPUS, "--mem", MEM]
     else:
-        mv = [minivm, "run", "--oci", ref, "--virtiofs", "--cpus", CPUS, "--mem", MEM]
+        mv = [minivm, "run", "--oci", ref, "--virtiofs", "--fs-stats", "--cpus", CPUS, "--mem", MEM]
     out["minivm"] = run("minivm", mv, sigterm, log("minivm"))
     if not with_qemu:
         return out
@@ -221,5 +222,11 @@ for root in only:
     print(f"\nslowest units, minivm over {root} (guest seconds from Starting to Started/Finished):")
     for d, unit in slowest(o["console"]):
         print(f"  {d:7.1f} s  {unit}")
+if "fs" in only:
+    console = results["fs"]["minivm"][-1]["console"]
+    i = console.find("minivm: virtio-fs ")
+    if i >= 0:
+        print("\nminivm's FUSE requests in the last virtio-fs boot (--fs-stats):")
+        print(console[i:].replace("\r", "").rstrip())
 print(f"\nconsoles in {work}")
 PY
