@@ -102,7 +102,10 @@ fn boot_and_live_in_it(root_args: &[&str]) {
     // The console's getty gives up on its device after 90 s: no prompt will come.
     vm.expect_unless(
         "debian-minivm login:",
-        &["Failed to start serial-getty@ttyS0", "Dependency failed for serial-getty@ttyS0"],
+        &[
+            "Failed to start serial-getty@ttyS0",
+            "Dependency failed for serial-getty@ttyS0",
+        ],
         LOGIN_TIMEOUT,
     );
     let t_login = start.elapsed();

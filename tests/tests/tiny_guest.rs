@@ -184,3 +184,96 @@ fn kernel_beyond_memory_is_a_clear_error() {
     );
     assert!(out.stderr.contains("high.elf"), "{}", out.stderr);
 }
+
+/// The short forms set up what the long ones do (the tiny guest then exits
+/// at once): `minivm --image DISK` (no `run`), and `minivm run IMAGE` with a
+/// disk file, a root directory, or an image reference (to a disk, and with
+/// `--virtiofs` to layers). Wrong ones are refused before anything boots.
+#[test]
+fn short_forms_boot_like_the_long_ones() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = scratch_dir("short-forms");
+    let g = TinyGuest {
+        message: b"tiny\n".to_vec(),
+        boot_marker: false,
+        end: TinyEnd::Exit(5),
+    };
+    let k = g.write(&dir, "guest.elf");
+    let disk = dir.join("disk.raw");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let root = dir.join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let layout = dir.join("layout");
+    TestImage::new(vec![vec![TestEntry::file("etc/motd", "short\n")]])
+        .write_oci_layout(&layout, "1", Compression::Gzip)
+        .unwrap();
+    let reference = format!("oci:{}:1", layout.display());
+    let run = |args: &[&str]| {
+        let mut c = std::process::Command::new(minivm_bin());
+        c.env("XDG_CACHE_HOME", dir.join("cache"))
+            .args(["-v", "--kernel", k.to_str().unwrap(), "--mem", "16M"])
+            .args(args);
+        run_minivm_with(&mut c, T)
+    };
+    let disk_s = disk.to_str().unwrap();
+    let root_s = root.to_str().unwrap();
+    for (args, root_param) in [
+        (vec!["--image", disk_s], "root=/dev/vda rw"),
+        (vec!["--readonly", disk_s], "root=/dev/vda ro"),
+        (vec![root_s], "root=minivm-root rootfstype=virtiofs rw"),
+        (vec![reference.as_str()], "root=/dev/vda rw"),
+        (
+            vec![reference.as_str(), "--virtiofs"],
+            "root=minivm-root rootfstype=virtiofs rw",
+        ),
+    ] {
+        // "--kernel" first: `run` is implied before it, and IMAGE follows.
+        let out = run(&args);
+        assert_eq!(out.code(), 5, "{args:?}: {out:#?}");
+        assert_eq!(out.stdout, "tiny\n");
+        assert!(out.stderr.contains(root_param), "{args:?}: {}", out.stderr);
+    }
+
+    // Wrong short forms: a usage error (2) or a missing file (1), named.
+    std::fs::write(dir.join("oci:layout"), b"").unwrap();
+    let mut c = std::process::Command::new(minivm_bin());
+    c.current_dir(&dir)
+        .args(["run", "--kernel", k.to_str().unwrap(), "oci:layout"]);
+    let out = run_minivm_with(&mut c, T);
+    assert_eq!(out.code(), 2, "{out:#?}");
+    assert!(
+        out.stderr
+            .contains("both an image reference and an existing file"),
+        "{}",
+        out.stderr
+    );
+    for (args, code, says) in [
+        (
+            vec![root_s, "--virtiofs"],
+            2,
+            "--virtiofs needs an OCI image",
+        ),
+        (
+            vec![disk_s, "--persist", "x"],
+            2,
+            "--persist needs an OCI image",
+        ),
+        (
+            vec!["Not:A:Name"],
+            2,
+            "not a file, a directory or an image reference",
+        ),
+        (
+            vec!["./missing.raw"],
+            1,
+            "./missing.raw: no such file or directory",
+        ),
+        (vec![disk_s, "--image", disk_s], 2, "cannot be used with"),
+    ] {
+        let out = run(&args);
+        assert_eq!(out.code(), code, "{args:?}: {out:#?}");
+        assert!(out.stderr.contains(says), "{args:?}: {}", out.stderr);
+    }
+}

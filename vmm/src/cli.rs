@@ -1,5 +1,6 @@
 //! Command-line interface.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
@@ -116,6 +117,10 @@ pub struct PullArgs {
 const RUN_HELP: &str = "\
 EXAMPLES:
   minivm run --image debian.raw                  boot a raw ext4 disk with the default kernel
+  minivm --image debian.raw                      the same (`run` is implied before an option)
+  minivm run debian.raw                          the same: IMAGE is a file, so a disk
+  minivm run ./rootfs                            a directory: the root over virtio-fs
+  minivm run alpine:3.20 --virtiofs              a short name: docker://docker.io/library/alpine:3.20
   minivm run --image disk.raw --readonly --append 'init=/bin/sh'
   minivm run --kernel ./vmlinux --mem 1G --image disk.raw
   minivm run --oci oci:./layout:latest           boot an OCI image (converted once, then cached)
@@ -145,7 +150,7 @@ EXIT STATUS:
   N      the guest wrote N to the exit port (I/O port 0xf4), e.g. from a shell:
          printf '\\007' | dd of=/dev/port bs=1 seek=244 count=1     (exits 7)
   1      minivm failed (bad arguments, missing files, KVM errors)
-  2      command-line usage error
+  2      command-line usage error (also an ambiguous IMAGE, or --virtiofs with a disk)
   3      the guest crashed: triple fault, kernel panic, or an instruction KVM cannot run
   128+S  minivm was stopped by signal S
 
@@ -163,7 +168,15 @@ KERNEL:
 /// Options of `minivm run`.
 #[derive(Debug, Args)]
 #[command(group = clap::ArgGroup::new("fs_root").args(["rootfs", "virtiofs"]))]
+// --persist and --virtiofs need an image: --oci or IMAGE (which spec.rs checks is one).
+#[command(group = clap::ArgGroup::new("oci_image").args(["oci", "target"]))]
 pub struct RunArgs {
+    /// What to boot: an existing file is a raw disk (as --image), an existing
+    /// directory a root directory (as --rootfs), anything else an image
+    /// reference (as --oci; a short NAME[:TAG] means docker://NAME[:TAG]).
+    #[arg(value_name = "IMAGE", conflicts_with_all = ["image", "oci", "rootfs"])]
+    pub target: Option<String>,
+
     /// Raw disk image attached as the first virtio-blk disk (/dev/vda) and used as root.
     #[arg(long, value_name = "DISK.raw", conflicts_with = "oci")]
     pub image: Option<PathBuf>,
@@ -174,12 +187,12 @@ pub struct RunArgs {
 
     /// With --oci: keep the VM's disk in this file (made from the image if missing);
     /// with --virtiofs, keep the VM's writable layer in this directory.
-    #[arg(long, value_name = "PATH", requires = "oci")]
+    #[arg(long, value_name = "PATH", requires = "oci_image")]
     pub persist: Option<PathBuf>,
 
     /// With --oci: serve the image's layers over virtio-fs (each unpacked once into the
     /// layer store, merged, plus a private writable layer) instead of converting to a disk.
-    #[arg(long, requires = "oci", conflicts_with = "size")]
+    #[arg(long, requires = "oci_image", conflicts_with = "size")]
     pub virtiofs: bool,
 
     #[command(flatten)]
@@ -324,6 +337,30 @@ pub enum ArgError {
     NotPageMultiple(String),
 }
 
+/// The arguments with `run` put in where the user left it out: `minivm
+/// [-v]... --OPTION ...` (the card's `minivm --image arch.raw`) is `minivm
+/// [-v]... run --OPTION ...`. Only an option leads to it (not --help or
+/// --version); a subcommand or nothing at all is left as it is.
+pub fn with_implicit_run(mut args: Vec<OsString>) -> Vec<OsString> {
+    let first = args
+        .iter()
+        .skip(1)
+        .position(|a| !is_verbose_flag(&a.to_string_lossy()))
+        .map(|i| i + 1);
+    if let Some(i) = first {
+        let a = args[i].to_string_lossy();
+        let leaves = ["-h", "--help", "-V", "--version"];
+        if a.starts_with('-') && a != "-" && !leaves.contains(&a.as_ref()) {
+            args.insert(i, "run".into());
+        }
+    }
+    args
+}
+
+fn is_verbose_flag(a: &str) -> bool {
+    a == "--verbose" || (a.len() > 1 && a.starts_with('-') && a[1..].bytes().all(|b| b == b'v'))
+}
+
 fn parse_share(s: &str) -> Result<Share, ArgError> {
     let (rest, read_only) = match s.strip_suffix(":ro") {
         Some(r) => (r, true),
@@ -436,6 +473,62 @@ fn parse_mem_size(s: &str) -> Result<u64, ArgError> {
 
 #[cfg(test)]
 mod tests {
+    fn with_run(args: &[&str]) -> Vec<String> {
+        let v = args.iter().map(OsString::from).collect();
+        with_implicit_run(v)
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn run_is_implied_before_a_leading_option() {
+        assert_eq!(
+            with_run(&["minivm", "--image", "arch.raw"]),
+            ["minivm", "run", "--image", "arch.raw"]
+        );
+        assert_eq!(
+            with_run(&["minivm", "-vv", "--mem", "1G", "--image", "a.raw"]),
+            ["minivm", "-vv", "run", "--mem", "1G", "--image", "a.raw"]
+        );
+        for unchanged in [
+            &["minivm"][..],
+            &["minivm", "-v"],
+            &["minivm", "--help"],
+            &["minivm", "-V"],
+            &["minivm", "run", "--image", "a.raw"],
+            &["minivm", "-v", "images"],
+        ] {
+            assert_eq!(with_run(unchanged), unchanged, "{unchanged:?}");
+        }
+        let c = Cli::try_parse_from(with_implicit_run(
+            ["minivm", "--image", "arch.raw", "--cpus", "2"]
+                .map(OsString::from)
+                .to_vec(),
+        ))
+        .unwrap();
+        let Command::Run(r) = c.command else {
+            panic!("not run: {:?}", c.command)
+        };
+        assert_eq!(r.image.as_deref(), Some(std::path::Path::new("arch.raw")));
+        assert_eq!(r.cpus, 2);
+    }
+
+    #[test]
+    fn image_is_positional_and_exclusive() {
+        let r = |args: &[&str]| Cli::try_parse_from(["minivm", "run"].iter().chain(args));
+        let Command::Run(a) = r(&["alpine:3.20", "--virtiofs"]).unwrap().command else {
+            panic!()
+        };
+        assert_eq!(a.target.as_deref(), Some("alpine:3.20"));
+        assert!(a.virtiofs);
+        assert!(r(&["x.raw", "--image", "y.raw"]).is_err());
+        assert!(r(&["x", "--oci", "oci:y"]).is_err());
+        // --virtiofs and --persist need an image, given either way.
+        assert!(r(&["--virtiofs"]).is_err());
+        assert!(r(&["--oci", "oci:y", "--persist", "p"]).is_ok());
+    }
+
     use super::*;
     use clap::CommandFactory;
 

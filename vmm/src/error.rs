@@ -1,6 +1,7 @@
 //! The binary's error: what went wrong in which stage of a command. Each
 //! stage has its own error type with the cause attached; `main` prints any
-//! of them as `minivm: <message>` and exits with status 1.
+//! of them as `minivm: <message>` and exits with status 1 (2 for a wrong
+//! command line that clap could not see, [`Error::is_usage`]).
 
 use crate::images::ImageError;
 use crate::spec::SpecError;
@@ -22,4 +23,21 @@ pub enum Error {
     /// The VM could not be built or run.
     #[error(transparent)]
     Vm(#[from] VmError),
+}
+
+impl Error {
+    /// Whether the command line itself is wrong (exit status 2), not a
+    /// file, an image or the host.
+    pub fn is_usage(&self) -> bool {
+        use crate::target::TargetError;
+        matches!(
+            self,
+            Error::Spec(
+                SpecError::NeedsImage { .. }
+                    | SpecError::Target(
+                        TargetError::Ambiguous { .. } | TargetError::Invalid { .. }
+                    )
+            )
+        )
+    }
 }

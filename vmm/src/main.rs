@@ -20,6 +20,7 @@ mod session;
 mod shutdown;
 mod signals;
 mod spec;
+mod target;
 mod terminal;
 mod upper;
 mod usage;
@@ -39,6 +40,8 @@ use spec::RunSpec;
 
 /// minivm itself failed.
 const EXIT_ERROR: u8 = 1;
+/// The command line is wrong (as clap's own usage errors).
+const EXIT_USAGE: u8 = 2;
 /// The guest crashed (triple fault, kernel panic, unrunnable instruction).
 const EXIT_GUEST_CRASH: u8 = 3;
 
@@ -69,13 +72,13 @@ fn exit_code(reason: ExitReason) -> u8 {
 
 fn main() -> ExitCode {
     let start = Instant::now();
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(cli::with_implicit_run(std::env::args_os().collect()));
     init_logging(cli.verbose);
     match dispatch(cli.command, start) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("minivm: {e}");
-            ExitCode::from(EXIT_ERROR)
+            ExitCode::from(if e.is_usage() { EXIT_USAGE } else { EXIT_ERROR })
         }
     }
 }

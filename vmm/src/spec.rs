@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use crate::cli::{ImageOpts, RunArgs};
 use crate::config::{NetConfig, ShareConfig, ShareSource, DEFAULT_CMDLINE, ROOTFS_TAG};
 use crate::io_reason::io_reason;
+use crate::target::{self, Target, TargetError};
 
 /// A `run` argument that names a missing or unusable file.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +47,12 @@ pub enum SpecError {
          the guest down (and on kvm-pvm hosts break it)"
     )]
     TooManyCpus { cpus: u8, host: usize },
+    /// IMAGE is not an image reference, yet an image-only flag was given.
+    #[error("{flag} needs an OCI image, and {target:?} is a disk or a directory")]
+    NeedsImage { flag: &'static str, target: String },
+    /// IMAGE names nothing bootable.
+    #[error(transparent)]
+    Target(#[from] TargetError),
 }
 
 /// What the guest's root filesystem is, with every choice about it made.
@@ -216,14 +223,34 @@ impl RunSpec {
 /// The one place `--readonly`, `--persist` and `--upper-size` are read.
 fn root_spec(args: &RunArgs) -> Result<RootSpec, SpecError> {
     let read_only = args.readonly;
-    if let Some(path) = &args.image {
+    let (image, rootfs, oci) = match args.target.as_deref().map(target::resolve).transpose()? {
+        None => (args.image.clone(), args.rootfs.clone(), args.oci.clone()),
+        Some(Target::Disk(p)) => (Some(p), None, None),
+        Some(Target::Dir(p)) => (None, Some(p), None),
+        Some(Target::Image(r)) => (None, None, Some(r)),
+    };
+    if oci.is_none() {
+        // clap saw IMAGE, which named a disk or a directory.
+        let flag = if args.virtiofs {
+            "--virtiofs"
+        } else {
+            "--persist"
+        };
+        if args.virtiofs || args.persist.is_some() {
+            return Err(SpecError::NeedsImage {
+                flag,
+                target: args.target.clone().unwrap_or_default(),
+            });
+        }
+    }
+    if let Some(path) = &image {
         check_readable("disk image", path)?;
         return Ok(RootSpec::Disk {
             path: path.clone(),
             read_only,
         });
     }
-    if let Some(path) = &args.rootfs {
+    if let Some(path) = &rootfs {
         check_dir("root filesystem", path)?;
         return Ok(RootSpec::Dir {
             path: path.clone(),
@@ -231,7 +258,7 @@ fn root_spec(args: &RunArgs) -> Result<RootSpec, SpecError> {
             size_cap: args.upper_size,
         });
     }
-    let Some(reference) = &args.oci else {
+    let Some(reference) = &oci else {
         return Ok(RootSpec::None);
     };
     let image = OciImage {
@@ -344,6 +371,7 @@ mod tests {
             },
             initrd: None,
             rootfs: None,
+            target: None,
             share: vec![],
             net: vec![],
             upper_size: None,
