@@ -65,6 +65,9 @@ pub struct EntryMeta {
     pub converter: String,
     /// Seconds since the epoch.
     pub created: u64,
+    /// What the image runs (absent in entries written before it was kept).
+    #[serde(default)]
+    pub process: Option<crate::process::ImageProcess>,
 }
 
 /// A published entry.
@@ -362,6 +365,7 @@ mod tests {
             size_request: "auto".into(),
             converter: CONVERTER_VERSION.into(),
             created: now_secs(),
+            process: None,
         }
     }
 

@@ -15,6 +15,7 @@ use oci_spec::image::Descriptor;
 use crate::cache::{self, Cache, CacheError, Entry, EntryMeta};
 use crate::ext4::{self, Ext4Builder, Ext4Error, Ext4Options};
 use crate::flatten::{CountingSink, DataSink, FlattenError, Flattener, SinkError};
+use crate::process::ImageProcess;
 use crate::reference::ImageRef;
 use crate::source::{self, ImageSource, ResolvedImage, SourceError, SourceOptions};
 use crate::tree::{DataId, NodeKind, Tree};
@@ -253,6 +254,7 @@ pub fn ensure_cached(
         size_request,
         converter: cache::CONVERTER_VERSION.to_string(),
         created: cache::now_secs(),
+        process: Some(ImageProcess::from_config(&resolved.config)),
     };
     let entry = pending.publish(&meta)?;
     Ok(Converted {

@@ -21,6 +21,7 @@ pub mod flatten;
 pub mod host;
 pub mod layer;
 pub mod layerstore;
+pub mod process;
 pub mod reference;
 pub mod source;
 pub mod sparse;

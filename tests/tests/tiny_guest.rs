@@ -188,7 +188,8 @@ fn kernel_beyond_memory_is_a_clear_error() {
 /// The short forms set up what the long ones do (the tiny guest then exits
 /// at once): `minivm --image DISK` (no `run`), and `minivm run IMAGE` with a
 /// disk file, a root directory, or an image reference (to a disk, and with
-/// `--virtiofs` to layers). Wrong ones are refused before anything boots.
+/// `--virtiofs` to layers; the image's command, an init, becomes `init=`).
+/// Wrong ones are refused before anything boots.
 #[test]
 fn short_forms_boot_like_the_long_ones() {
     if !kvm_available() {
@@ -206,7 +207,9 @@ fn short_forms_boot_like_the_long_ones() {
     let root = dir.join("root");
     std::fs::create_dir_all(&root).unwrap();
     let layout = dir.join("layout");
+    // A system image: its command is an init, which minivm boots as such.
     TestImage::new(vec![vec![TestEntry::file("etc/motd", "short\n")]])
+        .with_cmd(&["/lib/systemd/systemd"])
         .write_oci_layout(&layout, "1", Compression::Gzip)
         .unwrap();
     let reference = format!("oci:{}:1", layout.display());
@@ -223,10 +226,13 @@ fn short_forms_boot_like_the_long_ones() {
         (vec!["--image", disk_s], "root=/dev/vda rw"),
         (vec!["--readonly", disk_s], "root=/dev/vda ro"),
         (vec![root_s], "root=minivm-root rootfstype=virtiofs rw"),
-        (vec![reference.as_str()], "root=/dev/vda rw"),
+        (
+            vec![reference.as_str()],
+            "root=/dev/vda rw init=/lib/systemd/systemd",
+        ),
         (
             vec![reference.as_str(), "--virtiofs"],
-            "root=minivm-root rootfstype=virtiofs rw",
+            "root=minivm-root rootfstype=virtiofs rw init=/lib/systemd/systemd",
         ),
     ] {
         // "--kernel" first: `run` is implied before it, and IMAGE follows.

@@ -8,6 +8,7 @@ use std::time::Duration;
 use imagefs::cache::CacheError;
 use imagefs::convert::{self, human, ConvertError, ConvertOptions, Converted, Progress};
 use imagefs::layerstore::{LayerEvent, LayerStoreError};
+use imagefs::process::ImageProcess;
 use imagefs::reference::{ImageRef, ReferenceError};
 use imagefs::source::{self, SourceError, SourceOptions};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -228,31 +229,37 @@ pub fn gc_cmd(unused_days: u64, all: bool) -> Result<(), ImageError> {
 }
 
 /// The disk for `run --oci`: the cached image (which the VM must not write),
-/// or the persistent copy in `persist` (made from the image the first time).
+/// or the persistent copy in `persist` (made from the image the first time);
+/// and what the image runs, when the cache entry recorded it.
 pub fn disk_for_run(
     reference: &str,
     persist: Option<&Path>,
     opts: &ImageOpts,
-) -> Result<PathBuf, ImageError> {
+) -> Result<(PathBuf, Option<ImageProcess>), ImageError> {
     let c = ensure(reference, opts)?;
-    match persist {
+    let process = c.entry.meta.process.clone();
+    let disk = match persist {
         Some(p) if p.exists() => {
             if !p.is_file() {
                 return Err(ImageError::PersistNotFile(p.to_path_buf()));
             }
-            Ok(p.to_path_buf())
+            p.to_path_buf()
         }
         Some(p) => {
             convert::copy_disk(&c.entry.disk(), p)?;
-            Ok(p.to_path_buf())
+            p.to_path_buf()
         }
-        None => Ok(c.entry.disk()),
-    }
+        None => c.entry.disk(),
+    };
+    Ok((disk, process))
 }
 
 /// The layers for `run --oci --virtiofs`: each unpacked into the layer store
-/// unless it is there already; bottom-most first.
-pub fn layers_for_run(reference: &str, opts: &ImageOpts) -> Result<Vec<PathBuf>, ImageError> {
+/// unless it is there already; bottom-most first; and what the image runs.
+pub fn layers_for_run(
+    reference: &str,
+    opts: &ImageOpts,
+) -> Result<(Vec<PathBuf>, ImageProcess), ImageError> {
     let r: ImageRef = reference.parse()?;
     let progress = CliProgress::new(opts.quiet);
     let mut src = source::open(&r, &source_options(opts))?;
@@ -287,5 +294,5 @@ pub fn layers_for_run(reference: &str, opts: &ImageOpts) -> Result<Vec<PathBuf>,
             started.elapsed().as_secs_f64()
         ));
     }
-    Ok(dirs)
+    Ok((dirs, ImageProcess::from_config(&image.config)))
 }

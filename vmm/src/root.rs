@@ -2,6 +2,8 @@
 //! image and making the VM's writable layer. What is prepared lives as long
 //! as the [`PreparedRoot`]: dropping it removes a private writable layer.
 
+use imagefs::process::ImageProcess;
+
 use crate::config::{DiskConfig, ShareConfig, ShareSource, VmConfig, ROOTFS_TAG};
 use crate::error::Error;
 use crate::spec::{RootSpec, RunSpec, UpperSpec};
@@ -15,12 +17,15 @@ pub struct PreparedRoot {
     share: Option<ShareConfig>,
     /// Owns the private writable layer for as long as the VM runs.
     _upper: Option<VmUpper>,
+    /// What an OCI image says to run, when known.
+    process: Option<ImageProcess>,
 }
 
 impl PreparedRoot {
     /// Converts, unpacks and creates what `spec` needs.
     pub fn prepare(spec: &RootSpec) -> Result<PreparedRoot, Error> {
         let mut upper = None;
+        let mut process = None;
         let (disk, share) = match spec {
             RootSpec::None => (None, None),
             RootSpec::Disk { path, read_only } => (
@@ -49,7 +54,9 @@ impl PreparedRoot {
                 persist,
                 read_only,
             } => {
-                let path = images::disk_for_run(&image.reference, persist.as_deref(), &image.opts)?;
+                let (path, p) =
+                    images::disk_for_run(&image.reference, persist.as_deref(), &image.opts)?;
+                process = p;
                 // The cached disk is shared by every VM: a writable VM gets a private view of it.
                 let copy_on_write = persist.is_none() && !read_only;
                 let disk = DiskConfig {
@@ -64,7 +71,8 @@ impl PreparedRoot {
                 upper: upper_spec,
                 size_cap,
             } => {
-                let layers = images::layers_for_run(&image.reference, &image.opts)?;
+                let (layers, p) = images::layers_for_run(&image.reference, &image.opts)?;
+                process = Some(p);
                 upper = match upper_spec {
                     UpperSpec::None => None,
                     UpperSpec::Private => Some(VmUpper::private(&paths::vms_dir(), &layers)?),
@@ -86,6 +94,7 @@ impl PreparedRoot {
             disk,
             share,
             _upper: upper,
+            process,
         })
     }
 
@@ -99,13 +108,34 @@ impl PreparedRoot {
             nets: spec.nets.clone(),
             mem_size: spec.mem_size,
             cpus: spec.cpus,
-            cmdline: spec.cmdline.clone(),
+            cmdline: image_init(&spec.cmdline, spec.own_cmdline, self.process.as_ref()),
             rng: spec.rng,
             shutdown_timeout: spec.shutdown_timeout,
             fs_stats: spec.fs_stats,
         }
     }
 }
+
+/// The kernel command line, with `init=` from the image when its command is
+/// a system init other than the kernel's default: unless the user wrote the
+/// whole command line (`own`) or an `init=` of their own.
+fn image_init(cmdline: &str, own: bool, process: Option<&ImageProcess>) -> String {
+    let init = process.and_then(ImageProcess::init);
+    match init {
+        Some(init)
+            if !own
+                && init != KERNEL_DEFAULT_INIT
+                && !cmdline.split_whitespace().any(|w| w.starts_with("init=")) =>
+        {
+            tracing::info!("the image's command is {init}: booting it as init");
+            format!("{cmdline} init={init}")
+        }
+        _ => cmdline.to_string(),
+    }
+}
+
+/// The first init the kernel tries.
+const KERNEL_DEFAULT_INIT: &str = "/sbin/init";
 
 #[cfg(test)]
 mod tests {
@@ -130,8 +160,9 @@ mod tests {
             cmdline: "quiet".into(),
             rng: true,
             shutdown_timeout: std::time::Duration::ZERO,
-            fs_stats: false,
             restart: false,
+            own_cmdline: false,
+            fs_stats: false,
         }
     }
 
@@ -164,5 +195,34 @@ mod tests {
             (Path::new("/d.raw"), true, false)
         );
         assert_eq!(c.shares.len(), 1);
+    }
+
+    #[test]
+    fn an_image_whose_command_is_an_init_boots_it() {
+        let systemd = ImageProcess {
+            cmd: vec!["/lib/systemd/systemd".into()],
+            ..ImageProcess::default()
+        };
+        let sbin_init = ImageProcess {
+            cmd: vec!["/sbin/init".into()],
+            ..ImageProcess::default()
+        };
+        let app = ImageProcess {
+            entrypoint: vec!["/bin/app".into()],
+            ..ImageProcess::default()
+        };
+        let c = "console=ttyS0 rw";
+        assert_eq!(
+            image_init(c, false, Some(&systemd)),
+            "console=ttyS0 rw init=/lib/systemd/systemd"
+        );
+        // The kernel's own default, an application, an unknown image, the
+        // user's own command line or init= leave it alone.
+        assert_eq!(image_init(c, false, Some(&sbin_init)), c);
+        assert_eq!(image_init(c, false, Some(&app)), c);
+        assert_eq!(image_init(c, false, None), c);
+        assert_eq!(image_init(c, true, Some(&systemd)), c);
+        let mine = "console=ttyS0 init=/bin/sh";
+        assert_eq!(image_init(mine, false, Some(&systemd)), mine);
     }
 }

@@ -159,6 +159,8 @@ pub struct RunSpec {
     pub shutdown_timeout: std::time::Duration,
     /// `--restart`: a guest reboot boots it again instead of ending minivm.
     pub restart: bool,
+    /// Whether `cmdline` is the user's whole own (`--cmdline`), not minivm's default.
+    pub own_cmdline: bool,
     /// `--fs-stats`.
     pub fs_stats: bool,
 }
@@ -215,6 +217,7 @@ impl RunSpec {
             rng: !args.no_rng,
             shutdown_timeout: std::time::Duration::from_secs(args.shutdown_timeout),
             restart: args.restart,
+            own_cmdline: args.cmdline.is_some(),
             fs_stats: args.fs_stats,
         })
     }
