@@ -81,7 +81,7 @@ def run(name, cmd, stop, log_path, env=None):
                     chunk = b""
                 if not chunk:
                     break
-                log.write(chunk); buf += chunk
+                log.write(chunk); log.flush(); buf += chunk  # tail -f works
                 if t_mu is None and MULTI_USER in buf:
                     t_mu = time.perf_counter() - t0
                 if t_login is None and LOGIN in buf[-4096:]:
