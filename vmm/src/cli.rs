@@ -263,6 +263,27 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_rng: bool,
 
+    /// Run this command (replacing the image's Cmd) through minivm's guest
+    /// agent, and exit with its status.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+
+    /// Replace the image's Entrypoint (and drop its Cmd); "" for none.
+    #[arg(long, value_name = "PROGRAM")]
+    pub entrypoint: Option<String>,
+
+    /// Set a variable for the command: KEY=VALUE, or KEY to pass minivm's own.
+    #[arg(short = 'e', long = "env", value_name = "KEY[=VALUE]")]
+    pub env: Vec<String>,
+
+    /// The command's working directory (replaces the image's WorkingDir).
+    #[arg(long, value_name = "DIR")]
+    pub workdir: Option<String>,
+
+    /// The command's user: name or uid, optionally :group or :gid (replaces the image's User).
+    #[arg(long, value_name = "USER[:GROUP]")]
+    pub user: Option<String>,
+
     /// At exit, print on stderr the FUSE requests each virtio-fs share served,
     /// by opcode, with the server time they took.
     #[arg(long)]

@@ -23,6 +23,12 @@ pub enum Error {
     /// The VM could not be built or run.
     #[error(transparent)]
     Vm(#[from] VmError),
+    /// The command for the guest agent could not be set up.
+    #[error(transparent)]
+    Agent(#[from] crate::agent::AgentError),
+    /// The run asks for the agent and for something it excludes.
+    #[error("{0}")]
+    AgentConflict(&'static str),
 }
 
 impl Error {
@@ -32,12 +38,13 @@ impl Error {
         use crate::target::TargetError;
         matches!(
             self,
-            Error::Spec(
-                SpecError::NeedsImage { .. }
-                    | SpecError::Target(
-                        TargetError::Ambiguous { .. } | TargetError::Invalid { .. }
-                    )
-            )
+            Error::AgentConflict(_)
+                | Error::Spec(
+                    SpecError::NeedsImage { .. }
+                        | SpecError::Target(
+                            TargetError::Ambiguous { .. } | TargetError::Invalid { .. }
+                        )
+                )
         )
     }
 }

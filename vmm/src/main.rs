@@ -7,6 +7,7 @@
 //! reboot with `--restart`), [`vm::boot`] building and running each VM, and
 //! the way the guest ended becomes minivm's exit status.
 
+mod agent;
 mod cli;
 mod config;
 mod cpuid;
@@ -99,7 +100,8 @@ fn dispatch(command: Command, start: Instant) -> Result<ExitCode, Error> {
 fn run(args: &cli::RunArgs, start: Instant) -> Result<ExitCode, Error> {
     let spec = RunSpec::from_args(args)?;
     // Lives as long as the VM: dropping it removes a private writable layer.
-    let root = PreparedRoot::prepare(&spec.root)?;
+    let mut root = PreparedRoot::prepare(&spec.root)?;
+    root.attach_agent(&spec)?;
     let reason = lifecycle::run(&root.vm_config(&spec), spec.restart, start)?;
     match reason {
         ExitReason::GuestPanic => eprintln!("minivm: the guest kernel panicked"),

@@ -4,6 +4,7 @@
 
 use imagefs::process::ImageProcess;
 
+use crate::agent::{AgentInitrd, AgentRoot, Job};
 use crate::config::{DiskConfig, ShareConfig, ShareSource, VmConfig, ROOTFS_TAG};
 use crate::error::Error;
 use crate::spec::{RootSpec, RunSpec, UpperSpec};
@@ -19,6 +20,8 @@ pub struct PreparedRoot {
     _upper: Option<VmUpper>,
     /// What an OCI image says to run, when known.
     process: Option<ImageProcess>,
+    /// The guest agent's initramfs, when the run has a command for it.
+    agent: Option<AgentInitrd>,
 }
 
 impl PreparedRoot {
@@ -95,20 +98,62 @@ impl PreparedRoot {
             share,
             _upper: upper,
             process,
+            agent: None,
         })
+    }
+
+    /// Puts the guest agent in charge when the run has a command for it:
+    /// `-- CMD` or `--entrypoint`, or an image whose command is an
+    /// application (not an init) when the user did not name an init.
+    pub fn attach_agent(&mut self, spec: &RunSpec) -> Result<(), Error> {
+        let image = self.process.clone().unwrap_or_default();
+        let names_init = spec.own_cmdline
+            || spec
+                .cmdline
+                .split_whitespace()
+                .any(|w| w.starts_with("init=") || w.starts_with("rdinit="));
+        let application = !image.argv().is_empty() && image.init().is_none() && !names_init;
+        if !spec.overrides.any() && !application {
+            return Ok(());
+        }
+        if spec.initrd.is_some() {
+            return Err(Error::AgentConflict(
+                "--initrd cannot be used with a command for the guest agent (-- CMD)",
+            ));
+        }
+        let root = match (&self.disk, &self.share) {
+            (Some(_), _) => AgentRoot::Disk,
+            (None, Some(share)) => AgentRoot::Share(share.tag.clone()),
+            (None, None) => {
+                return Err(Error::AgentConflict(
+                    "a command (-- CMD) needs an image, a disk or a root directory to run in",
+                ))
+            }
+        };
+        let job = Job::new(&image, &spec.overrides)?;
+        tracing::info!("the guest agent runs {:?}", job.argv);
+        self.agent = Some(AgentInitrd::new(&job, &root, spec.root.read_only())?);
+        Ok(())
     }
 
     /// The VM to build: `spec` with this root attached (its share first).
     pub fn vm_config(&self, spec: &RunSpec) -> VmConfig {
         VmConfig {
             kernel: spec.kernel.clone(),
-            initrd: spec.initrd.clone(),
+            initrd: match &self.agent {
+                Some(a) => Some(a.path()),
+                None => spec.initrd.clone(),
+            },
             disk: self.disk.clone(),
             shares: self.share.iter().chain(&spec.shares).cloned().collect(),
             nets: spec.nets.clone(),
             mem_size: spec.mem_size,
             cpus: spec.cpus,
-            cmdline: image_init(&spec.cmdline, spec.own_cmdline, self.process.as_ref()),
+            cmdline: match &self.agent {
+                // Kernel messages stay off the command's output (a panic's still show).
+                Some(_) => format!("{} quiet loglevel=1", spec.cmdline),
+                None => image_init(&spec.cmdline, spec.own_cmdline, self.process.as_ref()),
+            },
             rng: spec.rng,
             shutdown_timeout: spec.shutdown_timeout,
             fs_stats: spec.fs_stats,
@@ -163,6 +208,7 @@ mod tests {
             restart: false,
             own_cmdline: false,
             fs_stats: false,
+            overrides: Default::default(),
         }
     }
 

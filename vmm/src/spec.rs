@@ -7,6 +7,7 @@ use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use crate::agent::Overrides;
 use crate::cli::{ImageOpts, RunArgs};
 use crate::config::{NetConfig, ShareConfig, ShareSource, DEFAULT_CMDLINE, ROOTFS_TAG};
 use crate::io_reason::io_reason;
@@ -163,6 +164,8 @@ pub struct RunSpec {
     pub own_cmdline: bool,
     /// `--fs-stats`.
     pub fs_stats: bool,
+    /// `-- CMD`, `--entrypoint`, `-e`, `--workdir`, `--user`.
+    pub overrides: Overrides,
 }
 
 impl RunSpec {
@@ -219,6 +222,13 @@ impl RunSpec {
             restart: args.restart,
             own_cmdline: args.cmdline.is_some(),
             fs_stats: args.fs_stats,
+            overrides: Overrides {
+                command: args.command.clone(),
+                entrypoint: args.entrypoint.clone(),
+                env: args.env.clone(),
+                workdir: args.workdir.clone(),
+                user: args.user.clone(),
+            },
         })
     }
 }
@@ -387,6 +397,11 @@ mod tests {
             shutdown_timeout: 0,
             restart: false,
             fs_stats: false,
+            command: vec![],
+            entrypoint: None,
+            env: vec![],
+            workdir: None,
+            user: None,
         }
     }
 

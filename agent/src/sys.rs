@@ -1,0 +1,139 @@
+//! The few system calls std does not wrap, declared by hand: the agent has
+//! no dependencies, so vmm/build.rs can build it with rustc alone.
+
+use std::ffi::{c_char, c_int, c_ulong, c_void, CString};
+use std::io;
+
+pub const MS_RDONLY: c_ulong = 1;
+pub const MS_NOSUID: c_ulong = 2;
+pub const MS_NODEV: c_ulong = 4;
+pub const MS_NOEXEC: c_ulong = 8;
+pub const MS_REMOUNT: c_ulong = 32;
+pub const MS_MOVE: c_ulong = 8192;
+pub const SIGKILL: c_int = 9;
+pub const SIGTERM: c_int = 15;
+pub const SIGINT: c_int = 2;
+pub const SIGHUP: c_int = 1;
+const RB_POWER_OFF: c_int = 0x4321_fedc_u32 as c_int;
+
+extern "C" {
+    fn mount(
+        source: *const c_char,
+        target: *const c_char,
+        fstype: *const c_char,
+        flags: c_ulong,
+        data: *const c_void,
+    ) -> c_int;
+    fn sethostname(name: *const c_char, len: usize) -> c_int;
+    fn ioperm(from: c_ulong, num: c_ulong, on: c_int) -> c_int;
+    fn reboot(cmd: c_int) -> c_int;
+    fn sync();
+    fn kill(pid: c_int, sig: c_int) -> c_int;
+    fn waitpid(pid: c_int, status: *mut c_int, options: c_int) -> c_int;
+    fn signal(sig: c_int, handler: usize) -> usize;
+    fn chroot(path: *const c_char) -> c_int;
+}
+
+fn cstr(s: &str) -> io::Result<CString> {
+    CString::new(s).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+}
+
+fn check(r: c_int) -> io::Result<()> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// mount(2); `source`/`fstype` may be empty (NULL).
+pub fn mount_fs(
+    source: &str,
+    target: &str,
+    fstype: &str,
+    flags: c_ulong,
+    data: &str,
+) -> io::Result<()> {
+    let (s, t, f, d) = (cstr(source)?, cstr(target)?, cstr(fstype)?, cstr(data)?);
+    let ptr = |c: &CString, empty: bool| if empty { std::ptr::null() } else { c.as_ptr() };
+    // SAFETY: every pointer is a NUL-terminated string that outlives the call, or NULL.
+    check(unsafe {
+        mount(
+            ptr(&s, source.is_empty()),
+            t.as_ptr(),
+            ptr(&f, fstype.is_empty()),
+            flags,
+            ptr(&d, data.is_empty()).cast(),
+        )
+    })
+}
+
+/// Makes the current directory the root (after it was moved onto `/`).
+pub fn chroot_here() -> io::Result<()> {
+    // SAFETY: a static NUL-terminated path.
+    check(unsafe { chroot(c".".as_ptr()) })
+}
+
+pub fn set_hostname(name: &str) -> io::Result<()> {
+    // SAFETY: the pointer and length describe `name`'s bytes.
+    check(unsafe { sethostname(name.as_ptr().cast(), name.len()) })
+}
+
+pub fn flush_disks() {
+    // SAFETY: sync has no arguments and cannot fail.
+    unsafe { sync() }
+}
+
+pub fn kill_pid(pid: i32, sig: c_int) {
+    // SAFETY: kill only sends a signal.
+    unsafe { kill(pid, sig) };
+}
+
+/// Reaps one child: `(pid, raw wait status)`, or `None` when there is none left.
+pub fn wait_any() -> Option<(i32, c_int)> {
+    let mut status = 0;
+    loop {
+        // SAFETY: status is a valid out pointer for the call.
+        let pid = unsafe { waitpid(-1, &mut status, 0) };
+        if pid > 0 {
+            return Some((pid, status));
+        }
+        if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return None;
+        }
+    }
+}
+
+/// Installs `handler` for `sig`.
+pub fn on_signal(sig: c_int, handler: extern "C" fn(c_int)) {
+    // SAFETY: the handler is an extern "C" fn that only makes async-signal-safe calls.
+    unsafe { signal(sig, handler as usize) };
+}
+
+/// The exit status of a raw wait status: the code, or 128 + the signal.
+pub fn exit_code(status: c_int) -> u8 {
+    if status & 0x7f == 0 {
+        ((status >> 8) & 0xff) as u8
+    } else {
+        128u8.wrapping_add((status & 0x7f) as u8)
+    }
+}
+
+/// Ends the VM with `code` through minivm's exit port (0xf4): written
+/// through `/dev/port` (`port`, opened early) or with `out` after ioperm;
+/// powers off when neither reaches it.
+pub fn end_vm(port: Option<&std::fs::File>, code: u8) -> ! {
+    if let Some(p) = port {
+        let _ = std::os::unix::fs::FileExt::write_at(p, &[code], 0xf4);
+    }
+    // SAFETY: ioperm only changes this process's I/O permission bitmap.
+    if unsafe { ioperm(0xf4, 1, 1) } == 0 {
+        // SAFETY: port 0xf4 is minivm's exit port; writing it ends the VM.
+        unsafe { std::arch::asm!("out dx, al", in("dx") 0xf4u16, in("al") code) };
+    }
+    eprintln!("minivm-agent: no exit port; powering off (status {code} is lost)");
+    // SAFETY: reboot(2) with a valid command; PID 1 may power off.
+    unsafe { reboot(RB_POWER_OFF) };
+    // PID 1 ending panics the kernel, which minivm reports.
+    std::process::exit(i32::from(code))
+}

@@ -1,0 +1,346 @@
+//! `minivm run IMAGE -- CMD`: the job for the guest agent (`agent/`), and
+//! the initramfs that carries both into the VM. The image, the disk cache
+//! and the layer store stay untouched: the agent and its job live only in
+//! this initramfs, a memory file that goes with the VM.
+//!
+//! What runs follows `docker run`: `--entrypoint` replaces the image's
+//! Entrypoint and drops its Cmd; arguments after `--` replace Cmd; the
+//! image's Env, then `-e`, make the environment (PATH defaults as in
+//! Docker); `--workdir` and `--user` replace WorkingDir and User.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::path::PathBuf;
+
+use imagefs::process::ImageProcess;
+
+/// The agent, built static for the guest by build.rs.
+static AGENT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/minivm-agent"));
+
+/// The PATH Docker gives a process whose image sets none.
+const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Why no job could be made.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// Nothing to run.
+    #[error("the image has no command (Entrypoint/Cmd): give one after --")]
+    NoCommand,
+    /// A value the job format cannot carry.
+    #[error("{what} {value:?} contains a newline or NUL")]
+    BadValue { what: &'static str, value: String },
+    /// An argument or variable with a NUL byte.
+    #[error("{what} contains a NUL byte")]
+    Nul { what: &'static str },
+    /// `-e NAME` for a variable the host does not have.
+    #[error("-e {0}: no such variable in minivm's environment (write -e {0}=VALUE)")]
+    NoHostVar(String),
+    /// The memory file for the initramfs.
+    #[error("cannot make the agent's initramfs: {0}")]
+    Memfd(#[source] std::io::Error),
+}
+
+/// What the user asked to change of the image's process.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overrides {
+    /// Arguments after `--`.
+    pub command: Vec<String>,
+    /// `--entrypoint`.
+    pub entrypoint: Option<String>,
+    /// `-e KEY=VALUE` or `-e KEY`.
+    pub env: Vec<String>,
+    /// `--workdir`.
+    pub workdir: Option<String>,
+    /// `--user`.
+    pub user: Option<String>,
+}
+
+impl Overrides {
+    /// Whether the user asked for the agent at all.
+    pub fn any(&self) -> bool {
+        !self.command.is_empty() || self.entrypoint.is_some()
+    }
+}
+
+/// Where the agent finds the image's root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentRoot {
+    /// virtio-blk `/dev/vda`.
+    Disk,
+    /// The virtio-fs share with this tag.
+    Share(String),
+}
+
+/// One run for the agent, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    pub argv: Vec<String>,
+    pub env: Vec<String>,
+    pub workdir: String,
+    pub user: String,
+}
+
+impl Job {
+    /// The image's process with the user's overrides applied.
+    pub fn new(image: &ImageProcess, o: &Overrides) -> Result<Job, AgentError> {
+        let entrypoint = match &o.entrypoint {
+            Some(e) if e.is_empty() => vec![],
+            Some(e) => vec![e.clone()],
+            None => image.entrypoint.clone(),
+        };
+        let cmd = match (&o.entrypoint, o.command.is_empty()) {
+            (_, false) => o.command.clone(),
+            (Some(_), true) => vec![],
+            (None, true) => image.cmd.clone(),
+        };
+        let argv: Vec<String> = entrypoint.into_iter().chain(cmd).collect();
+        if argv.is_empty() {
+            return Err(AgentError::NoCommand);
+        }
+        let mut env: Vec<String> = image.env.clone();
+        for e in &o.env {
+            let kv = match e.split_once('=') {
+                Some(_) => e.clone(),
+                None => {
+                    let v = std::env::var(e).map_err(|_| AgentError::NoHostVar(e.clone()))?;
+                    format!("{e}={v}")
+                }
+            };
+            let key = kv.split('=').next().unwrap_or_default().to_string();
+            env.retain(|old| old.split('=').next() != Some(key.as_str()));
+            env.push(kv);
+        }
+        if !env.iter().any(|kv| kv.starts_with("PATH=")) {
+            env.insert(0, DEFAULT_PATH.to_string());
+        }
+        for (what, list) in [("an argument", &argv), ("a variable", &env)] {
+            if list.iter().any(|s| s.contains('\0')) {
+                return Err(AgentError::Nul { what });
+            }
+        }
+        let workdir = o
+            .workdir
+            .clone()
+            .unwrap_or_else(|| image.working_dir.clone());
+        let user = o.user.clone().unwrap_or_else(|| image.user.clone());
+        for (what, value) in [("--workdir", &workdir), ("--user", &user)] {
+            if value.contains(['\n', '\0']) {
+                return Err(AgentError::BadValue {
+                    what,
+                    value: value.clone(),
+                });
+            }
+        }
+        Ok(Job {
+            argv,
+            env,
+            workdir,
+            user,
+        })
+    }
+
+    /// The three job files, as `agent/src/job.rs` reads them.
+    fn files(&self, root: &AgentRoot, read_only: bool) -> [(&'static str, Vec<u8>); 3] {
+        let nul_list = |l: &[String]| l.iter().flat_map(|s| s.bytes().chain([0])).collect();
+        let root = match root {
+            AgentRoot::Disk => "blk:/dev/vda".to_string(),
+            AgentRoot::Share(tag) => format!("virtiofs:{tag}"),
+        };
+        let job = format!(
+            "root={root}\nreadonly={}\nworkdir={}\nuser={}\nhostname=minivm\n",
+            u8::from(read_only),
+            self.workdir,
+            self.user
+        );
+        [
+            ("minivm/argv", nul_list(&self.argv)),
+            ("minivm/env", nul_list(&self.env)),
+            ("minivm/job", job.into_bytes()),
+        ]
+    }
+}
+
+/// The agent's initramfs, in a memory file that lives as long as this.
+#[derive(Debug)]
+pub struct AgentInitrd {
+    file: File,
+}
+
+impl AgentInitrd {
+    /// Writes the agent and `job` into a new initramfs.
+    pub fn new(job: &Job, root: &AgentRoot, read_only: bool) -> Result<AgentInitrd, AgentError> {
+        let cpio = initramfs(&job.files(root, read_only));
+        // SAFETY: memfd_create with a static name; the fd is checked and then owned by File.
+        let fd = unsafe { libc::memfd_create(c"minivm-agent-initrd".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(AgentError::Memfd(std::io::Error::last_os_error()));
+        }
+        // SAFETY: fd is a new descriptor nothing else owns.
+        let mut file = unsafe { File::from_raw_fd(fd) };
+        file.write_all(&cpio).map_err(AgentError::Memfd)?;
+        Ok(AgentInitrd { file })
+    }
+
+    /// A path the loader can open while this lives.
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
+    }
+}
+
+/// A newc cpio archive: /dev/console (the kernel opens it for PID 1's
+/// stdio before /init runs), /init (the agent), /minivm/* (the job).
+fn initramfs(job: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(AGENT.len() + 4096);
+    let mut ino = 1;
+    let mut entry = |name: &str, mode: u32, rdev: (u32, u32), data: &[u8]| {
+        let fields = [
+            ino,
+            mode,
+            0,
+            0,
+            1,
+            0,
+            data.len() as u32,
+            0,
+            0,
+            rdev.0,
+            rdev.1,
+            name.len() as u32 + 1,
+            0,
+        ];
+        ino += 1;
+        out.extend_from_slice(b"070701");
+        for f in fields {
+            out.extend_from_slice(format!("{f:08x}").as_bytes());
+        }
+        out.extend_from_slice(name.as_bytes());
+        out.push(0);
+        out.resize(out.len().next_multiple_of(4), 0);
+        out.extend_from_slice(data);
+        out.resize(out.len().next_multiple_of(4), 0);
+    };
+    entry("dev", 0o40755, (0, 0), &[]);
+    entry("dev/console", 0o20600, (5, 1), &[]);
+    entry("minivm", 0o40755, (0, 0), &[]);
+    for (name, data) in job {
+        entry(name, 0o100644, (0, 0), data);
+    }
+    entry("init", 0o100755, (0, 0), AGENT);
+    entry("TRAILER!!!", 0, (0, 0), &[]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image() -> ImageProcess {
+        ImageProcess {
+            entrypoint: vec!["/entry".into()],
+            cmd: vec!["default".into()],
+            env: vec!["A=1".into(), "B=2".into()],
+            working_dir: "/srv".into(),
+            user: "app".into(),
+        }
+    }
+
+    #[test]
+    fn overrides_follow_docker_run() {
+        let j = Job::new(&image(), &Overrides::default()).unwrap();
+        assert_eq!(j.argv, ["/entry", "default"]);
+        assert_eq!(
+            j.env[0], DEFAULT_PATH,
+            "PATH defaults when the image has none"
+        );
+        assert_eq!((j.workdir.as_str(), j.user.as_str()), ("/srv", "app"));
+        let o = Overrides {
+            command: vec!["x".into(), "y".into()],
+            env: vec!["B=3".into(), "C=4".into()],
+            workdir: Some("/w".into()),
+            user: Some("0:0".into()),
+            ..Overrides::default()
+        };
+        let j = Job::new(&image(), &o).unwrap();
+        assert_eq!(
+            j.argv,
+            ["/entry", "x", "y"],
+            "CMD replaces Cmd, not Entrypoint"
+        );
+        assert_eq!(j.env[1..], ["A=1", "B=3", "C=4"]);
+        assert_eq!((j.workdir.as_str(), j.user.as_str()), ("/w", "0:0"));
+        let e = Overrides {
+            entrypoint: Some("/bin/sh".into()),
+            ..Overrides::default()
+        };
+        assert_eq!(
+            Job::new(&image(), &e).unwrap().argv,
+            ["/bin/sh"],
+            "--entrypoint drops Cmd"
+        );
+        let none = Job::new(&ImageProcess::default(), &Overrides::default());
+        assert!(matches!(none, Err(AgentError::NoCommand)));
+        let bad = Overrides {
+            user: Some("a\nroot=blk:x".into()),
+            ..Overrides::default()
+        };
+        assert!(matches!(
+            Job::new(&image(), &bad),
+            Err(AgentError::BadValue { .. })
+        ));
+    }
+
+    #[test]
+    fn the_initramfs_is_newc_with_console_agent_and_job() {
+        let j = Job::new(&image(), &Overrides::default()).unwrap();
+        let cpio = initramfs(&j.files(&AgentRoot::Share("minivm-root".into()), true));
+        // Walk it as the kernel does.
+        let mut names = Vec::new();
+        let mut at = 0;
+        loop {
+            assert_eq!(&cpio[at..at + 6], b"070701");
+            let field = |i: usize| {
+                let s = std::str::from_utf8(&cpio[at + 6 + i * 8..at + 14 + i * 8]).unwrap();
+                usize::from_str_radix(s, 16).unwrap()
+            };
+            let (mode, size, namesize) = (field(1), field(6), field(11));
+            let name_at = at + 110;
+            let name = std::str::from_utf8(&cpio[name_at..name_at + namesize - 1]).unwrap();
+            let data_at = (name_at + namesize).next_multiple_of(4);
+            let data = &cpio[data_at..data_at + size];
+            if name == "TRAILER!!!" {
+                break;
+            }
+            if name == "dev/console" {
+                assert_eq!((mode, field(9), field(10)), (0o20600, 5, 1));
+            }
+            if name == "minivm/job" {
+                let text = std::str::from_utf8(data).unwrap();
+                assert!(
+                    text.starts_with("root=virtiofs:minivm-root\nreadonly=1\n"),
+                    "{text}"
+                );
+            }
+            if name == "init" {
+                assert_eq!(data, AGENT);
+                assert_eq!(mode, 0o100755);
+            }
+            names.push(name.to_string());
+            at = (data_at + size).next_multiple_of(4);
+        }
+        assert_eq!(
+            names,
+            [
+                "dev",
+                "dev/console",
+                "minivm",
+                "minivm/argv",
+                "minivm/env",
+                "minivm/job",
+                "init"
+            ]
+        );
+        assert_eq!(cpio.len() % 4, 0);
+        assert!(AGENT.starts_with(b"\x7fELF"));
+    }
+}
