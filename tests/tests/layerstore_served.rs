@@ -38,6 +38,10 @@ fn lookup(fs: &LayeredFs, path: &[u8]) -> Result<(u64, libc::stat64), i32> {
         let e = fs
             .lookup(&ctx, ino, &CString::new(c).unwrap())
             .map_err(|e| e.raw_os_error().unwrap_or(-1))?;
+        // A negative entry (the guest may cache the miss) is ENOENT to the kernel.
+        if e.inode == 0 {
+            return Err(libc::ENOENT);
+        }
         (ino, st) = (e.inode, e.attr);
     }
     Ok((ino, st))
