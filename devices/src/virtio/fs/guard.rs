@@ -609,6 +609,8 @@ impl<F: FileSystem<Inode = u64, Handle = u64> + Sync> FileSystem for GuardFs<F> 
         data: IoctlData,
         out_size: u32,
     ) -> io::Result<IoctlData<'_>> {
+        // Which ioctls guests send is not obvious (a Debian boot sent thousands): -vv shows them.
+        tracing::debug!("virtio-fs: ioctl {cmd:#x} on inode {inode}");
         // Some file ioctls modify (FS_IOC_SETFLAGS); none is needed read-only.
         self.writable()?;
         self.inner
