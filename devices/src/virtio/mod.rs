@@ -5,6 +5,7 @@
 //! queue configuration; a device only sees activated queues and requests.
 
 pub mod block;
+pub mod console;
 mod device;
 pub mod fs;
 pub mod mmio;
