@@ -4,7 +4,11 @@
 //! * `/minivm/argv`: the command and its arguments, each ending in NUL;
 //! * `/minivm/env`: `KEY=VALUE` entries, each ending in NUL;
 //! * `/minivm/job`: `key=value` lines: `root` (`blk:DEVICE` or
-//!   `virtiofs:TAG`), `readonly` (`0`/`1`), `workdir`, `user`, `hostname`.
+//!   `virtiofs:TAG`), `readonly` (`0`/`1`), `workdir`, `user`, `hostname`,
+//!   `stdio` (`console`, the default; `ports`: minivm's virtio-console ports
+//!   `minivm.stdout`, `minivm.stderr` and, with `stdin=1`, `minivm.stdin`;
+//!   `tty`: the serial console as the command's terminal), `stdin`
+//!   (`0`/`1`) and `winsize` (`ROWSxCOLS`, for `tty`).
 //!
 //! Values cannot hold a newline (minivm refuses them); names and arguments
 //! are bytes.
@@ -19,6 +23,24 @@ pub enum Root {
     Block(String),
     /// A virtio-fs tag.
     VirtioFs(String),
+}
+
+/// Where the command's stdin, stdout and stderr go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stdio {
+    /// The agent's own: /dev/console.
+    Console,
+    /// minivm's virtio-console ports; stdin from `minivm.stdin` or /dev/null.
+    Ports {
+        /// Whether minivm attached its stdin (`-i`).
+        stdin: bool,
+    },
+    /// The serial console as the command's controlling terminal (`-t`).
+    Tty {
+        /// Rows and columns of the host's terminal (0: unknown).
+        rows: u16,
+        cols: u16,
+    },
 }
 
 /// One run.
@@ -38,6 +60,8 @@ pub struct Job {
     pub user: String,
     /// The VM's host name.
     pub hostname: String,
+    /// The command's stdio.
+    pub stdio: Stdio,
 }
 
 /// Why the job files make no job.
@@ -74,7 +98,9 @@ impl Job {
             workdir: String::new(),
             user: String::new(),
             hostname: String::new(),
+            stdio: Stdio::Console,
         };
+        let (mut stdio, mut stdin, mut winsize) = ("console", false, (0, 0));
         for line in job.lines().filter(|l| !l.is_empty()) {
             let (k, v) = line
                 .split_once('=')
@@ -91,11 +117,28 @@ impl Job {
                 "workdir" => j.workdir = v.to_string(),
                 "user" => j.user = v.to_string(),
                 "hostname" => j.hostname = v.to_string(),
+                "stdio" => stdio = v,
+                "stdin" => stdin = v == "1",
+                "winsize" => {
+                    winsize = v
+                        .split_once('x')
+                        .and_then(|(r, c)| Some((r.parse().ok()?, c.parse().ok()?)))
+                        .ok_or_else(|| JobError(format!("bad winsize {v:?}")))?
+                }
                 // Newer minivm, older agent: never, they ship together.
                 _ => return Err(JobError(format!("unknown job key {k:?}"))),
             }
         }
         j.root = root.ok_or_else(|| JobError("the job names no root".into()))?;
+        j.stdio = match stdio {
+            "console" => Stdio::Console,
+            "ports" => Stdio::Ports { stdin },
+            "tty" => Stdio::Tty {
+                rows: winsize.0,
+                cols: winsize.1,
+            },
+            _ => return Err(JobError(format!("bad stdio {stdio:?}"))),
+        };
         Ok(j)
     }
 }
@@ -118,8 +161,23 @@ mod tests {
         assert!(j.read_only);
         assert_eq!((j.workdir.as_str(), j.user.as_str()), ("/srv", "app:1"));
         assert_eq!(j.hostname, "h");
+        assert_eq!(j.stdio, Stdio::Console);
         let b = Job::parse(b"true\0", b"", "root=blk:/dev/vda\n").unwrap();
         assert_eq!(b.root, Root::Block("/dev/vda".into()));
+        let p = Job::parse(b"cat\0", b"", "root=blk:/dev/vda\nstdio=ports\nstdin=1\n").unwrap();
+        assert_eq!(p.stdio, Stdio::Ports { stdin: true });
+        let t = Job::parse(
+            b"sh\0",
+            b"",
+            "root=blk:/dev/vda\nstdio=tty\nwinsize=40x132\n",
+        );
+        assert_eq!(
+            t.unwrap().stdio,
+            Stdio::Tty {
+                rows: 40,
+                cols: 132
+            }
+        );
         assert!(!b.read_only && b.env.is_empty() && b.workdir.is_empty());
     }
 
@@ -130,5 +188,7 @@ mod tests {
         assert!(Job::parse(b"x\0", b"", "root=nfs:x").is_err());
         assert!(Job::parse(b"x\0", b"", "root=blk:/dev/vda\nmystery=1").is_err());
         assert!(Job::parse(b"x\0", b"", "root").is_err());
+        assert!(Job::parse(b"x\0", b"", "root=blk:/dev/vda\nstdio=pipe").is_err());
+        assert!(Job::parse(b"x\0", b"", "root=blk:/dev/vda\nwinsize=80").is_err());
     }
 }

@@ -16,6 +16,7 @@
 //! `docker run` does.
 
 mod job;
+mod stdio;
 mod sys;
 mod user;
 
@@ -51,14 +52,15 @@ fn main() {
         eprintln!("minivm-agent: this is minivm's guest init; it runs only as PID 1 of a VM");
         std::process::exit(2);
     }
-    let code = match run() {
+    let mut outputs = stdio::Outputs::default();
+    let code = match run(&mut outputs) {
         Ok(code) => code,
         Err((code, msg)) => {
             eprintln!("minivm-agent: {msg}");
             code
         }
     };
-    shut_down();
+    shut_down(outputs);
     sys::end_vm(PORT.get(), code);
 }
 
@@ -72,7 +74,7 @@ fn setup(what: &str) -> impl FnOnce(io::Error) -> Failure + '_ {
 /// image's root hides it (the image may have no /dev of its own).
 static PORT: OnceLock<std::fs::File> = OnceLock::new();
 
-fn run() -> Result<u8, Failure> {
+fn run(outputs: &mut stdio::Outputs) -> Result<u8, Failure> {
     // The initramfs has no /dev of its own beyond the console.
     sys::mount_fs("devtmpfs", "/dev", "devtmpfs", sys::MS_NOSUID, "")
         .map_err(setup("mount /dev"))?;
@@ -84,6 +86,7 @@ fn run() -> Result<u8, Failure> {
         .map_err(|_| (EXIT_SETUP, "/minivm/job is not UTF-8".to_string()))?;
     let job = Job::parse(&read("/minivm/argv")?, &read("/minivm/env")?, &job_text)
         .map_err(|e| (EXIT_SETUP, format!("the job: {e}")))?;
+    let opened = stdio::open(job.stdio).map_err(setup("the command's stdin/stdout/stderr"))?;
     switch_root(&job)?;
     mount_api_filesystems();
     if !job.hostname.is_empty() {
@@ -124,7 +127,14 @@ fn run() -> Result<u8, Failure> {
     for sig in [sys::SIGTERM, sys::SIGINT, sys::SIGHUP] {
         sys::on_signal(sig, forward);
     }
-    let child = cmd.spawn().map_err(|e| {
+    *outputs = opened
+        .attach(&mut cmd)
+        .map_err(setup("the command's stdin/stdout/stderr"))?;
+    let spawned = cmd.spawn();
+    // The agent's ends of the command's pipes close with `cmd`, so the
+    // output copies see EOF when the command's processes are gone.
+    drop(cmd);
+    let child = spawned.map_err(|e| {
         let code = match e.kind() {
             io::ErrorKind::NotFound => EXIT_NOT_FOUND,
             _ => EXIT_CANNOT_RUN,
@@ -214,12 +224,23 @@ fn mount_api_filesystems() {
             }
         }
     }
+    // What udev or a container runtime would add and devtmpfs lacks.
+    for (link, target) in [
+        ("/dev/fd", "/proc/self/fd"),
+        ("/dev/stdin", "/proc/self/fd/0"),
+        ("/dev/stdout", "/proc/self/fd/1"),
+        ("/dev/stderr", "/proc/self/fd/2"),
+    ] {
+        let _ = std::os::unix::fs::symlink(target, link);
+    }
 }
 
-/// Stops what the command left running and leaves the root clean.
-fn shut_down() {
+/// Stops what the command left running, sends its last output and leaves
+/// the root clean.
+fn shut_down(outputs: stdio::Outputs) {
     sys::kill_pid(-1, sys::SIGKILL);
     while sys::wait_any().is_some() {}
+    outputs.drain();
     sys::flush_disks();
     // A clean ext4 for a --persist disk; fails harmlessly on a read-only root.
     let _ = sys::mount_fs("", "/", "", sys::MS_REMOUNT | sys::MS_RDONLY, "");

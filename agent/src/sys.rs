@@ -3,6 +3,7 @@
 
 use std::ffi::{c_char, c_int, c_ulong, c_void, CString};
 use std::io;
+use std::os::fd::AsRawFd;
 
 pub const MS_RDONLY: c_ulong = 1;
 pub const MS_NOSUID: c_ulong = 2;
@@ -32,6 +33,21 @@ extern "C" {
     fn waitpid(pid: c_int, status: *mut c_int, options: c_int) -> c_int;
     fn signal(sig: c_int, handler: usize) -> usize;
     fn chroot(path: *const c_char) -> c_int;
+    fn umount2(target: *const c_char, flags: c_int) -> c_int;
+    fn setsid() -> c_int;
+    fn ioctl(fd: c_int, request: c_ulong, ...) -> c_int;
+}
+
+const TIOCSCTTY: c_ulong = 0x540e;
+const TIOCSWINSZ: c_ulong = 0x5414;
+const MNT_DETACH: c_int = 2;
+
+#[repr(C)]
+struct Winsize {
+    rows: u16,
+    cols: u16,
+    xpixel: u16,
+    ypixel: u16,
 }
 
 fn cstr(s: &str) -> io::Result<CString> {
@@ -77,6 +93,34 @@ pub fn chroot_here() -> io::Result<()> {
 pub fn set_hostname(name: &str) -> io::Result<()> {
     // SAFETY: the pointer and length describe `name`'s bytes.
     check(unsafe { sethostname(name.as_ptr().cast(), name.len()) })
+}
+
+/// Detaches the mount on `target`.
+pub fn unmount(target: &str) -> io::Result<()> {
+    let t = cstr(target)?;
+    // SAFETY: a valid C string; umount2 only reads it.
+    check(unsafe { umount2(t.as_ptr(), MNT_DETACH) })
+}
+
+/// Sets a terminal's window size.
+pub fn set_window_size(tty: &impl AsRawFd, rows: u16, cols: u16) -> io::Result<()> {
+    let ws = Winsize {
+        rows,
+        cols,
+        xpixel: 0,
+        ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one struct winsize, which `ws` is.
+    check(unsafe { ioctl(tty.as_raw_fd(), TIOCSWINSZ, &ws as *const Winsize) })
+}
+
+/// In a new child before exec: a session of its own with stdin (a
+/// terminal) as its controlling terminal. Async-signal-safe.
+pub fn take_terminal() -> io::Result<()> {
+    // SAFETY: setsid has no arguments; the child is not a group leader.
+    check(unsafe { setsid() })?;
+    // SAFETY: TIOCSCTTY on fd 0 takes an int argument, 0: do not steal.
+    check(unsafe { ioctl(0, TIOCSCTTY, 0 as c_int) })
 }
 
 pub fn flush_disks() {

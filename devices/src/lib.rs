@@ -32,6 +32,8 @@ pub enum ExitReason {
     UserQuit,
     /// minivm received this signal (SIGTERM, SIGINT, SIGHUP).
     HostSignal(i32),
+    /// `--timeout` passed before the guest ended.
+    Timeout,
 }
 
 /// Where devices report that the VM should stop.

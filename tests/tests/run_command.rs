@@ -3,7 +3,8 @@
 //! config) runs its command through minivm's guest agent, over the disk and
 //! over virtio-fs, honouring the config or the command line's overrides,
 //! and minivm exits with the command's status (128+N for a signal). The
-//! image and the caches are not changed. Two boots.
+//! image and the caches are not changed; `--timeout` stops one that does
+//! not end. Three boots.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -123,7 +124,20 @@ fn an_application_image_runs_its_command_and_returns_its_status() {
         lines_with(&out.stdout, "RUN "),
         ["RUN G=bye E=1 P=/tmp U=0"]
     );
-    // The VM's writable layer went with it; the layer store keeps only layers.
+    // `--timeout` stops a command that does not end, with 124; counted from
+    // minivm's start, so it leaves room for this host's slow boot.
+    let mut c = minivm(&cache);
+    c.args(["run", "--kernel", kernel, "--mem", "256M", &reference])
+        .args(["--virtiofs", "--timeout", "200", "--"])
+        .args(["sh", "-c", "echo started; exec sleep 1000"]);
+    let out = run_minivm_with(&mut c, BOOT_TIMEOUT);
+    assert_eq!(out.code(), 124, "{out:#?}");
+    assert!(
+        out.stdout.lines().any(|x| x.trim_end() == "started"),
+        "the command never started: {}",
+        out.stdout
+    );
+    // The VMs' writable layers went with them; the store keeps only layers.
     let vms = cache.join("minivm/vms");
     assert_eq!(std::fs::read_dir(&vms).map(|r| r.count()).unwrap_or(0), 0);
     std::fs::remove_dir_all(&dir).unwrap();

@@ -283,3 +283,23 @@ fn short_forms_boot_like_the_long_ones() {
         assert!(out.stderr.contains(says), "{args:?}: {}", out.stderr);
     }
 }
+
+/// `--timeout` stops a guest that does not end, with 124 and a message.
+#[test]
+fn timeout_stops_a_spinning_guest_with_124() {
+    if !kvm_available() {
+        return;
+    }
+    let g = TinyGuest {
+        message: b"spinning\n".to_vec(),
+        boot_marker: false,
+        end: TinyEnd::Spin,
+    };
+    let out = run_tiny(&g, "timeout", &["--timeout", "2"]);
+    assert_eq!(out.code(), 124, "{out:#?}");
+    assert_eq!(out.stdout, "spinning\n");
+    assert!(out.stderr.contains("--timeout passed"), "{}", out.stderr);
+    assert!(out.elapsed >= Duration::from_secs(2), "{out:#?}");
+    // Zero is refused: it would never let a guest run.
+    assert_eq!(run_tiny(&g, "timeout0", &["--timeout", "0"]).code(), 2);
+}

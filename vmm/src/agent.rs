@@ -54,6 +54,10 @@ pub struct Overrides {
     pub workdir: Option<String>,
     /// `--user`.
     pub user: Option<String>,
+    /// `-i`: minivm's stdin goes to the command.
+    pub interactive: bool,
+    /// `-t`: the command gets a terminal (the serial console).
+    pub tty: bool,
 }
 
 impl Overrides {
@@ -79,6 +83,8 @@ pub struct Job {
     pub env: Vec<String>,
     pub workdir: String,
     pub user: String,
+    /// The `stdio`, `stdin` and `winsize` lines of the job file.
+    pub stdio: String,
 }
 
 impl Job {
@@ -132,11 +138,18 @@ impl Job {
                 });
             }
         }
+        let stdio = if o.tty {
+            let (rows, cols) = crate::terminal::window_size().unwrap_or((0, 0));
+            format!("stdio=tty\nwinsize={rows}x{cols}\n")
+        } else {
+            format!("stdio=ports\nstdin={}\n", u8::from(o.interactive))
+        };
         Ok(Job {
             argv,
             env,
             workdir,
             user,
+            stdio,
         })
     }
 
@@ -148,10 +161,11 @@ impl Job {
             AgentRoot::Share(tag) => format!("virtiofs:{tag}"),
         };
         let job = format!(
-            "root={root}\nreadonly={}\nworkdir={}\nuser={}\nhostname=minivm\n",
+            "root={root}\nreadonly={}\nworkdir={}\nuser={}\nhostname=minivm\n{}",
             u8::from(read_only),
             self.workdir,
-            self.user
+            self.user,
+            self.stdio
         );
         [
             ("minivm/argv", nul_list(&self.argv)),
@@ -254,6 +268,23 @@ mod tests {
             "PATH defaults when the image has none"
         );
         assert_eq!((j.workdir.as_str(), j.user.as_str()), ("/srv", "app"));
+        assert_eq!(j.stdio, "stdio=ports\nstdin=0\n");
+        let i = Overrides {
+            interactive: true,
+            ..Overrides::default()
+        };
+        assert_eq!(
+            Job::new(&image(), &i).unwrap().stdio,
+            "stdio=ports\nstdin=1\n"
+        );
+        let t = Overrides {
+            tty: true,
+            ..Overrides::default()
+        };
+        assert!(Job::new(&image(), &t)
+            .unwrap()
+            .stdio
+            .starts_with("stdio=tty\nwinsize="));
         let o = Overrides {
             command: vec!["x".into(), "y".into()],
             env: vec!["B=3".into(), "C=4".into()],

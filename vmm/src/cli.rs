@@ -152,6 +152,9 @@ EXIT STATUS:
   1      minivm failed (bad arguments, missing files, KVM errors)
   2      command-line usage error (also an ambiguous IMAGE, or --virtiofs with a disk)
   3      the guest crashed: triple fault, kernel panic, or an instruction KVM cannot run
+  124    --timeout passed
+  125-7  run -- CMD: the guest agent could not set up (125), cannot run (126) or find
+         (127) the command; any other status is the command's own
   128+S  minivm was stopped by signal S
 
   SIGTERM asks the guest to shut down (ACPI power button); a second SIGTERM, or
@@ -228,6 +231,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_SHUTDOWN_TIMEOUT)]
     pub shutdown_timeout: u64,
 
+    /// Stop the VM after this many seconds from minivm's start (exit status 124).
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout: Option<u64>,
+
     /// When the guest reboots, boot it again in the same process (a fresh VM
     /// with the same disk, writable layer, taps and console) instead of ending
     /// with 0.
@@ -283,6 +290,15 @@ pub struct RunArgs {
     /// The command's user: name or uid, optionally :group or :gid (replaces the image's User).
     #[arg(long, value_name = "USER[:GROUP]")]
     pub user: Option<String>,
+
+    /// Give the command minivm's stdin (EOF included).
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+
+    /// Give the command a terminal: the guest's serial console, with minivm's
+    /// terminal in raw mode (Ctrl-C goes to the command; Ctrl-A x quits).
+    #[arg(short = 't', long)]
+    pub tty: bool,
 
     /// At exit, print on stderr the FUSE requests each virtio-fs share served,
     /// by opcode, with the server time they took.

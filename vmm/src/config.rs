@@ -58,9 +58,37 @@ pub struct VmConfig {
     /// How long a SIGTERM'd guest has to power off after its power button is
     /// pressed; zero: SIGTERM stops the VM at once.
     pub shutdown_timeout: Duration,
+    /// `--timeout`: the whole run's time limit, from minivm's start.
+    pub timeout: Option<Duration>,
     /// Print each virtio-fs share's request counts when a boot ends.
     pub fs_stats: bool,
+    /// How the guest meets minivm's stdin, stdout and stderr.
+    pub io: GuestIo,
 }
+
+/// How the guest meets minivm's stdin, stdout and stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GuestIo {
+    /// The serial console on stdout, with an interactive terminal (raw
+    /// mode) forwarded to it: a whole system, or `run -t -- CMD`.
+    #[default]
+    Console,
+    /// `run -- CMD`: the command's stdout and stderr on minivm's own, over
+    /// virtio-console ports, and with `stdin` (`-i`) minivm's stdin to the
+    /// command; the serial console (kernel and agent messages) on stderr.
+    Streams {
+        /// Whether minivm's stdin goes to the command.
+        stdin: bool,
+    },
+}
+
+/// Names of the virtio-console ports of [`GuestIo::Streams`] (the guest
+/// agent looks them up by name).
+pub const STDOUT_PORT: &str = "minivm.stdout";
+/// See [`STDOUT_PORT`].
+pub const STDERR_PORT: &str = "minivm.stderr";
+/// See [`STDOUT_PORT`].
+pub const STDIN_PORT: &str = "minivm.stdin";
 
 /// A file system served over virtio-fs.
 #[derive(Debug, Clone)]

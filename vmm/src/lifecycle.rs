@@ -47,7 +47,8 @@ pub fn run(config: &VmConfig, restart: bool, start: Instant) -> Result<ExitReaso
     if let Some(u) = Usage::now() {
         tracing::info!("before the first boot: {u}");
     }
-    let result = boots(config, restart, &mut session, start);
+    let deadline = config.timeout.map(|t| start + t);
+    let result = boots(config, restart, &mut session, start, deadline);
     session.finish();
     result
 }
@@ -57,10 +58,11 @@ fn boots(
     restart: bool,
     session: &mut Session,
     mut start: Instant,
+    deadline: Option<Instant>,
 ) -> Result<ExitReason, VmError> {
     let button = !config.shutdown_timeout.is_zero();
     for n in 1u64.. {
-        let end = vm::boot(config, session, start)?;
+        let end = vm::boot(config, session, start, deadline)?;
         if let Some(u) = Usage::now() {
             tracing::info!("boot {n} ended ({:?}): {u}", end.reason);
         }

@@ -21,6 +21,7 @@ mod session;
 mod shutdown;
 mod signals;
 mod spec;
+mod streams;
 mod target;
 mod terminal;
 mod upper;
@@ -45,6 +46,8 @@ const EXIT_ERROR: u8 = 1;
 const EXIT_USAGE: u8 = 2;
 /// The guest crashed (triple fault, kernel panic, unrunnable instruction).
 const EXIT_GUEST_CRASH: u8 = 3;
+/// `--timeout` passed (as GNU timeout's).
+const EXIT_TIMEOUT: u8 = 124;
 
 fn init_logging(verbose: u8) {
     let default = match verbose {
@@ -68,6 +71,7 @@ fn exit_code(reason: ExitReason) -> u8 {
         ExitReason::GuestExit(status) => status,
         ExitReason::GuestPanic | ExitReason::Crash => EXIT_GUEST_CRASH,
         ExitReason::HostSignal(sig) => 128u8.saturating_add(sig as u8),
+        ExitReason::Timeout => EXIT_TIMEOUT,
     }
 }
 
@@ -106,6 +110,7 @@ fn run(args: &cli::RunArgs, start: Instant) -> Result<ExitCode, Error> {
     match reason {
         ExitReason::GuestPanic => eprintln!("minivm: the guest kernel panicked"),
         ExitReason::HostSignal(s) => eprintln!("minivm: stopped by signal {s}"),
+        ExitReason::Timeout => eprintln!("minivm: stopped: --timeout passed"),
         r => tracing::info!("guest ended: {r:?}"),
     }
     Ok(ExitCode::from(exit_code(reason)))

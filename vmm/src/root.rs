@@ -5,7 +5,7 @@
 use imagefs::process::ImageProcess;
 
 use crate::agent::{AgentInitrd, AgentRoot, Job};
-use crate::config::{DiskConfig, ShareConfig, ShareSource, VmConfig, ROOTFS_TAG};
+use crate::config::{DiskConfig, GuestIo, ShareConfig, ShareSource, VmConfig, ROOTFS_TAG};
 use crate::error::Error;
 use crate::spec::{RootSpec, RunSpec, UpperSpec};
 use crate::upper::VmUpper;
@@ -114,6 +114,11 @@ impl PreparedRoot {
                 .any(|w| w.starts_with("init=") || w.starts_with("rdinit="));
         let application = !image.argv().is_empty() && image.init().is_none() && !names_init;
         if !spec.overrides.any() && !application {
+            if spec.overrides.interactive || spec.overrides.tty {
+                return Err(Error::AgentConflict(
+                    "-i and -t are for a command (-- CMD, or an application image's own)",
+                ));
+            }
             return Ok(());
         }
         if spec.initrd.is_some() {
@@ -150,13 +155,24 @@ impl PreparedRoot {
             mem_size: spec.mem_size,
             cpus: spec.cpus,
             cmdline: match &self.agent {
-                // Kernel messages stay off the command's output (a panic's still show).
-                Some(_) => format!("{} quiet loglevel=1", spec.cmdline),
+                // Kernel messages stay off the command's output (a panic's
+                // still show), unless minivm is verbose (-v).
+                Some(_) if !tracing::enabled!(tracing::Level::INFO) => {
+                    format!("{} quiet loglevel=1", spec.cmdline)
+                }
+                Some(_) => spec.cmdline.clone(),
                 None => image_init(&spec.cmdline, spec.own_cmdline, self.process.as_ref()),
             },
             rng: spec.rng,
             shutdown_timeout: spec.shutdown_timeout,
+            timeout: spec.timeout,
             fs_stats: spec.fs_stats,
+            io: match &self.agent {
+                Some(_) if !spec.overrides.tty => GuestIo::Streams {
+                    stdin: spec.overrides.interactive,
+                },
+                _ => GuestIo::Console,
+            },
         }
     }
 }
@@ -206,6 +222,7 @@ mod tests {
             rng: true,
             shutdown_timeout: std::time::Duration::ZERO,
             restart: false,
+            timeout: None,
             own_cmdline: false,
             fs_stats: false,
             overrides: Default::default(),

@@ -13,7 +13,7 @@ use devices::virtio::block::Block;
 use devices::virtio::net::Net;
 use devices::virtio::VirtioDevice;
 
-use crate::config::{self, VmConfig};
+use crate::config::{self, GuestIo, VmConfig};
 use crate::io_reason::io_reason;
 use crate::terminal::RawMode;
 use crate::vm::VmError;
@@ -107,14 +107,21 @@ impl Session {
             );
             kept.nets.push(Box::new(dev));
         }
-        let console =
-            ConsoleOutput::new(Box::new(std::io::stdout())).map_err(|source| VmError::Host {
-                what: "console",
-                source,
-            })?;
+        // With the command's own streams on stdout, the console (kernel and
+        // agent messages) goes to stderr and the terminal stays as it is.
+        let streams = matches!(config.io, GuestIo::Streams { .. });
+        let sink: Box<dyn std::io::Write + Send> = if streams {
+            Box::new(std::io::stderr())
+        } else {
+            Box::new(std::io::stdout())
+        };
+        let console = ConsoleOutput::new(sink).map_err(|source| VmError::Host {
+            what: "console",
+            source,
+        })?;
         Ok(Session {
             console: Some(console),
-            raw: Some(RawMode::enter()),
+            raw: (!streams).then(RawMode::enter),
             device_count: kept.count(),
             kept,
         })

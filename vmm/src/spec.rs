@@ -160,6 +160,8 @@ pub struct RunSpec {
     pub shutdown_timeout: std::time::Duration,
     /// `--restart`: a guest reboot boots it again instead of ending minivm.
     pub restart: bool,
+    /// `--timeout`.
+    pub timeout: Option<std::time::Duration>,
     /// Whether `cmdline` is the user's whole own (`--cmdline`), not minivm's default.
     pub own_cmdline: bool,
     /// `--fs-stats`.
@@ -220,6 +222,7 @@ impl RunSpec {
             rng: !args.no_rng,
             shutdown_timeout: std::time::Duration::from_secs(args.shutdown_timeout),
             restart: args.restart,
+            timeout: args.timeout.map(std::time::Duration::from_secs),
             own_cmdline: args.cmdline.is_some(),
             fs_stats: args.fs_stats,
             overrides: Overrides {
@@ -228,6 +231,8 @@ impl RunSpec {
                 env: args.env.clone(),
                 workdir: args.workdir.clone(),
                 user: args.user.clone(),
+                interactive: args.interactive,
+                tty: args.tty,
             },
         })
     }
@@ -396,12 +401,15 @@ mod tests {
             readonly: true,
             shutdown_timeout: 0,
             restart: false,
+            timeout: None,
             fs_stats: false,
             command: vec![],
             entrypoint: None,
             env: vec![],
             workdir: None,
             user: None,
+            interactive: false,
+            tty: false,
         }
     }
 

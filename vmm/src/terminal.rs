@@ -251,6 +251,19 @@ impl MutEventSubscriber for ExitWatcher {
 }
 
 /// Raw fd of stdin, for diagnostics.
+/// The host terminal's (rows, columns), from stdin or stdout.
+pub fn window_size() -> Option<(u16, u16)> {
+    [libc::STDIN_FILENO, libc::STDOUT_FILENO]
+        .into_iter()
+        .find_map(|fd| {
+            // SAFETY: an all-zero winsize is valid.
+            let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+            // SAFETY: TIOCGWINSZ writes one winsize into `ws`.
+            let r = unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) };
+            (r == 0 && ws.ws_row > 0 && ws.ws_col > 0).then_some((ws.ws_row, ws.ws_col))
+        })
+}
+
 pub fn stdin_is_tty() -> bool {
     // SAFETY: isatty only inspects the fd.
     unsafe { libc::isatty(std::io::stdin().as_raw_fd()) == 1 }

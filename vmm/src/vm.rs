@@ -23,7 +23,7 @@ use vm_memory::{Address, GuestAddress, GuestMemory as _, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{Killable, SIGRTMIN};
 
-use crate::config::{self, ShareSource, VmConfig};
+use crate::config::{self, GuestIo, ShareSource, VmConfig};
 use crate::io_reason::io_reason;
 use crate::session::{DiskError, KeptDevices, Session};
 use crate::shutdown::ShutdownRequest;
@@ -201,6 +201,8 @@ struct Devices {
     virtio_mmio: Vec<(u64, u32)>,
     /// Each virtio-fs share's tag and request counts.
     fs_stats: Vec<(String, Arc<devices::virtio::fs::FsStats>)>,
+    /// The command's streams (`GuestIo::Streams`).
+    streams: Option<Transport>,
 }
 
 fn setup_devices(
@@ -280,6 +282,20 @@ fn setup_devices(
     if config.rng {
         add_virtio(vm, mem, Box::new(Rng::new()), "virtio-rng", &mut slots)?;
     }
+    let streams = match config.io {
+        GuestIo::Streams { stdin } => {
+            let console =
+                crate::streams::console(stdin).map_err(host_err("the command's streams"))?;
+            Some(add_virtio(
+                vm,
+                mem,
+                Box::new(console),
+                "virtio-console",
+                &mut slots,
+            )?)
+        }
+        GuestIo::Console => None,
+    };
     for (transport, base) in slots.transports {
         mmio.insert(transport.clone(), base, VIRTIO_MMIO_SIZE)?;
         subscribers.push(transport);
@@ -301,6 +317,7 @@ fn setup_devices(
         cmdline_extra,
         virtio_mmio,
         fs_stats,
+        streams,
     })
 }
 
@@ -411,7 +428,13 @@ pub struct BootEnd {
 /// Boots a fresh VM described by `config` around `session` (its console and
 /// kept devices, given back when the VM stops) and runs it to the end.
 /// `start`: when this boot began, for the boot-finished log line.
-pub fn boot(config: &VmConfig, session: &mut Session, start: Instant) -> Result<BootEnd, VmError> {
+/// `deadline`: when `--timeout` stops the VM.
+pub fn boot(
+    config: &VmConfig,
+    session: &mut Session,
+    start: Instant,
+    deadline: Option<Instant>,
+) -> Result<BootEnd, VmError> {
     let kvm =
         Kvm::new().map_err(|e| VmError::KvmOpen(std::io::Error::from_raw_os_error(e.errno())))?;
     let vm = create_vm(&kvm)?;
@@ -474,13 +497,16 @@ pub fn boot(config: &VmConfig, session: &mut Session, start: Instant) -> Result<
     em.add_subscriber(Arc::new(Mutex::new(
         ExitWatcher::new(&exit).map_err(VmError::ExitWatcher)?,
     )));
-    let interactive = crate::terminal::stdin_is_tty();
-    em.add_subscriber(Arc::new(Mutex::new(StdinForwarder::new(
-        devs.serial.clone(),
-        devs.serial_input.clone(),
-        exit.clone(),
-        interactive,
-    ))));
+    // With the command's streams, stdin (if anyone's) is the console port's.
+    if config.io == GuestIo::Console {
+        let interactive = crate::terminal::stdin_is_tty();
+        em.add_subscriber(Arc::new(Mutex::new(StdinForwarder::new(
+            devs.serial.clone(),
+            devs.serial_input.clone(),
+            exit.clone(),
+            interactive,
+        ))));
+    }
 
     let stop = Arc::new(AtomicBool::new(false));
     let mut threads: Vec<JoinHandle<()>> = Vec::new();
@@ -499,13 +525,16 @@ pub fn boot(config: &VmConfig, session: &mut Session, start: Instant) -> Result<
     }
     drop(done_tx);
 
-    let result = run_event_loop(&mut em, &exit, shutdown.as_ref());
+    let result = run_event_loop(&mut em, &exit, shutdown.as_ref(), deadline);
     signals::withdraw();
     let shutdown_requested = shutdown
         .as_ref()
         .is_some_and(|s| s.lock().unwrap().requested());
     stop.store(true, Ordering::Release);
     stop_vcpus(threads, &done_rx);
+    if let Some(t) = &devs.streams {
+        t.lock().unwrap().vcpus_stopped();
+    }
     if config.fs_stats {
         for (tag, stats) in &devs.fs_stats {
             eprint!("minivm: {}", stats.report(tag));
@@ -529,6 +558,7 @@ fn run_event_loop(
     em: &mut EventManager<Subscriber>,
     exit: &ExitHandle,
     shutdown: Option<&Arc<Mutex<ShutdownRequest>>>,
+    deadline: Option<Instant>,
 ) -> Result<ExitReason, VmError> {
     loop {
         if let Some(r) = exit.reason() {
@@ -538,7 +568,13 @@ fn run_event_loop(
             exit.request(ExitReason::HostSignal(sig));
             continue;
         }
-        let wait_ms = shutdown.map_or(-1, |s| s.lock().unwrap().wait_ms(Instant::now()));
+        let now = Instant::now();
+        if deadline.is_some_and(|d| now >= d) {
+            exit.request(ExitReason::Timeout);
+            continue;
+        }
+        let shutdown_ms = shutdown.map_or(-1, |s| s.lock().unwrap().wait_ms(now));
+        let wait_ms = min_wait(shutdown_ms, deadline.map(|d| d - now));
         if let Err(e) = em.run_with_timeout(wait_ms) {
             if let event_manager::Error::Epoll(ref err) = e {
                 if err.errno() == libc::EINTR {
@@ -550,6 +586,18 @@ fn run_event_loop(
         if let Some(s) = shutdown {
             s.lock().unwrap().check_deadline(Instant::now());
         }
+    }
+}
+
+/// The sooner of an epoll wait (`-1`: none) and `until` (rounded up, so the
+/// loop wakes at or after it).
+fn min_wait(wait_ms: i32, until: Option<Duration>) -> i32 {
+    let Some(d) = until else { return wait_ms };
+    let ms = i32::try_from(d.as_millis() + 1).unwrap_or(i32::MAX);
+    if wait_ms < 0 {
+        ms
+    } else {
+        wait_ms.min(ms)
     }
 }
 
@@ -583,6 +631,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_event_loop_wakes_for_the_sooner_deadline() {
+        let s = Duration::from_secs;
+        assert_eq!(min_wait(-1, None), -1);
+        assert_eq!(min_wait(500, None), 500);
+        assert_eq!(min_wait(-1, Some(s(2))), 2001);
+        assert_eq!(min_wait(500, Some(s(2))), 500);
+        assert_eq!(min_wait(5000, Some(Duration::ZERO)), 1);
+        assert_eq!(min_wait(-1, Some(s(1 << 40))), i32::MAX);
+    }
+
+    #[test]
     fn minivm_adds_the_panic_port_unless_given() {
         let mut config = VmConfig {
             kernel: "/vmlinux".into(),
@@ -595,7 +654,9 @@ mod tests {
             cmdline: "console=ttyS0".into(),
             rng: true,
             shutdown_timeout: Duration::ZERO,
+            timeout: None,
             fs_stats: false,
+            io: GuestIo::Console,
         };
         let extra = ["virtio_mmio.device=4K@0xd0000000:5".to_string()];
         assert_eq!(

@@ -107,6 +107,9 @@ pub trait VirtioDevice: Send {
     fn process_queue(&mut self, index: usize);
     /// Stops the device (driver wrote Status = 0); it can be activated again.
     fn reset(&mut self);
+    /// The vCPUs have stopped for good: finish what the guest queued but the
+    /// event loop had not served yet (e.g. a console's last output).
+    fn vcpus_stopped(&mut self) {}
     /// Host fds (e.g. a tap) the event loop watches for this device,
     /// edge-triggered for input; each event calls [`Self::process_host_event`]
     /// with the fd's index here. The fds must stay open as long as the device.

@@ -127,6 +127,14 @@ impl MmioTransport {
         self.activated
     }
 
+    /// Lets an activated device finish what the guest queued, once the
+    /// vCPUs have stopped.
+    pub fn vcpus_stopped(&mut self) {
+        if self.activated {
+            self.device.vcpus_stopped();
+        }
+    }
+
     /// Gives the device back, reset (its queues and guest memory released),
     /// so that a rebooted guest's next VM can attach it again.
     pub fn into_device(mut self) -> Box<dyn VirtioDevice> {
@@ -469,8 +477,17 @@ impl MutEventSubscriber for MmioTransport {
         let first = self.queue_evts.len();
         for (i, fd) in self.device.host_fds().into_iter().enumerate() {
             let set = EventSet::IN | EventSet::EDGE_TRIGGERED;
-            if let Err(e) = ops.add(Events::with_data_raw(fd, (first + i) as u32, set)) {
-                tracing::warn!("virtio-mmio: cannot watch host fd {i} of the device: {e}");
+            match ops.add(Events::with_data_raw(fd, (first + i) as u32, set)) {
+                // A regular file (stdin redirected from one) is always
+                // readable and cannot be watched: the device reads it when
+                // the guest asks.
+                Err(event_manager::Error::Epoll(e)) if e.errno() == libc::EPERM => {
+                    tracing::debug!("virtio-mmio: host fd {i} cannot be watched; read on demand");
+                }
+                Err(e) => {
+                    tracing::warn!("virtio-mmio: cannot watch host fd {i} of the device: {e}")
+                }
+                Ok(()) => {}
             }
         }
     }
@@ -479,13 +496,14 @@ impl MutEventSubscriber for MmioTransport {
         let idx = events.data() as usize;
         let set = events.event_set();
         if let Some(host) = idx.checked_sub(self.queue_evts.len()) {
+            // A hang-up (a pipe's writer gone) may come with the last data:
+            // the device reads it, and its EOF, before the fd is dropped.
+            self.device.process_host_event(host);
             if set.intersects(EventSet::ERROR | EventSet::HANG_UP) {
-                tracing::warn!("virtio-mmio: host fd {host} reported {set:?}; no longer watched");
+                tracing::debug!("virtio-mmio: host fd {host} reported {set:?}; no longer watched");
                 if let Err(e) = ops.remove(events) {
                     tracing::warn!("virtio-mmio: removing host fd {host}: {e}");
                 }
-            } else {
-                self.device.process_host_event(host);
             }
             return;
         }

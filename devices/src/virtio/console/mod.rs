@@ -625,6 +625,10 @@ impl VirtioDevice for Console {
         self.virtio.acked_features = 0;
     }
 
+    fn vcpus_stopped(&mut self) {
+        self.flush();
+    }
+
     fn host_fds(&self) -> Vec<RawFd> {
         self.ports
             .iter()
