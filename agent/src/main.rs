@@ -7,7 +7,8 @@
 //! /run, sets the host name, then runs the command as its child with the
 //! image's (or the user's) environment, working directory and user. As PID
 //! 1 it reaps every orphan and forwards SIGTERM, SIGINT and SIGHUP to the
-//! command. When the command ends, it stops what is left, flushes the disk
+//! command, and a press of the VM's power button (minivm's SIGTERM) as
+//! SIGTERM. The command's stdio is set up by `stdio.rs`. When the command ends, it stops what is left, flushes the disk
 //! and ends the VM through minivm's exit port with the command's status (a
 //! death by signal N as 128+N), which minivm returns.
 //!
@@ -15,6 +16,7 @@
 //! not set up), 126 (the command cannot be run) or 127 (not found), as
 //! `docker run` does.
 
+mod button;
 mod job;
 mod stdio;
 mod sys;
@@ -39,6 +41,11 @@ const EXIT_NOT_FOUND: u8 = 127;
 
 /// The command's pid, for the signal handler.
 static CHILD: AtomicI32 = AtomicI32::new(0);
+
+/// The power button (SIGTERM to minivm): SIGTERM to the command.
+fn power_pressed() {
+    forward(sys::SIGTERM);
+}
 
 extern "C" fn forward(sig: std::ffi::c_int) {
     let pid = CHILD.load(Ordering::SeqCst);
@@ -86,6 +93,7 @@ fn run(outputs: &mut stdio::Outputs) -> Result<u8, Failure> {
         .map_err(|_| (EXIT_SETUP, "/minivm/job is not UTF-8".to_string()))?;
     let job = Job::parse(&read("/minivm/argv")?, &read("/minivm/env")?, &job_text)
         .map_err(|e| (EXIT_SETUP, format!("the job: {e}")))?;
+    let button = button::open();
     let opened = stdio::open(job.stdio).map_err(setup("the command's stdin/stdout/stderr"))?;
     switch_root(&job)?;
     mount_api_filesystems();
@@ -128,7 +136,7 @@ fn run(outputs: &mut stdio::Outputs) -> Result<u8, Failure> {
         sys::on_signal(sig, forward);
     }
     *outputs = opened
-        .attach(&mut cmd)
+        .attach(&mut cmd, ids.uid, ids.gid)
         .map_err(setup("the command's stdin/stdout/stderr"))?;
     let spawned = cmd.spawn();
     // The agent's ends of the command's pipes close with `cmd`, so the
@@ -144,6 +152,9 @@ fn run(outputs: &mut stdio::Outputs) -> Result<u8, Failure> {
     })?;
     let main_pid = child.id() as i32;
     CHILD.store(main_pid, Ordering::SeqCst);
+    if let Some(b) = button {
+        button::watch(b, power_pressed);
+    }
     // Reap everything; the command's own end decides the status.
     while let Some((pid, status)) = sys::wait_any() {
         if pid == main_pid {

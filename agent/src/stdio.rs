@@ -128,8 +128,8 @@ fn pump(from: &mut impl Read, to: &mut impl Write) -> io::Result<()> {
 pub struct Outputs(Vec<JoinHandle<()>>);
 
 impl Opened {
-    /// Gives `cmd` its stdio; output copies start now.
-    pub fn attach(self, cmd: &mut Command) -> io::Result<Outputs> {
+    /// Gives `cmd`, which runs as `uid:gid`, its stdio; output copies start now.
+    pub fn attach(self, cmd: &mut Command, uid: u32, gid: u32) -> io::Result<Outputs> {
         let mut outputs = Outputs::default();
         match self {
             Opened::Console => {}
@@ -138,11 +138,20 @@ impl Opened {
                 stderr,
                 stdin,
             } => {
-                cmd.stdout(outputs.copy_to(stdout)?);
-                cmd.stderr(outputs.copy_to(stderr)?);
+                // The command's own pipes, so it may reopen them
+                // (`/dev/stderr` is /proc/self/fd/2, checked against the pipe's owner).
+                let own = |fd: &dyn std::os::fd::AsFd| {
+                    std::os::unix::fs::fchown(fd, Some(uid), Some(gid))
+                };
+                let out = outputs.copy_to(stdout)?;
+                let err = outputs.copy_to(stderr)?;
+                own(&out)?;
+                own(&err)?;
+                cmd.stdout(out).stderr(err);
                 match stdin {
                     Some(port) => {
                         let (r, mut w) = io::pipe()?;
+                        own(&r)?;
                         // Not waited for: the command may stop reading early.
                         std::thread::spawn(move || {
                             let mut port = port;

@@ -95,6 +95,20 @@ pub fn set_hostname(name: &str) -> io::Result<()> {
     check(unsafe { sethostname(name.as_ptr().cast(), name.len()) })
 }
 
+/// An input device's name (EVIOCGNAME).
+pub fn input_device_name(fd: c_int) -> io::Result<Vec<u8>> {
+    let mut buf = [0u8; 256];
+    // _IOC(_IOC_READ, 'E', 0x06, len)
+    let request = (2 << 30) | ((buf.len() as c_ulong) << 16) | (0x45 << 8) | 0x06;
+    // SAFETY: EVIOCGNAME writes at most `buf.len()` bytes into `buf`.
+    let n = unsafe { ioctl(fd, request, buf.as_mut_ptr()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let name = &buf[..(n as usize).min(buf.len())];
+    Ok(name.split(|b| *b == 0).next().unwrap_or_default().to_vec())
+}
+
 /// Detaches the mount on `target`.
 pub fn unmount(target: &str) -> io::Result<()> {
     let t = cstr(target)?;

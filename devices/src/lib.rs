@@ -46,7 +46,8 @@ pub struct ExitHandle {
 }
 
 struct ExitInner {
-    reason: std::sync::Mutex<Option<ExitReason>>,
+    /// The first reason and when it came.
+    reason: std::sync::Mutex<Option<(ExitReason, std::time::Instant)>>,
     evt: vmm_sys_util::eventfd::EventFd,
 }
 
@@ -65,7 +66,7 @@ impl ExitHandle {
     pub fn request(&self, reason: ExitReason) {
         let mut r = self.inner.reason.lock().unwrap_or_else(|e| e.into_inner());
         if r.is_none() {
-            *r = Some(reason);
+            *r = Some((reason, std::time::Instant::now()));
         }
         drop(r);
         // A full counter still leaves the fd readable, which is all that matters.
@@ -74,6 +75,12 @@ impl ExitHandle {
 
     /// The recorded reason, if any.
     pub fn reason(&self) -> Option<ExitReason> {
+        self.requested().map(|(r, _)| r)
+    }
+
+    /// The recorded reason and when it was requested (for a guest's own
+    /// exit: just after its last instruction).
+    pub fn requested(&self) -> Option<(ExitReason, std::time::Instant)> {
         *self.inner.reason.lock().unwrap_or_else(|e| e.into_inner())
     }
 

@@ -71,7 +71,7 @@ pub use layout::{
 };
 pub use minivm::{
     default_kernel, fs_stats, initramfs_boot_args, kvm_available, minivm_bin, run_minivm,
-    run_minivm_with, scratch_dir, RunOutput, BOOT_TIMEOUT,
+    run_minivm_input, run_minivm_with, scratch_dir, RunOutput, BOOT_TIMEOUT,
 };
 pub use netns::{
     in_private_netns, make_test_tap, payload, receive_from_guest, send_to_guest, sha256_hex,

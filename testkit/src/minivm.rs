@@ -81,8 +81,10 @@ pub fn scratch_dir(name: &str) -> PathBuf {
 pub struct RunOutput {
     /// Exit status (None if it had to be killed at the timeout).
     pub status: Option<ExitStatus>,
-    /// Guest console output.
+    /// Guest console output (or a command's stdout), as text.
     pub stdout: String,
+    /// The same, byte for byte.
+    pub stdout_bytes: Vec<u8>,
     /// minivm's own messages.
     pub stderr: String,
     /// How long it ran.
@@ -133,13 +135,29 @@ fn path_str(p: &Path) -> &str {
 
 /// Runs a prepared command (stdout/stderr captured, stdin null) with a timeout.
 pub fn run_minivm_with(cmd: &mut Command, timeout: Duration) -> RunOutput {
+    run_minivm_input(cmd, None, timeout)
+}
+
+/// [`run_minivm_with`], with `input` (if any) written to minivm's stdin by
+/// a thread of its own (then closed: EOF).
+pub fn run_minivm_input(cmd: &mut Command, input: Option<Vec<u8>>, timeout: Duration) -> RunOutput {
     let start = Instant::now();
     let mut child = cmd
-        .stdin(Stdio::null())
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn minivm");
+    if let (Some(data), Some(mut stdin)) = (input, child.stdin.take()) {
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let _ = stdin.write_all(&data);
+        });
+    }
     let mut out = child.stdout.take().unwrap();
     let mut err = child.stderr.take().unwrap();
     let t_out = std::thread::spawn(move || {
@@ -163,11 +181,13 @@ pub fn run_minivm_with(cmd: &mut Command, timeout: Duration) -> RunOutput {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    let stdout = String::from_utf8_lossy(&t_out.join().unwrap()).into_owned();
+    let stdout_bytes = t_out.join().unwrap();
+    let stdout = String::from_utf8_lossy(&stdout_bytes).into_owned();
     let stderr = String::from_utf8_lossy(&t_err.join().unwrap()).into_owned();
     RunOutput {
         status,
         stdout,
+        stdout_bytes,
         stderr,
         elapsed: start.elapsed(),
     }

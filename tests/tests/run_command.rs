@@ -4,7 +4,8 @@
 //! over virtio-fs, honouring the config or the command line's overrides,
 //! and minivm exits with the command's status (128+N for a signal). The
 //! image and the caches are not changed; `--timeout` stops one that does
-//! not end. Three boots.
+//! not end; stdout and stderr arrive apart, -i gives the command stdin and
+//! -t a terminal. Four boots.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -65,65 +66,65 @@ fn an_application_image_runs_its_command_and_returns_its_status() {
     let kernel = kernel.to_str().unwrap();
 
     // Over the disk, as the image says: its Entrypoint wraps the command,
-    // its Env, WorkingDir and User apply, and the status comes back.
-    let script = "echo out; echo err >&2; \
+    // its Env, WorkingDir and User apply, and the status comes back. stdout
+    // and stderr arrive apart, and stdin (-i: a line, then 1 MiB of binary)
+    // goes through `cat` byte for byte, EOF included.
+    let script = "echo out; echo err >&2; echo err2 >/dev/stderr; \
                   echo \"RUN G=$GREETING P=$(pwd) U=$(busybox id -u):$(busybox id -g) H=$HOME\"; \
-                  exit 3";
-    let mut c = minivm(&cache);
-    c.args(["run", "--kernel", kernel, "--mem", "256M", &reference, "--"])
-        .args(["sh", "-c", script]);
-    let out = run_minivm_with(&mut c, BOOT_TIMEOUT);
-    assert_eq!(out.code(), 3, "{out:#?}");
-    assert_eq!(
-        lines_with(&out.stdout, "ENTRY args="),
-        ["ENTRY args=sh -c ".to_string() + script]
-    );
-    assert_eq!(
-        lines_with(&out.stdout, "RUN "),
-        ["RUN G=hello P=/srv/app U=1000:1000 H=/home/app"]
-    );
-    for l in ["out", "err"] {
-        assert!(
-            out.stdout.lines().any(|x| x.trim_end() == l),
-            "{l}: {}",
-            out.stdout
-        );
-    }
-    assert!(
-        !out.stdout.contains("Linux version"),
-        "kernel messages in the output"
-    );
-
-    // Over virtio-fs, with the command line's overrides; a death by
-    // SIGKILL is 128+9.
+                  cat; exit 3";
+    let mut input = b"hello\n".to_vec();
+    input.extend(payload(1 << 20));
     let mut c = minivm(&cache);
     c.args([
-        "run",
-        "--kernel",
-        kernel,
-        "--mem",
-        "256M",
-        &reference,
-        "--virtiofs",
+        "run", "-i", "--kernel", kernel, "--mem", "256M", &reference, "--",
     ])
-    .args([
-        "-e",
-        "GREETING=bye",
-        "-e",
-        "EXTRA=1",
-        "--workdir",
-        "/tmp",
-        "--user",
-        "0:0",
-    ])
-    .args(["--", "sh", "-c"])
-    .arg("echo \"RUN G=$GREETING E=$EXTRA P=$(pwd) U=$(busybox id -u)\"; kill -9 $$");
-    let out = run_minivm_with(&mut c, BOOT_TIMEOUT);
-    assert_eq!(out.code(), 137, "{out:#?}");
+    .args(["sh", "-c", script]);
+    let out = run_minivm_input(&mut c, Some(input.clone()), BOOT_TIMEOUT);
+    assert_eq!(out.code(), 3, "{}", out.stderr);
+    let mut expected =
+        format!("ENTRY args=sh -c {script}\nout\nRUN G=hello P=/srv/app U=1000:1000 H=/home/app\n")
+            .into_bytes();
+    expected.extend(&input);
+    assert!(
+        out.stdout_bytes == expected,
+        "stdout is not the command's output: {} bytes, {} expected; stderr: {}",
+        out.stdout_bytes.len(),
+        expected.len(),
+        out.stderr
+    );
+    let err_lines: Vec<&str> = out.stderr.lines().map(str::trim_end).collect();
+    assert!(
+        err_lines.contains(&"err") && err_lines.contains(&"err2"),
+        "{}",
+        out.stderr
+    );
+    assert!(!err_lines.contains(&"out"), "{}", out.stderr);
+    assert!(
+        !out.stderr.contains("Linux version"),
+        "kernel messages without --verbose"
+    );
+
+    // Over virtio-fs, with the command line's overrides. SIGTERM to minivm
+    // reaches the command through the power button, and its death by
+    // SIGTERM is 128+15.
+    let mut c = minivm(&cache);
+    c.args(["run", "--kernel", kernel, "--mem", "256M", &reference])
+        .args(["--virtiofs", "-e", "GREETING=bye", "-e", "EXTRA=1"])
+        .args(["--workdir", "/tmp", "--user", "0:0", "--", "sh", "-c"])
+        .arg("echo \"RUN G=$GREETING E=$EXTRA P=$(pwd) U=$(busybox id -u)\"; sleep 1000");
+    let mut vm = RunningVm::start_with(&mut c);
+    assert!(
+        vm.wait_for("RUN G=bye", BOOT_TIMEOUT),
+        "the command never ran"
+    );
+    vm.sigterm();
+    let out = vm.finish(BOOT_TIMEOUT);
+    assert_eq!(out.code, Some(143), "{out:#?}");
     assert_eq!(
         lines_with(&out.stdout, "RUN "),
         ["RUN G=bye E=1 P=/tmp U=0"]
     );
+
     // `--timeout` stops a command that does not end, with 124; counted from
     // minivm's start, so it leaves room for this host's slow boot.
     let mut c = minivm(&cache);
@@ -137,6 +138,30 @@ fn an_application_image_runs_its_command_and_returns_its_status() {
         "the command never started: {}",
         out.stdout
     );
+    // -t: the command gets a terminal; Ctrl-C stops what runs in it, not
+    // minivm; the window size is the host terminal's.
+    let mut c = minivm(&cache);
+    c.args(["run", "-t", "--kernel", kernel, "--mem", "256M", &reference])
+        .args(["--virtiofs", "--", "sh"]);
+    let mut pty = PtySession::spawn(c);
+    pty.expect("ENTRY args=sh", BOOT_TIMEOUT);
+    assert_eq!(
+        pty.shell("stty size; tty", BOOT_TIMEOUT),
+        "50 250\n/dev/ttyS0"
+    );
+    pty.send("sleep 1000; echo slept\r");
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    pty.send("\x03");
+    assert_eq!(pty.shell("echo after-$((6*7))", BOOT_TIMEOUT), "after-42");
+    assert!(
+        !pty.screen().lines().any(|l| l.trim_end() == "slept"),
+        "sleep was not interrupted: {}",
+        pty.screen()
+    );
+    pty.send("exit 7\r");
+    let st = pty.wait(BOOT_TIMEOUT).expect("minivm ends with the shell");
+    assert_eq!(st.code(), Some(7), "{}", pty.screen());
+
     // The VMs' writable layers went with them; the store keeps only layers.
     let vms = cache.join("minivm/vms");
     assert_eq!(std::fs::read_dir(&vms).map(|r| r.count()).unwrap_or(0), 0);

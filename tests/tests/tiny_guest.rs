@@ -30,6 +30,40 @@ fn serial_output_and_exit_status() {
 }
 
 #[test]
+fn timings_split_minivm_from_the_guest() {
+    if !kvm_available() {
+        return;
+    }
+    let g = TinyGuest {
+        message: b"timed\n".to_vec(),
+        boot_marker: false,
+        end: TinyEnd::Exit(0),
+    };
+    let out = run_tiny(&g, "timings", &["--timings"]);
+    assert_eq!(out.code(), 0, "{out:#?}");
+    let line = out
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("minivm: timings: "))
+        .unwrap_or_else(|| panic!("no timings: {}", out.stderr));
+    // "start to guest entry A ms, guest B ms, guest exit to end C ms"
+    let ms: Vec<f64> = line
+        .split(", ")
+        .map(|part| {
+            let v = part.trim_end_matches(" ms").rsplit(' ').next().unwrap();
+            v.parse().unwrap_or_else(|_| panic!("{line}"))
+        })
+        .collect();
+    assert_eq!(ms.len(), 3, "{line}");
+    let total: f64 = ms.iter().sum();
+    assert!(
+        ms.iter().all(|v| *v >= 0.0) && total <= out.elapsed.as_secs_f64() * 1000.0,
+        "{line} in {:?}",
+        out.elapsed
+    );
+}
+
+#[test]
 fn exit_status_zero_and_255() {
     if !kvm_available() {
         return;

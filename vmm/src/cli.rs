@@ -300,6 +300,11 @@ pub struct RunArgs {
     #[arg(short = 't', long)]
     pub tty: bool,
 
+    /// At exit, print on stderr minivm's own share of the run: from its start
+    /// to the guest's first instruction, and from the guest's end to its own.
+    #[arg(long)]
+    pub timings: bool,
+
     /// At exit, print on stderr the FUSE requests each virtio-fs share served,
     /// by opcode, with the server time they took.
     #[arg(long)]

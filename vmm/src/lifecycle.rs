@@ -40,9 +40,20 @@ fn next(end: BootEnd, restart: bool, pending: Option<i32>, button: bool) -> Next
     }
 }
 
+/// How a run ended, and when the guest first ran and last stopped.
+#[derive(Debug, Clone, Copy)]
+pub struct RunEnd {
+    /// Why minivm ends.
+    pub reason: ExitReason,
+    /// When the first boot's guest was about to run its first instruction.
+    pub first_entry: Option<Instant>,
+    /// When the last boot's end was requested.
+    pub last_exit: Option<Instant>,
+}
+
 /// Runs the guest `config` describes until it ends; with `restart`, a
 /// reboot starts it again. `start`: when minivm started.
-pub fn run(config: &VmConfig, restart: bool, start: Instant) -> Result<ExitReason, VmError> {
+pub fn run(config: &VmConfig, restart: bool, start: Instant) -> Result<RunEnd, VmError> {
     let mut session = Session::open(config)?;
     if let Some(u) = Usage::now() {
         tracing::info!("before the first boot: {u}");
@@ -59,15 +70,23 @@ fn boots(
     session: &mut Session,
     mut start: Instant,
     deadline: Option<Instant>,
-) -> Result<ExitReason, VmError> {
+) -> Result<RunEnd, VmError> {
     let button = !config.shutdown_timeout.is_zero();
+    let mut first_entry = None;
     for n in 1u64.. {
         let end = vm::boot(config, session, start, deadline)?;
+        first_entry = first_entry.or(end.entered);
         if let Some(u) = Usage::now() {
             tracing::info!("boot {n} ended ({:?}): {u}", end.reason);
         }
         match next(end, restart, signals::pending(), button) {
-            Next::End(reason) => return Ok(reason),
+            Next::End(reason) => {
+                return Ok(RunEnd {
+                    reason,
+                    first_entry,
+                    last_exit: end.exited,
+                })
+            }
             Next::Restart if !session.devices_back() => return Err(VmError::DevicesInUse),
             Next::Restart => {
                 eprintln!("minivm: the guest rebooted; starting it again (--restart)");
@@ -86,6 +105,8 @@ mod tests {
         BootEnd {
             reason,
             shutdown_requested,
+            entered: None,
+            exited: None,
         }
     }
 

@@ -75,6 +75,23 @@ fn exit_code(reason: ExitReason) -> u8 {
     }
 }
 
+/// `--timings`: minivm's own share of a run, around the guest's.
+fn timings(start: Instant, end: &lifecycle::RunEnd, now: Instant) -> String {
+    let ms = |a: Instant, b: Instant| b.saturating_duration_since(a).as_secs_f64() * 1000.0;
+    match (end.first_entry, end.last_exit) {
+        (Some(entry), Some(exit)) => format!(
+            "timings: start to guest entry {:.2} ms, guest {:.2} ms, guest exit to end {:.2} ms",
+            ms(start, entry),
+            ms(entry, exit),
+            ms(exit, now)
+        ),
+        _ => format!(
+            "timings: the guest never ran; start to end {:.2} ms",
+            ms(start, now)
+        ),
+    }
+}
+
 fn main() -> ExitCode {
     let start = Instant::now();
     let cli = Cli::parse_from(cli::with_implicit_run(std::env::args_os().collect()));
@@ -106,12 +123,18 @@ fn run(args: &cli::RunArgs, start: Instant) -> Result<ExitCode, Error> {
     // Lives as long as the VM: dropping it removes a private writable layer.
     let mut root = PreparedRoot::prepare(&spec.root)?;
     root.attach_agent(&spec)?;
-    let reason = lifecycle::run(&root.vm_config(&spec), spec.restart, start)?;
+    let end = lifecycle::run(&root.vm_config(&spec), spec.restart, start)?;
+    let reason = end.reason;
     match reason {
         ExitReason::GuestPanic => eprintln!("minivm: the guest kernel panicked"),
         ExitReason::HostSignal(s) => eprintln!("minivm: stopped by signal {s}"),
         ExitReason::Timeout => eprintln!("minivm: stopped: --timeout passed"),
         r => tracing::info!("guest ended: {r:?}"),
+    }
+    // The writable layer goes before the end is timed.
+    drop(root);
+    if args.timings {
+        eprintln!("minivm: {}", timings(start, &end, Instant::now()));
     }
     Ok(ExitCode::from(exit_code(reason)))
 }

@@ -410,6 +410,7 @@ mod tests {
             user: None,
             interactive: false,
             tty: false,
+            timings: false,
         }
     }
 

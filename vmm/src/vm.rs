@@ -423,6 +423,11 @@ pub struct BootEnd {
     pub reason: ExitReason,
     /// Whether SIGTERM had asked the guest to shut down (power button).
     pub shutdown_requested: bool,
+    /// When vCPU 0 was about to run the guest's first instruction.
+    pub entered: Option<Instant>,
+    /// When the VM's end was requested (a guest's own exit: right after
+    /// its last instruction).
+    pub exited: Option<Instant>,
 }
 
 /// Boots a fresh VM described by `config` around `session` (its console and
@@ -511,12 +516,15 @@ pub fn boot(
     let stop = Arc::new(AtomicBool::new(false));
     let mut threads: Vec<JoinHandle<()>> = Vec::new();
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let entered = Arc::new(std::sync::OnceLock::new());
     for (id, vcpu) in vcpus.into_iter().enumerate() {
         let stop = stop.clone();
         let done = done_tx.clone();
+        let entered = entered.clone();
         let t = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
             .spawn(move || {
+                entered.get_or_init(Instant::now);
                 vcpu.run(stop);
                 let _ = done.send(());
             })
@@ -550,6 +558,8 @@ pub fn boot(
     Ok(BootEnd {
         reason: result?,
         shutdown_requested,
+        entered: entered.get().copied(),
+        exited: exit.requested().map(|(_, at)| at),
     })
 }
 

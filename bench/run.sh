@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# `minivm run IMAGE -- true` (warm cache) against QEMU (-M microvm, KVM) booting the same kernel,
+# disk, guest agent and job to the same point (the agent runs `true` and ends the VM through
+# port 0xf4), interleaved and repeated. Prints the wall-time medians and their ratio, and
+# minivm's own share (its --timings: process start -> guest's first instruction, guest's end ->
+# process end). Needs qemu-system-x86, umoci and a built kernel.
+#   bench/run.sh            N runs of each (N_RUNS, default 3)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup-debian.sh
+kernel_dir=$(kernel/build.sh)
+cargo build --release -q
+work=target/bench/run
+mkdir -p "$work"
+exec python3 - "$kernel_dir" "$work" <<'PY'
+import glob, os, re, statistics, subprocess, sys, time
+
+kernel_dir, work = sys.argv[1], os.path.abspath(sys.argv[2])
+minivm = os.path.abspath("target/release/minivm")
+vmlinux = os.path.join(kernel_dir, "vmlinux")
+N = int(os.environ.get("N_RUNS", "3"))
+env = dict(os.environ, XDG_CACHE_HOME=os.path.join(work, "cache"))
+
+def sh(*cmd, **kw):
+    return subprocess.run(cmd, check=True, **kw)
+
+# An application image: busybox, Cmd ["true"].
+layout = os.path.join(work, "layout")
+ref = f"oci:{layout}:app"
+if not os.path.exists(os.path.join(layout, "index.json")):
+    sh("rm", "-rf", layout, os.path.join(work, "bundle"))
+    sh("umoci", "init", "--layout", layout)
+    sh("umoci", "new", "--image", f"{layout}:app")
+    bundle = os.path.join(work, "bundle")
+    sh("umoci", "unpack", "--rootless", "--image", f"{layout}:app", bundle)
+    rootfs = os.path.join(bundle, "rootfs")
+    os.makedirs(os.path.join(rootfs, "bin"), exist_ok=True)
+    sh("cp", "/bin/busybox", os.path.join(rootfs, "bin/busybox"))
+    for app in ("sh", "true"):
+        os.symlink("busybox", os.path.join(rootfs, "bin", app))
+    sh("umoci", "repack", "--image", f"{layout}:app", bundle)
+    sh("umoci", "config", "--image", f"{layout}:app", "--config.cmd", "true")
+
+# Warm the cache; the disk QEMU boots is the one minivm runs (QEMU writes a snapshot of it).
+key, disk = sh(minivm, "pull", ref, env=env, stdout=subprocess.PIPE, text=True).stdout.split()[:2]
+
+# The command line minivm gives the kernel (quiet, as without -v), from its own log.
+log = sh(minivm, "-v", "run", ref, "--", "true", env=env, stdout=subprocess.DEVNULL,
+         stderr=subprocess.PIPE, text=True).stderr
+cmdline = re.search(r"command line: (.*)", log).group(1).strip()
+if " quiet loglevel=1" not in cmdline:
+    cmdline += " quiet loglevel=1"
+
+# The same agent and job in an initramfs of the same layout (vmm/src/agent.rs) for QEMU.
+agents = glob.glob("target/release/build/vmm-*/out/minivm-agent")
+agent = max(agents, key=os.path.getmtime)
+def newc(entries):
+    out = bytearray()
+    for ino, (name, mode, rdev, data) in enumerate(entries + [("TRAILER!!!", 0, (0, 0), b"")], 1):
+        fields = [ino, mode, 0, 0, 1, 0, len(data), 0, 0, rdev[0], rdev[1], len(name) + 1, 0]
+        out += b"070701" + b"".join(b"%08x" % f for f in fields) + name.encode() + b"\0"
+        out += bytes(-len(out) % 4) + data
+        out += bytes(-len(out) % 4)
+    return bytes(out)
+job = ("root=blk:/dev/vda\nreadonly=0\nworkdir=\nuser=\nhostname=minivm\n"
+       "stdio=ports\nstdin=0\n").encode()
+initrd = os.path.join(work, "agent.cpio")
+with open(initrd, "wb") as f:
+    f.write(newc([("dev", 0o40755, (0, 0), b""), ("dev/console", 0o20600, (5, 1), b""),
+                  ("minivm", 0o40755, (0, 0), b""), ("minivm/argv", 0o100644, (0, 0), b"true\0"),
+                  ("minivm/env", 0o100644, (0, 0),
+                   b"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\0"),
+                  ("minivm/job", 0o100644, (0, 0), job),
+                  ("init", 0o100755, (0, 0), open(agent, "rb").read())]))
+
+qemu = ["qemu-system-x86_64", "-M", "microvm", "-enable-kvm", "-cpu", "host,-arch-capabilities",
+        "-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio", "-m", "512M",
+        "-kernel", vmlinux, "-initrd", initrd, "-append", cmdline,
+        "-global", "virtio-mmio.force-legacy=false",
+        "-device", "isa-debug-exit,iobase=0xf4,iosize=1",
+        "-drive", f"id=d,file={disk},format=raw,if=none,snapshot=on",
+        "-device", "virtio-blk-device,drive=d",
+        "-device", "virtio-rng-device",
+        "-device", "virtio-serial-device",
+        "-chardev", "null,id=o", "-device", "virtserialport,chardev=o,name=minivm.stdout",
+        "-chardev", "null,id=e", "-device", "virtserialport,chardev=e,name=minivm.stderr"]
+mv = [minivm, "run", ref, "--mem", "512M", "--timings", "--", "true"]
+
+def timed(cmd, want_rc):
+    t = time.perf_counter()
+    p = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, text=True, errors="replace")
+    dt = time.perf_counter() - t
+    if p.returncode != want_rc:
+        sys.exit(f"{cmd[0]} exited {p.returncode}: {p.stdout[-800:]} {p.stderr[-800:]}")
+    return dt, p.stderr
+
+walls, entries, ends, owns, qwalls = [], [], [], [], []
+for i in range(N):
+    dt, err = timed(mv, 0)
+    m = re.search(r"start to guest entry ([\d.]+) ms, guest ([\d.]+) ms, guest exit to end ([\d.]+) ms", err)
+    if not m:
+        sys.exit(f"no --timings line: {err[-800:]}")
+    entry, guest, end = map(float, m.groups())
+    walls.append(dt); entries.append(entry); ends.append(end); owns.append(dt * 1000 - guest)
+    qdt, _ = timed(qemu, 1)  # isa-debug-exit: (0 << 1) | 1
+    qwalls.append(qdt)
+    print(f"  run {i+1}: minivm {dt:.2f} s (own: start->entry {entry:.1f} ms, exit->end {end:.1f} ms), "
+          f"QEMU {qdt:.2f} s", flush=True)
+med = statistics.median
+print(f"run IMAGE -- true, wall: minivm {med(walls):.2f} s, QEMU {med(qwalls):.2f} s, "
+      f"ratio minivm/QEMU {med(walls)/med(qwalls):.3f} (median of {N})")
+print(f"minivm's own share: start->guest entry {med(entries):.1f} ms, guest exit->end {med(ends):.1f} ms, "
+      f"wall minus guest time {med(owns):.1f} ms (median of {N}; goal: under 10 ms)")
+PY
