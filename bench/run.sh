@@ -45,7 +45,7 @@ if not os.path.exists(os.path.join(layout, "index.json")):
 key, disk = sh(minivm, "pull", ref, env=env, stdout=subprocess.PIPE, text=True).stdout.split()[:2]
 
 # The command line minivm gives the kernel (quiet, as without -v), from its own log.
-log = sh(minivm, "-v", "run", ref, "--", "true", env=env, stdout=subprocess.DEVNULL,
+log = sh(minivm, "-v", "run", ref, "--kernel", vmlinux, "--", "true", env=env, stdout=subprocess.DEVNULL,
          stderr=subprocess.PIPE, text=True).stderr
 cmdline = re.search(r"command line: (.*)", log).group(1).strip()
 if " quiet loglevel=1" not in cmdline:
@@ -84,7 +84,7 @@ qemu = ["qemu-system-x86_64", "-M", "microvm", "-enable-kvm", "-cpu", "host,-arc
         "-device", "virtio-serial-device",
         "-chardev", "null,id=o", "-device", "virtserialport,chardev=o,name=minivm.stdout",
         "-chardev", "null,id=e", "-device", "virtserialport,chardev=e,name=minivm.stderr"]
-mv = [minivm, "run", ref, "--mem", "512M", "--timings", "--", "true"]
+mv = [minivm, "run", ref, "--kernel", vmlinux, "--mem", "512M", "--timings", "--", "true"]
 
 def timed(cmd, want_rc):
     t = time.perf_counter()
