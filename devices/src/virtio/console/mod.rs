@@ -139,6 +139,20 @@ struct Port {
     guest_open: bool,
 }
 
+impl Port {
+    fn new(name: String, output: Option<Box<dyn Write + Send>>, input: Option<File>) -> Port {
+        Port {
+            name,
+            output,
+            input,
+            pending: VecDeque::new(),
+            input_eof: false,
+            eof_sent: false,
+            guest_open: false,
+        }
+    }
+}
+
 /// A receive queue (port or control rx): the driver posts empty buffers that
 /// the device fills only when it has something to say.
 struct RxQueue {
@@ -223,27 +237,11 @@ impl Console {
         config.extend_from_slice(&0u32.to_le_bytes());
         let mut ports: Vec<Port> = ports
             .into_iter()
-            .map(|p| Port {
-                name: p.name,
-                output: p.output,
-                input: p.input.map(File::from),
-                pending: VecDeque::new(),
-                input_eof: false,
-                eof_sent: false,
-                guest_open: false,
-            })
+            .map(|p| Port::new(p.name, p.output, p.input.map(File::from)))
             .collect();
         if ports.is_empty() {
             // Port 0's queues exist whatever the driver does; give them a home.
-            ports.push(Port {
-                name: String::new(),
-                output: None,
-                input: None,
-                pending: VecDeque::new(),
-                input_eof: false,
-                eof_sent: false,
-                guest_open: false,
-            });
+            ports.push(Port::new(String::new(), None, None));
         }
         Console {
             virtio: VirtioConfig::new(
