@@ -83,7 +83,8 @@ qemu = ["qemu-system-x86_64", "-M", "microvm", "-enable-kvm", "-cpu", "host,-arc
         "-device", "virtio-rng-device",
         "-device", "virtio-serial-device",
         "-chardev", "null,id=o", "-device", "virtserialport,chardev=o,name=minivm.stdout",
-        "-chardev", "null,id=e", "-device", "virtserialport,chardev=e,name=minivm.stderr"]
+        "-chardev", "null,id=e", "-device", "virtserialport,chardev=e,name=minivm.stderr",
+        "-chardev", "null,id=c", "-device", "virtserialport,chardev=c,name=minivm.control"]
 mv = [minivm, "run", ref, "--kernel", vmlinux, "--mem", "512M", "--timings", "--", "true"]
 
 def timed(cmd, want_rc):

@@ -17,12 +17,14 @@
 //! `docker run` does.
 
 mod button;
+mod control;
 mod job;
 mod stdio;
 mod sys;
 mod user;
 
 use std::ffi::OsStr;
+use std::fs::File;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
@@ -45,6 +47,11 @@ static CHILD: AtomicI32 = AtomicI32::new(0);
 /// The power button (SIGTERM to minivm): SIGTERM to the command.
 fn power_pressed() {
     forward(sys::SIGTERM);
+}
+
+/// A signal minivm passed on: to the command.
+fn pass_on(sig: i32) {
+    forward(sig);
 }
 
 extern "C" fn forward(sig: std::ffi::c_int) {
@@ -94,7 +101,11 @@ fn run(outputs: &mut stdio::Outputs) -> Result<u8, Failure> {
     let job = Job::parse(&read("/minivm/argv")?, &read("/minivm/env")?, &job_text)
         .map_err(|e| (EXIT_SETUP, format!("the job: {e}")))?;
     let button = button::open();
-    let opened = stdio::open(job.stdio).map_err(setup("the command's stdin/stdout/stderr"))?;
+    let (opened, control) =
+        stdio::open(job.stdio).map_err(setup("the command's stdin/stdout/stderr"))?;
+    // A second handle on the terminal, for window size changes.
+    let tty = opened.tty().map(File::try_clone).transpose();
+    let tty = tty.map_err(setup("the terminal"))?;
     switch_root(&job)?;
     mount_api_filesystems();
     if !job.hostname.is_empty() {
@@ -154,6 +165,9 @@ fn run(outputs: &mut stdio::Outputs) -> Result<u8, Failure> {
     CHILD.store(main_pid, Ordering::SeqCst);
     if let Some(b) = button {
         button::watch(b, power_pressed);
+    }
+    if let Some(c) = control {
+        control::watch(c, tty, pass_on);
     }
     // Reap everything; the command's own end decides the status.
     while let Some((pid, status)) = sys::wait_any() {

@@ -45,43 +45,62 @@ pub enum Opened {
     Tty(File),
 }
 
-/// Opens what `stdio` names; needs /dev mounted (devtmpfs).
-pub fn open(stdio: Stdio) -> io::Result<Opened> {
-    match stdio {
-        Stdio::Console => Ok(Opened::Console),
-        Stdio::Ports { stdin } => open_ports(stdin),
-        Stdio::Tty { rows, cols } => {
-            let tty = File::options().read(true).write(true).open(TTY)?;
-            if rows > 0 && cols > 0 {
-                sys::set_window_size(&tty, rows, cols)?;
-            }
-            Ok(Opened::Tty(tty))
+impl Opened {
+    /// The command's terminal, if it has one.
+    pub fn tty(&self) -> Option<&File> {
+        match self {
+            Opened::Tty(tty) => Some(tty),
+            _ => None,
         }
     }
 }
 
-fn open_ports(stdin: bool) -> io::Result<Opened> {
-    std::fs::create_dir_all("/sys")?;
-    sys::mount_fs("sysfs", "/sys", "sysfs", 0, "")?;
-    let found = wait_for_ports(stdin);
-    let _ = sys::unmount("/sys");
-    let [out, err, inp] = found?;
-    let write = |p: PathBuf| File::options().write(true).open(p);
-    Ok(Opened::Ports {
-        stdout: write(out.expect("found"))?,
-        stderr: write(err.expect("found"))?,
-        stdin: inp.map(File::open).transpose()?,
-    })
+/// Opens what `stdio` names, and minivm's control port (`control.rs`) where
+/// it has one; needs /dev mounted (devtmpfs).
+pub fn open(stdio: Stdio) -> io::Result<(Opened, Option<File>)> {
+    match stdio {
+        Stdio::Console => Ok((Opened::Console, None)),
+        Stdio::Ports { stdin } => {
+            let mut names = vec!["minivm.control", "minivm.stdout", "minivm.stderr"];
+            if stdin {
+                names.push("minivm.stdin");
+            }
+            let mut found = find_ports(&names)?.into_iter();
+            let mut next = || found.next().expect("one per name");
+            let control = File::open(next())?;
+            let write = |p: PathBuf| File::options().write(true).open(p);
+            let opened = Opened::Ports {
+                stdout: write(next())?,
+                stderr: write(next())?,
+                stdin: stdin.then(|| File::open(next())).transpose()?,
+            };
+            Ok((opened, Some(control)))
+        }
+        Stdio::Tty { rows, cols } => {
+            let control = File::open(&find_ports(&["minivm.control"])?[0])?;
+            let tty = File::options().read(true).write(true).open(TTY)?;
+            if rows > 0 && cols > 0 {
+                sys::set_window_size(&tty, rows, cols)?;
+            }
+            Ok((Opened::Tty(tty), Some(control)))
+        }
+    }
 }
 
-/// The device files of `minivm.stdout`, `minivm.stderr` and (when wanted)
-/// `minivm.stdin`, once all are there.
-fn wait_for_ports(stdin: bool) -> io::Result<[Option<PathBuf>; 3]> {
-    let names = ["minivm.stdout", "minivm.stderr", "minivm.stdin"];
-    let wanted = if stdin { 3 } else { 2 };
+/// The device files of the ports `names`, in order, once all are there
+/// (sysfs is mounted for the search only).
+fn find_ports(names: &[&str]) -> io::Result<Vec<PathBuf>> {
+    std::fs::create_dir_all("/sys")?;
+    sys::mount_fs("sysfs", "/sys", "sysfs", 0, "")?;
+    let found = wait_for_ports(names);
+    let _ = sys::unmount("/sys");
+    found
+}
+
+fn wait_for_ports(names: &[&str]) -> io::Result<Vec<PathBuf>> {
     let deadline = Instant::now() + PORT_WAIT;
     loop {
-        let mut found: [Option<PathBuf>; 3] = Default::default();
+        let mut found: Vec<Option<PathBuf>> = vec![None; names.len()];
         for entry in std::fs::read_dir(PORTS).into_iter().flatten().flatten() {
             let name = std::fs::read_to_string(entry.path().join("name")).unwrap_or_default();
             if let Some(i) = names.iter().position(|n| *n == name.trim_end()) {
@@ -91,11 +110,8 @@ fn wait_for_ports(stdin: bool) -> io::Result<[Option<PathBuf>; 3]> {
                 }
             }
         }
-        if found[..wanted].iter().all(Option::is_some) {
-            if !stdin {
-                found[2] = None;
-            }
-            return Ok(found);
+        if let Some(all) = found.into_iter().collect::<Option<Vec<_>>>() {
+            return Ok(all);
         }
         if Instant::now() >= deadline {
             return Err(io::Error::new(

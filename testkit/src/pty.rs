@@ -155,6 +155,21 @@ impl PtySession {
             .expect("write to pty");
     }
 
+    /// Resizes the terminal, as a person resizing the window does: the
+    /// kernel sends SIGWINCH to the process on it.
+    pub fn resize(&self, rows: u16, cols: u16) {
+        use std::os::fd::AsRawFd;
+        let ws = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads one winsize from a valid pointer.
+        let r = unsafe { libc::ioctl(self.master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+        assert_eq!(r, 0, "TIOCSWINSZ: {}", std::io::Error::last_os_error());
+    }
+
     /// Runs one shell command line at a guest shell prompt and returns what it
     /// printed between two markers (so the echo of the typed line and the
     /// prompts are left out).

@@ -104,18 +104,28 @@ fn an_application_image_runs_its_command_and_returns_its_status() {
         "kernel messages without --verbose"
     );
 
-    // Over virtio-fs, with the command line's overrides. SIGTERM to minivm
-    // reaches the command through the power button, and its death by
-    // SIGTERM is 128+15.
+    // Over virtio-fs, with the command line's overrides. SIGINT to minivm
+    // goes to the command (which traps it here) and leaves minivm running;
+    // SIGTERM reaches the command through the power button, and its death
+    // by SIGTERM is 128+15.
     let mut c = minivm(&cache);
     c.args(["run", "--kernel", kernel, "--mem", "256M", &reference])
         .args(["--virtiofs", "-e", "GREETING=bye", "-e", "EXTRA=1"])
         .args(["--workdir", "/tmp", "--user", "0:0", "--", "sh", "-c"])
-        .arg("echo \"RUN G=$GREETING E=$EXTRA P=$(pwd) U=$(busybox id -u)\"; sleep 1000");
+        .arg(
+            "trap 'echo got-INT' INT; \
+             echo \"RUN G=$GREETING E=$EXTRA P=$(pwd) U=$(busybox id -u)\"; \
+             while :; do sleep 1000 & wait $!; done",
+        );
     let mut vm = RunningVm::start_with(&mut c);
     assert!(
         vm.wait_for("RUN G=bye", BOOT_TIMEOUT),
         "the command never ran"
+    );
+    vm.signal(libc::SIGINT);
+    assert!(
+        vm.wait_for("got-INT", BOOT_TIMEOUT),
+        "SIGINT did not reach the command"
     );
     vm.sigterm();
     let out = vm.finish(BOOT_TIMEOUT);
@@ -139,7 +149,7 @@ fn an_application_image_runs_its_command_and_returns_its_status() {
         out.stdout
     );
     // -t: the command gets a terminal; Ctrl-C stops what runs in it, not
-    // minivm; the window size is the host terminal's.
+    // minivm; the window size is the host terminal's, and follows it.
     let mut c = minivm(&cache);
     c.args(["run", "-t", "--kernel", kernel, "--mem", "256M", &reference])
         .args(["--virtiofs", "--", "sh"]);
@@ -157,6 +167,14 @@ fn an_application_image_runs_its_command_and_returns_its_status() {
         !pty.screen().lines().any(|l| l.trim_end() == "slept"),
         "sleep was not interrupted: {}",
         pty.screen()
+    );
+    pty.resize(60, 200);
+    assert_eq!(
+        pty.shell(
+            "until [ \"$(stty size)\" = '60 200' ]; do sleep 1; done; echo resized",
+            BOOT_TIMEOUT
+        ),
+        "resized"
     );
     pty.send("exit 7\r");
     let st = pty.wait(BOOT_TIMEOUT).expect("minivm ends with the shell");

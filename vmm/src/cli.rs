@@ -296,7 +296,8 @@ pub struct RunArgs {
     pub interactive: bool,
 
     /// Give the command a terminal: the guest's serial console, with minivm's
-    /// terminal in raw mode (Ctrl-C goes to the command; Ctrl-A x quits).
+    /// terminal in raw mode and its size (Ctrl-C goes to the command; Ctrl-A x
+    /// quits). Without it, SIGINT to minivm is passed on; the third stops the VM.
     #[arg(short = 't', long)]
     pub tty: bool,
 

@@ -70,9 +70,13 @@ pub struct VmConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum GuestIo {
     /// The serial console on stdout, with an interactive terminal (raw
-    /// mode) forwarded to it: a whole system, or `run -t -- CMD`.
+    /// mode) forwarded to it: a whole system.
     #[default]
     Console,
+    /// `run -t -- CMD`: [`GuestIo::Console`] as the command's terminal, and
+    /// a control port that tells the agent of window size changes and of
+    /// signals to pass on.
+    Terminal,
     /// `run -- CMD`: the command's stdout and stderr on minivm's own, over
     /// virtio-console ports, and with `stdin` (`-i`) minivm's stdin to the
     /// command; the serial console (kernel and agent messages) on stderr.
@@ -82,6 +86,14 @@ pub enum GuestIo {
     },
 }
 
+impl GuestIo {
+    /// Whether the serial console is minivm's stdin and stdout (a terminal
+    /// in raw mode, when it is one).
+    pub fn serial_on_stdio(self) -> bool {
+        matches!(self, GuestIo::Console | GuestIo::Terminal)
+    }
+}
+
 /// Names of the virtio-console ports of [`GuestIo::Streams`] (the guest
 /// agent looks them up by name).
 pub const STDOUT_PORT: &str = "minivm.stdout";
@@ -89,6 +101,9 @@ pub const STDOUT_PORT: &str = "minivm.stdout";
 pub const STDERR_PORT: &str = "minivm.stderr";
 /// See [`STDOUT_PORT`].
 pub const STDIN_PORT: &str = "minivm.stdin";
+/// The port of minivm's messages to the agent (`crate::control`), with the
+/// command's streams and with `-t`.
+pub const CONTROL_PORT: &str = "minivm.control";
 
 /// A file system served over virtio-fs.
 #[derive(Debug, Clone)]

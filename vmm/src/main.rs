@@ -10,6 +10,7 @@
 mod agent;
 mod cli;
 mod config;
+mod control;
 mod cpuid;
 mod error;
 mod images;

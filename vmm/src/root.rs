@@ -168,10 +168,11 @@ impl PreparedRoot {
             timeout: spec.timeout,
             fs_stats: spec.fs_stats,
             io: match &self.agent {
-                Some(_) if !spec.overrides.tty => GuestIo::Streams {
+                Some(_) if spec.overrides.tty => GuestIo::Terminal,
+                Some(_) => GuestIo::Streams {
                     stdin: spec.overrides.interactive,
                 },
-                _ => GuestIo::Console,
+                None => GuestIo::Console,
             },
         }
     }

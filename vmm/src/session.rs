@@ -13,7 +13,7 @@ use devices::virtio::block::Block;
 use devices::virtio::net::Net;
 use devices::virtio::VirtioDevice;
 
-use crate::config::{self, GuestIo, VmConfig};
+use crate::config::{self, VmConfig};
 use crate::io_reason::io_reason;
 use crate::terminal::RawMode;
 use crate::vm::VmError;
@@ -109,7 +109,7 @@ impl Session {
         }
         // With the command's own streams on stdout, the console (kernel and
         // agent messages) goes to stderr and the terminal stays as it is.
-        let streams = matches!(config.io, GuestIo::Streams { .. });
+        let streams = !config.io.serial_on_stdio();
         let sink: Box<dyn std::io::Write + Send> = if streams {
             Box::new(std::io::stderr())
         } else {

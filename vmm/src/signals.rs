@@ -1,11 +1,14 @@
 //! minivm's signal handlers: SIGINT and SIGHUP stop the running VM, SIGTERM
-//! asks its guest to shut down (or stops it, without a power button). The
-//! handlers only store and write(2) event fds that each boot installs and
-//! withdraws; a signal that comes between two boots stays pending for
-//! the restart loop to see.
+//! asks its guest to shut down (or stops it, without a power button). With
+//! the guest agent's control port, SIGINT is passed on to the command
+//! instead, as `docker run` does, up to [`INTERRUPTS_PASSED`] times (so a
+//! command that ignores it still cannot hold minivm), and SIGWINCH sends
+//! the terminal's new size. The handlers only store and write(2) fds that
+//! each boot installs and withdraws; a signal that comes between two boots
+//! stays pending for the restart loop to see.
 
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
 
 use devices::ExitHandle;
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
@@ -18,8 +21,54 @@ static HOST_SIGNAL: AtomicI32 = AtomicI32::new(0);
 static EXIT_EVENT_FD: AtomicI32 = AtomicI32::new(-1);
 /// The shutdown request event fd SIGTERM writes instead, when set.
 static SHUTDOWN_EVENT_FD: AtomicI32 = AtomicI32::new(-1);
+/// The write end of the agent's control port (`crate::control`), when set.
+static CONTROL_FD: AtomicI32 = AtomicI32::new(-1);
+/// SIGINTs seen while a control port was set.
+static INTERRUPTS: AtomicU32 = AtomicU32::new(0);
+/// How many SIGINTs go to the command; the next one stops the VM.
+pub const INTERRUPTS_PASSED: u32 = 2;
+
+/// write(2) of all of `bytes`, or as much as goes (the fds are pipes and
+/// event fds, written in one go or not at all).
+fn write_fd(fd: RawFd, bytes: &[u8]) {
+    // SAFETY: write(2) is async-signal-safe; the buffer is valid for its length.
+    unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+}
+
+/// Passes SIGINT on to the command, unless there is no control port or it
+/// came too often.
+fn pass_on_interrupt() -> bool {
+    let fd = CONTROL_FD.load(Ordering::SeqCst);
+    if fd < 0 {
+        return false;
+    }
+    let n = INTERRUPTS.fetch_add(1, Ordering::SeqCst) + 1;
+    if n > INTERRUPTS_PASSED {
+        return false;
+    }
+    write_fd(fd, crate::control::Line::signal(libc::SIGINT).as_bytes());
+    if n == INTERRUPTS_PASSED {
+        write_fd(
+            libc::STDERR_FILENO,
+            b"minivm: SIGINT passed on to the command again; one more stops the VM\n",
+        );
+    }
+    true
+}
+
+extern "C" fn on_window_change(_sig: libc::c_int) {
+    let fd = CONTROL_FD.load(Ordering::SeqCst);
+    if fd >= 0 {
+        if let Some((rows, cols)) = crate::terminal::window_size() {
+            write_fd(fd, crate::control::Line::winsize(rows, cols).as_bytes());
+        }
+    }
+}
 
 extern "C" fn on_host_signal(sig: libc::c_int) {
+    if sig == libc::SIGINT && pass_on_interrupt() {
+        return;
+    }
     let shutdown_fd = SHUTDOWN_EVENT_FD.load(Ordering::SeqCst);
     let fd = if sig == SHUTDOWN_SIGNAL && shutdown_fd >= 0 {
         shutdown_fd
@@ -28,9 +77,7 @@ extern "C" fn on_host_signal(sig: libc::c_int) {
         EXIT_EVENT_FD.load(Ordering::SeqCst)
     };
     if fd >= 0 {
-        let one: u64 = 1;
-        // SAFETY: write(2) is async-signal-safe; the buffer is a local u64.
-        unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
+        write_fd(fd, &1u64.to_ne_bytes());
     }
 }
 
@@ -50,9 +97,24 @@ pub fn install(exit: &ExitHandle, shutdown: Option<RawFd>) {
     }
 }
 
+/// Passes SIGINT and window size changes to the guest agent through
+/// `control` (the non-blocking write end of its control port), which must
+/// stay open until [`withdraw`].
+pub fn set_control(control: RawFd) {
+    CONTROL_FD.store(control, Ordering::SeqCst);
+    // SAFETY: the handler only reads an atomic and calls ioctl(2) and write(2).
+    unsafe {
+        libc::signal(
+            libc::SIGWINCH,
+            on_window_change as *const () as libc::sighandler_t,
+        )
+    };
+}
+
 /// Forgets the boot's event fds (before they are closed): from now on every
 /// signal, SIGTERM too, is only recorded for [`pending`].
 pub fn withdraw() {
+    CONTROL_FD.store(-1, Ordering::SeqCst);
     SHUTDOWN_EVENT_FD.store(-1, Ordering::SeqCst);
     EXIT_EVENT_FD.store(-1, Ordering::SeqCst);
 }

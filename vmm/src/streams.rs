@@ -1,7 +1,9 @@
-//! `run -- CMD`'s streams: a multiport virtio-console whose ports carry the
-//! command's stdout and stderr to minivm's own, and minivm's stdin to the
-//! command with `-i` (`config::GuestIo::Streams`). The guest agent finds the
-//! ports by name and copies the command's pipes through them.
+//! The guest agent's virtio-console (`config::GuestIo`): with `run -- CMD`
+//! its ports carry the command's stdout and stderr to minivm's own, and
+//! minivm's stdin to the command with `-i`; with the streams and with `-t`,
+//! a control port carries minivm's messages to the agent (`crate::control`).
+//! The agent finds the ports by name and copies the command's pipes
+//! through them.
 //!
 //! A console rather than vsock: its ports need no socket protocol or
 //! connection set-up on either side (the agent opens a device file), the
@@ -11,39 +13,55 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use devices::virtio::console::{Console, PortSpec};
 
-use crate::config::{STDERR_PORT, STDIN_PORT, STDOUT_PORT};
+use crate::config::{GuestIo, CONTROL_PORT, STDERR_PORT, STDIN_PORT, STDOUT_PORT};
 
 /// minivm's `fd` (0, 1 or 2), duplicated for a port.
 fn dup(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<OwnedFd> {
     fd.try_clone_to_owned()
 }
 
-/// The console for one boot: stdout and stderr ports, and a stdin port
-/// reading minivm's stdin when `stdin`.
-pub fn console(stdin: bool) -> io::Result<Console> {
+/// The agent's console for one boot, and the write end of its control
+/// port (non-blocking: signal handlers write it), or `None` when `io` is a
+/// whole system's console.
+pub fn console(io: GuestIo) -> io::Result<Option<(Console, OwnedFd)>> {
     let out = |fd: OwnedFd| -> Option<Box<dyn io::Write + Send>> { Some(Box::new(File::from(fd))) };
-    let mut ports = vec![
-        PortSpec {
-            name: STDOUT_PORT.into(),
-            output: out(dup(io::stdout().as_fd())?),
-            input: None,
-        },
-        PortSpec {
-            name: STDERR_PORT.into(),
-            output: out(dup(io::stderr().as_fd())?),
-            input: None,
-        },
-    ];
-    if stdin {
-        ports.push(PortSpec {
-            name: STDIN_PORT.into(),
-            output: None,
-            input: Some(dup(io::stdin().as_fd())?),
-        });
+    let mut ports = Vec::new();
+    match io {
+        GuestIo::Console => return Ok(None),
+        GuestIo::Terminal => {}
+        GuestIo::Streams { stdin } => {
+            ports.push(PortSpec {
+                name: STDOUT_PORT.into(),
+                output: out(dup(io::stdout().as_fd())?),
+                input: None,
+            });
+            ports.push(PortSpec {
+                name: STDERR_PORT.into(),
+                output: out(dup(io::stderr().as_fd())?),
+                input: None,
+            });
+            if stdin {
+                ports.push(PortSpec {
+                    name: STDIN_PORT.into(),
+                    output: None,
+                    input: Some(dup(io::stdin().as_fd())?),
+                });
+            }
+        }
     }
-    Ok(Console::new(ports))
+    let (read, write) = io::pipe()?;
+    // SAFETY: F_SETFL on a pipe end this function owns.
+    if unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    ports.push(PortSpec {
+        name: CONTROL_PORT.into(),
+        output: None,
+        input: Some(read.into()),
+    });
+    Ok(Some((Console::new(ports), write.into())))
 }
