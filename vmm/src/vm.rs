@@ -174,24 +174,6 @@ fn create_memory(vm: &VmFd, size: u64) -> Result<Arc<GuestMemory>, VmError> {
     let mem =
         GuestMemory::from_ranges(&ranges).map_err(|source| VmError::Memory { size, source })?;
     for (slot, region) in mem.iter().enumerate() {
-        // Transparent huge pages, as Cloud Hypervisor asks by default: loading
-        // the kernel takes a few 2 MiB faults instead of thousands of 4 KiB
-        // ones, and the guest's own page walks get shorter. Only advice: a
-        // host without THP ignores it.
-        // SAFETY: madvise on a mapping `mem` owns; MADV_HUGEPAGE changes no contents.
-        if unsafe {
-            libc::madvise(
-                region.as_ptr().cast(),
-                region.len() as usize,
-                libc::MADV_HUGEPAGE,
-            )
-        } != 0
-        {
-            tracing::debug!(
-                "no transparent huge pages: {}",
-                std::io::Error::last_os_error()
-            );
-        }
         let r = kvm_userspace_memory_region {
             slot: slot as u32,
             flags: 0,
