@@ -49,11 +49,6 @@ fn power_pressed() {
     forward(sys::SIGTERM);
 }
 
-/// A signal minivm passed on: to the command.
-fn pass_on(sig: i32) {
-    forward(sig);
-}
-
 extern "C" fn forward(sig: std::ffi::c_int) {
     let pid = CHILD.load(Ordering::SeqCst);
     if pid > 0 {
@@ -167,7 +162,7 @@ fn run(outputs: &mut stdio::Outputs) -> Result<u8, Failure> {
         button::watch(b, power_pressed);
     }
     if let Some(c) = control {
-        control::watch(c, tty, pass_on);
+        control::watch(c, tty, |sig| forward(sig));
     }
     // Reap everything; the command's own end decides the status.
     while let Some((pid, status)) = sys::wait_any() {

@@ -49,8 +49,8 @@ impl Line {
         l
     }
 
-    /// Appends a byte; the longest line (a u32, a space, a u16 and a
-    /// keyword of 8 bytes) fits well within the buffer.
+    /// Appends a byte; the longest line (`winsize` with two u16s, 21 bytes,
+    /// or `signal` with a u32, 18) fits well within the buffer.
     fn push(&mut self, b: u8) {
         self.buf[self.len] = b;
         self.len += 1;
