@@ -11,6 +11,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use sandbox::ThreadFilter;
 use vm_superio::serial::SerialEvents;
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
@@ -94,8 +95,9 @@ pub struct ConsoleOutput {
 }
 
 impl ConsoleOutput {
-    /// Starts the output thread writing to `sink` (stdout, a file, ...).
-    pub fn new(mut sink: Box<dyn Write + Send>) -> io::Result<Self> {
+    /// Starts the output thread writing to `sink` (stdout, a file, ...),
+    /// confined by `filter` before it writes anything.
+    pub fn new(mut sink: Box<dyn Write + Send>, filter: ThreadFilter) -> io::Result<Self> {
         let queue = Arc::new(OutQueue {
             state: Mutex::new(OutState {
                 buf: VecDeque::new(),
@@ -106,11 +108,18 @@ impl ConsoleOutput {
         });
         let q = queue.clone();
         let (done_tx, done) = std::sync::mpsc::channel::<()>();
+        let (ready_tx, ready) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("console-out".into())
             .spawn(move || {
                 // Dropped on every return: tells finish() the thread is done.
                 let _done = done_tx;
+                let confined = filter.apply();
+                let ok = confined.is_ok();
+                let _ = ready_tx.send(confined);
+                if !ok {
+                    return;
+                }
                 let mut chunk = Vec::with_capacity(64 << 10);
                 loop {
                     {
@@ -131,6 +140,11 @@ impl ConsoleOutput {
                     chunk.clear();
                 }
             })?;
+        match ready.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(io::Error::other(e)),
+            Err(_) => return Err(io::Error::other("the console thread ended at start")),
+        }
         Ok(ConsoleOutput {
             queue,
             thread: Some(thread),
@@ -218,6 +232,7 @@ impl BusDevice for SerialDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sandbox::ThreadKind;
 
     #[derive(Clone, Default)]
     struct Sink(Arc<Mutex<Vec<u8>>>);
@@ -232,7 +247,8 @@ mod tests {
     }
 
     fn device(sink: Sink) -> (SerialDevice, ConsoleOutput, EventFd, Arc<InputEvents>) {
-        let out = ConsoleOutput::new(Box::new(sink)).unwrap();
+        let out =
+            ConsoleOutput::new(Box::new(sink), ThreadFilter::none(ThreadKind::Console)).unwrap();
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let events = Arc::new(InputEvents {
             in_buffer_empty: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
@@ -282,7 +298,11 @@ mod tests {
 
     #[test]
     fn writer_drops_and_counts_beyond_limit() {
-        let out = ConsoleOutput::new(Box::new(io::sink())).unwrap();
+        let out = ConsoleOutput::new(
+            Box::new(io::sink()),
+            ThreadFilter::none(ThreadKind::Console),
+        )
+        .unwrap();
         let mut w = out.writer();
         let data = vec![0u8; OUTPUT_QUEUE_LIMIT + 100];
         assert_eq!(w.write(&data).unwrap(), data.len());

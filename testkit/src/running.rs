@@ -107,6 +107,30 @@ impl RunningVm {
         self.signal(libc::SIGTERM);
     }
 
+    /// Each minivm thread's name and seccomp mode (`Seccomp:` in its
+    /// /proc status: 0 none, 2 filtered).
+    pub fn thread_seccomp(&self) -> Vec<(String, u32)> {
+        let tasks = format!("/proc/{}/task", self.child.id());
+        let mut threads = Vec::new();
+        for task in std::fs::read_dir(&tasks).expect("minivm's /proc/PID/task") {
+            let dir = task.unwrap().path();
+            let (Ok(comm), Ok(status)) = (
+                std::fs::read_to_string(dir.join("comm")),
+                std::fs::read_to_string(dir.join("status")),
+            ) else {
+                continue; // the thread ended meanwhile
+            };
+            let mode = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Seccomp:"))
+                .and_then(|v| v.trim().parse().ok())
+                .expect("a Seccomp: line");
+            threads.push((comm.trim_end().to_string(), mode));
+        }
+        threads.sort();
+        threads
+    }
+
     /// Waits for the exit, killing minivm after `timeout`.
     pub fn finish(mut self, timeout: Duration) -> Finished {
         let deadline = Instant::now() + timeout;

@@ -122,6 +122,15 @@ fn an_application_image_runs_its_command_and_returns_its_status() {
         vm.wait_for("RUN G=bye", BOOT_TIMEOUT),
         "the command never ran"
     );
+    // Every minivm thread runs under its seccomp filter (on by default).
+    let threads = vm.thread_seccomp();
+    for kind in ["minivm", "vcpu0", "console-out", "virtio-fs-minivm-"] {
+        assert!(
+            threads.iter().any(|(name, _)| name.starts_with(kind)),
+            "no {kind} thread: {threads:?}"
+        );
+    }
+    assert!(threads.iter().all(|(_, mode)| *mode == 2), "{threads:?}");
     vm.signal(libc::SIGINT);
     assert!(
         vm.wait_for("got-INT", BOOT_TIMEOUT),

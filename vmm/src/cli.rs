@@ -310,6 +310,21 @@ pub struct RunArgs {
     /// by opcode, with the server time they took.
     #[arg(long)]
     pub fs_stats: bool,
+
+    /// Confine every minivm thread with its seccomp filter; a system call
+    /// outside it stops minivm (exit 159) with a line naming the call and the
+    /// thread. `log` lets such calls through and has the kernel log them
+    /// (dmesg: "audit: type=1326"); `log` and `off` are for debugging only.
+    #[arg(long, value_enum, value_name = "on|log|off", default_value_t = SeccompMode::On)]
+    pub seccomp: SeccompMode,
+}
+
+/// `--seccomp`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SeccompMode {
+    On,
+    Log,
+    Off,
 }
 
 /// Most vCPUs: the MADT gives them xAPIC ids 0..N-1, below the broadcast id 0xff.

@@ -62,6 +62,8 @@ pub struct VmConfig {
     pub timeout: Option<Duration>,
     /// Print each virtio-fs share's request counts when a boot ends.
     pub fs_stats: bool,
+    /// `--seccomp`: confine minivm's threads with their seccomp filters.
+    pub seccomp: crate::cli::SeccompMode,
     /// How the guest meets minivm's stdin, stdout and stderr.
     pub io: GuestIo,
 }

@@ -54,7 +54,7 @@ pub struct RunEnd {
 /// Runs the guest `config` describes until it ends; with `restart`, a
 /// reboot starts it again. `start`: when minivm started.
 pub fn run(config: &VmConfig, restart: bool, start: Instant) -> Result<RunEnd, VmError> {
-    let mut session = Session::open(config)?;
+    let mut session = Session::open(config, restart)?;
     if let Some(u) = Usage::now() {
         tracing::info!("before the first boot: {u}");
     }

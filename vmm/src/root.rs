@@ -167,6 +167,7 @@ impl PreparedRoot {
             shutdown_timeout: spec.shutdown_timeout,
             timeout: spec.timeout,
             fs_stats: spec.fs_stats,
+            seccomp: spec.seccomp,
             io: match &self.agent {
                 Some(_) if spec.overrides.tty => GuestIo::Terminal,
                 Some(_) => GuestIo::Streams {
@@ -226,6 +227,7 @@ mod tests {
             timeout: None,
             own_cmdline: false,
             fs_stats: false,
+            seccomp: crate::cli::SeccompMode::On,
             overrides: Default::default(),
         }
     }

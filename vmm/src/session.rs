@@ -12,6 +12,10 @@ use devices::serial::ConsoleOutput;
 use devices::virtio::block::Block;
 use devices::virtio::net::Net;
 use devices::virtio::VirtioDevice;
+use sandbox::seccomp::{Denied, MainNeeds};
+
+use crate::cli::SeccompMode;
+use sandbox::{Policy, ThreadKind};
 
 use crate::config::{self, VmConfig};
 use crate::io_reason::io_reason;
@@ -67,12 +71,27 @@ pub struct Session {
     kept: KeptDevices,
     /// How many devices [`Session::kept`] holds when complete.
     device_count: usize,
+    /// The threads' seccomp filters.
+    seccomp: Policy,
+    /// Whether the main thread has installed its filter (once per process:
+    /// filters stack and cannot be removed).
+    main_confined: bool,
 }
 
 impl Session {
     /// Opens the devices `config` keeps across boots and the console, and
-    /// puts an interactive terminal in raw mode.
-    pub fn open(config: &VmConfig) -> Result<Session, VmError> {
+    /// puts an interactive terminal in raw mode. `restart`: later boots are
+    /// built by the main thread after it confined itself (`--restart`).
+    pub fn open(config: &VmConfig, restart: bool) -> Result<Session, VmError> {
+        let main = MainNeeds {
+            rebuild_vm: restart,
+        };
+        let seccomp = match config.seccomp {
+            SeccompMode::On => Policy::new(main, Denied::Stop),
+            SeccompMode::Log => Policy::new(main, Denied::Log),
+            SeccompMode::Off => Ok(Policy::off()),
+        }
+        .map_err(VmError::Seccomp)?;
         let mut kept = KeptDevices::default();
         if let Some(disk) = &config.disk {
             let id: String = disk
@@ -115,15 +134,20 @@ impl Session {
         } else {
             Box::new(std::io::stdout())
         };
-        let console = ConsoleOutput::new(sink).map_err(|source| VmError::Host {
-            what: "console",
-            source,
-        })?;
+        let console =
+            ConsoleOutput::new(sink, seccomp.filter(ThreadKind::Console)).map_err(|source| {
+                VmError::Host {
+                    what: "console",
+                    source,
+                }
+            })?;
         Ok(Session {
             console: Some(console),
             raw: (!streams).then(RawMode::enter),
             device_count: kept.count(),
             kept,
+            seccomp,
+            main_confined: false,
         })
     }
 
@@ -132,6 +156,20 @@ impl Session {
     pub fn parts(&mut self) -> (&mut KeptDevices, &ConsoleOutput) {
         let console = self.console.as_ref().expect("console until finish");
         (&mut self.kept, console)
+    }
+
+    /// The threads' seccomp filters.
+    pub fn seccomp(&self) -> Policy {
+        self.seccomp.clone()
+    }
+
+    /// Installs the main thread's filter, the first time only.
+    pub fn confine_main(&mut self) -> Result<(), sandbox::Error> {
+        if !self.main_confined {
+            self.seccomp.filter(ThreadKind::Main).apply()?;
+            self.main_confined = true;
+        }
+        Ok(())
     }
 
     /// Whether every kept device came back from the last boot (one that

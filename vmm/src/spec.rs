@@ -166,6 +166,8 @@ pub struct RunSpec {
     pub own_cmdline: bool,
     /// `--fs-stats`.
     pub fs_stats: bool,
+    /// `--seccomp`.
+    pub seccomp: crate::cli::SeccompMode,
     /// `-- CMD`, `--entrypoint`, `-e`, `--workdir`, `--user`.
     pub overrides: Overrides,
 }
@@ -225,6 +227,7 @@ impl RunSpec {
             timeout: args.timeout.map(std::time::Duration::from_secs),
             own_cmdline: args.cmdline.is_some(),
             fs_stats: args.fs_stats,
+            seccomp: args.seccomp,
             overrides: Overrides {
                 command: args.command.clone(),
                 entrypoint: args.entrypoint.clone(),
@@ -403,6 +406,7 @@ mod tests {
             restart: false,
             timeout: None,
             fs_stats: false,
+            seccomp: crate::cli::SeccompMode::On,
             command: vec![],
             entrypoint: None,
             env: vec![],

@@ -2,7 +2,7 @@
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 
 use devices::bus::Bus;
 use devices::{ExitHandle, ExitReason};
@@ -239,5 +239,32 @@ impl Vcpu {
             "minivm: guest crashed on vCPU {}: {what} at rip {rip}",
             self.id
         );
+    }
+}
+
+/// Holds the vCPU threads, once each has confined itself, until the main
+/// thread says whether the guest may run.
+#[derive(Default)]
+pub struct StartGate {
+    go: Mutex<Option<bool>>,
+    cond: Condvar,
+}
+
+impl StartGate {
+    /// Lets the waiting threads run the guest (`true`) or end (`false`).
+    pub fn open(&self, go: bool) {
+        *self.go.lock().unwrap_or_else(|e| e.into_inner()) = Some(go);
+        self.cond.notify_all();
+    }
+
+    /// Waits for [`StartGate::open`]; whether to run the guest.
+    pub fn wait(&self) -> bool {
+        let mut go = self.go.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(g) = *go {
+                return g;
+            }
+            go = self.cond.wait(go).unwrap_or_else(|e| e.into_inner());
+        }
     }
 }

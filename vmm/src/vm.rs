@@ -12,7 +12,7 @@ use devices::acpi::AcpiPmDevice;
 use devices::bus::{Bus, BusDevice};
 use devices::harness::HarnessPorts;
 use devices::i8042::I8042;
-use devices::serial::{ConsoleOutput, InputEvents, SerialDevice};
+use devices::serial::{InputEvents, SerialDevice};
 use devices::virtio::mmio::MmioTransport;
 use devices::virtio::rng::Rng;
 use devices::virtio::{Interrupt, VirtioDevice};
@@ -20,6 +20,7 @@ use devices::{ExitHandle, ExitReason};
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, IoEventAddress, Kvm, VmFd};
+use sandbox::ThreadKind;
 use vm_memory::{Address, GuestAddress, GuestMemory as _, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{Killable, SIGRTMIN};
@@ -30,7 +31,7 @@ use crate::session::{DiskError, KeptDevices, Session};
 use crate::shutdown::ShutdownRequest;
 use crate::signals;
 use crate::terminal::{ExitWatcher, StdinForwarder};
-use crate::vcpu::{Buses, Vcpu, VcpuError};
+use crate::vcpu::{Buses, StartGate, Vcpu, VcpuError};
 use boot::layout::{VIRTIO_FIRST_IRQ, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE};
 use boot::ports::{self, PortRange};
 use boot::GuestMemory;
@@ -112,6 +113,9 @@ pub enum VmError {
     /// A rebooted guest cannot start again: a device of the stopped VM is still held.
     #[error("cannot restart the guest: a vCPU of the stopped VM still holds its devices")]
     DevicesInUse,
+    /// A thread's seccomp filter could not be installed.
+    #[error(transparent)]
+    Seccomp(sandbox::Error),
 }
 
 type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
@@ -211,11 +215,12 @@ fn setup_devices(
     vm: &VmFd,
     mem: &Arc<GuestMemory>,
     config: &VmConfig,
-    kept: &mut KeptDevices,
+    session: &mut Session,
     exit: &ExitHandle,
-    console: &ConsoleOutput,
     start: Instant,
 ) -> Result<Devices, VmError> {
+    let policy = session.seccomp();
+    let (kept, console) = session.parts();
     let mut pio = Bus::new();
     let mut mmio = Bus::new();
     let mut subscribers: Vec<Subscriber> = Vec::new();
@@ -272,7 +277,8 @@ fn setup_devices(
             }
         }
         .map_err(fail)?;
-        let fs = devices::virtio::fs::Fs::new(&share.tag, vfs).map_err(fail)?;
+        let fs = devices::virtio::fs::Fs::new(&share.tag, vfs, policy.filter(ThreadKind::FsWorker))
+            .map_err(fail)?;
         fs_stats.push((share.tag.clone(), fs.stats()));
         add_virtio(vm, mem, Box::new(fs), "virtio-fs", &mut slots)?;
     }
@@ -459,8 +465,7 @@ pub fn boot(
             .as_ref()
             .map(|s| s.lock().unwrap().request_fd().as_raw_fd()),
     );
-    let (kept, console) = session.parts();
-    let devs = setup_devices(&vm, &mem, config, kept, &exit, console, start)?;
+    let devs = setup_devices(&vm, &mem, config, session, &exit, start)?;
     if let Some((_, control)) = &devs.streams {
         signals::set_control(control.as_raw_fd());
     }
@@ -514,22 +519,56 @@ pub fn boot(
     let stop = Arc::new(AtomicBool::new(false));
     let mut threads: Vec<JoinHandle<()>> = Vec::new();
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let gate = Arc::new(StartGate::default());
     let entered = Arc::new(std::sync::OnceLock::new());
+    let mut spawned = Ok(());
     for (id, vcpu) in vcpus.into_iter().enumerate() {
         let stop = stop.clone();
         let done = done_tx.clone();
+        let ready = ready_tx.clone();
+        let gate = gate.clone();
         let entered = entered.clone();
+        let filter = session.seccomp().filter(ThreadKind::Vcpu);
         let t = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
             .spawn(move || {
-                entered.get_or_init(Instant::now);
-                vcpu.run(stop);
+                let confined = filter.apply();
+                let ok = confined.is_ok();
+                let _ = ready.send(confined);
+                if ok && gate.wait() {
+                    entered.get_or_init(Instant::now);
+                    vcpu.run(stop);
+                }
                 let _ = done.send(());
-            })
-            .map_err(host_err("vCPU thread"))?;
-        threads.push(t);
+            });
+        match t {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                spawned = Err(host_err("vCPU thread")(e));
+                break;
+            }
+        }
     }
-    drop(done_tx);
+    drop((done_tx, ready_tx));
+    // The guest runs only once every vCPU and the main thread are confined.
+    let confined = spawned.and_then(|()| {
+        for _ in 0..threads.len() {
+            ready_rx
+                .recv()
+                .map_err(|_| VmError::Host {
+                    what: "vCPU thread",
+                    source: std::io::Error::other("ended before it started"),
+                })?
+                .map_err(VmError::Seccomp)?;
+        }
+        session.confine_main().map_err(VmError::Seccomp)
+    });
+    gate.open(confined.is_ok());
+    if let Err(e) = confined {
+        stop_vcpus(threads, &done_rx);
+        return Err(e);
+    }
 
     let result = run_event_loop(&mut em, &exit, shutdown.as_ref(), deadline);
     signals::withdraw();
@@ -664,6 +703,7 @@ mod tests {
             shutdown_timeout: Duration::ZERO,
             timeout: None,
             fs_stats: false,
+            seccomp: crate::cli::SeccompMode::Off,
             io: config::GuestIo::Console,
         };
         let extra = ["virtio_mmio.device=4K@0xd0000000:5".to_string()];

@@ -46,4 +46,10 @@ pub enum FsError {
         #[source]
         source: std::io::Error,
     },
+    /// The device's server thread could not be started.
+    #[error("starting the virtio-fs server thread: {0}")]
+    Worker(#[source] std::io::Error),
+    /// The server thread could not confine itself.
+    #[error(transparent)]
+    Confine(sandbox::Error),
 }

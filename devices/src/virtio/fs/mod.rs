@@ -90,6 +90,7 @@ use std::sync::Arc;
 
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::api::Vfs;
+use sandbox::ThreadFilter;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_FS;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
@@ -103,7 +104,7 @@ pub use self::layered::LayeredFs;
 pub use self::passthrough::{disk_cap, mount_vfs, passthrough};
 pub use self::stats::{opcode_name, FsStats, OpStats};
 pub use self::worker::FuseServer;
-use self::worker::Worker;
+use self::worker::{Session, Worker};
 use super::{ActivateError, Interrupt, VirtioConfig, VirtioDevice};
 use crate::GuestMemory;
 
@@ -119,19 +120,19 @@ const CONFIG_LEN: usize = TAG_MAX_LEN + 4;
 /// A virtio-fs device serving one [`Vfs`] under one tag.
 pub struct Fs {
     tag: String,
-    vfs: Arc<Vfs>,
     server: Arc<FuseServer>,
     stats: Arc<FsStats>,
     virtio: VirtioConfig,
-    worker: Option<Worker>,
+    worker: Worker,
 }
 
 impl Fs {
     /// Creates a device exporting `vfs` under `tag` (what the guest mounts:
     /// `mount -t virtiofs TAG /mnt`, or `root=TAG rootfstype=virtiofs`).
     ///
-    /// The tag must be 1 to 36 bytes without NUL.
-    pub fn new(tag: &str, vfs: Arc<Vfs>) -> Result<Fs, FsError> {
+    /// The tag must be 1 to 36 bytes without NUL. The device's server
+    /// thread starts here and confines itself with `filter`.
+    pub fn new(tag: &str, vfs: Arc<Vfs>, filter: ThreadFilter) -> Result<Fs, FsError> {
         if tag.is_empty() || tag.len() > TAG_MAX_LEN {
             return Err(FsError::TagLength(tag.to_string()));
         }
@@ -141,10 +142,10 @@ impl Fs {
         let mut config = [0u8; CONFIG_LEN];
         config[..tag.len()].copy_from_slice(tag.as_bytes());
         config[TAG_MAX_LEN..].copy_from_slice(&NUM_REQUEST_QUEUES.to_le_bytes());
+        let worker = Worker::spawn(tag, vfs.clone(), filter)?;
         Ok(Fs {
             tag: tag.to_string(),
-            server: Arc::new(Server::new(vfs.clone())),
-            vfs,
+            server: Arc::new(Server::new(vfs)),
             stats: Arc::new(FsStats::default()),
             // EVENT_IDX is honoured through virtio-queue's needs_notification;
             // indirect chains are walked by virtio-queue's descriptor iterator.
@@ -158,7 +159,7 @@ impl Fs {
                     | (1u64 << VIRTIO_RING_F_INDIRECT_DESC),
                 config.to_vec(),
             ),
-            worker: None,
+            worker,
         })
     }
 
@@ -180,9 +181,7 @@ impl Fs {
     /// Waits until the worker has handled every notification sent so far.
     #[cfg(test)]
     pub(crate) fn wait_idle(&self) {
-        if let Some(w) = &self.worker {
-            w.wait_idle();
-        }
+        self.worker.wait_idle();
     }
 }
 
@@ -202,19 +201,13 @@ impl VirtioDevice for Fs {
         interrupt: Arc<Interrupt>,
     ) -> Result<(), ActivateError> {
         self.virtio.check_queues(&queues)?;
-        // A previous session that was never reset still owns its worker.
-        self.worker = None;
-        let worker = Worker::spawn(
-            &self.tag,
-            self.server.clone(),
-            self.vfs.clone(),
-            self.stats.clone(),
+        self.worker.activate(Session {
+            server: self.server.clone(),
+            stats: self.stats.clone(),
             mem,
             queues,
             interrupt,
-        )
-        .map_err(|e| ActivateError::Backend(format!("virtio-fs worker thread: {e}")))?;
-        self.worker = Some(worker);
+        });
         Ok(())
     }
 
@@ -223,16 +216,14 @@ impl VirtioDevice for Fs {
             tracing::warn!("virtio-fs: notify of non-existent queue {index}");
             return;
         }
-        match &self.worker {
-            Some(w) => w.kick(index),
-            None => tracing::debug!("virtio-fs: notify before activation ignored"),
-        }
+        // Before activation the worker has no queues and ignores it.
+        self.worker.kick(index);
     }
 
     fn reset(&mut self) {
-        // Dropping the worker joins it; it ends the FUSE session on the way out
-        // so the next driver can send FUSE_INIT again.
-        self.worker = None;
+        // The worker ends the FUSE session so the next driver can send
+        // FUSE_INIT again.
+        self.worker.reset();
         self.virtio.acked_features = 0;
     }
 }

@@ -1,10 +1,12 @@
 //! The thread that serves a virtio-fs device's queues.
 //!
-//! One worker per activation owns the queues. The device forwards queue
-//! notifications over a channel; the worker drains the notified queue with
-//! notifications suppressed, exactly like virtio-blk does inline, and raises
-//! the interrupt once per batch. A thread of its own keeps slow host I/O off
-//! the VMM's event loop and gives the server a private umask (below).
+//! One worker per device, started with it (so it is confined by its own
+//! seccomp filter before the guest runs, never by a vCPU's). Each activation
+//! hands it the queues; the device forwards queue notifications over a
+//! channel; the worker drains the notified queue with notifications
+//! suppressed, exactly like virtio-blk does inline, and raises the interrupt
+//! once per batch. A thread of its own keeps slow host I/O off the VMM's
+//! event loop and gives the server a private umask (below).
 
 use std::io;
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -17,8 +19,10 @@ use fuse_backend_rs::api::filesystem::FileSystem;
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::api::Vfs;
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter};
+use sandbox::ThreadFilter;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 
+use super::error::FsError;
 use super::stats::FsStats;
 use crate::virtio::{Interrupt, INTERRUPT_STATUS_USED_RING};
 use crate::GuestMemory;
@@ -26,54 +30,88 @@ use crate::GuestMemory;
 /// The FUSE server the device runs requests through.
 pub type FuseServer = Server<Arc<Vfs>>;
 
+/// What one activation gives the worker.
+pub(super) struct Session {
+    pub server: Arc<FuseServer>,
+    pub stats: Arc<FsStats>,
+    pub mem: Arc<GuestMemory>,
+    pub queues: Vec<Queue>,
+    pub interrupt: Arc<Interrupt>,
+}
+
 enum Msg {
+    /// The driver set DRIVER_OK: serve these queues (ending a session that
+    /// was never reset).
+    Activate(Box<Session>),
     /// The driver notified this queue.
     Kick(usize),
+    /// The device was reset: drop the queues, end the FUSE session, reply.
+    Reset(Sender<()>),
     /// Reply once every earlier message was handled.
     #[cfg(test)]
     Sync(Sender<()>),
 }
 
-/// A running worker; dropping it stops and joins the thread.
+/// The device's worker thread; dropping it stops and joins the thread.
 pub(super) struct Worker {
     tx: Option<Sender<Msg>>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Worker {
-    /// Starts serving `queues` (0 = hiprio, 1.. = requests) on a new thread.
-    pub(super) fn spawn(
-        tag: &str,
-        server: Arc<FuseServer>,
-        vfs: Arc<Vfs>,
-        stats: Arc<FsStats>,
-        mem: Arc<GuestMemory>,
-        queues: Vec<Queue>,
-        interrupt: Arc<Interrupt>,
-    ) -> io::Result<Worker> {
+    /// Starts the thread serving `vfs` for device `tag` and waits until it
+    /// has confined itself with `filter`.
+    pub(super) fn spawn(tag: &str, vfs: Arc<Vfs>, filter: ThreadFilter) -> Result<Worker, FsError> {
         let (tx, rx) = mpsc::channel();
-        let state = State {
-            server,
-            stats,
-            mem,
-            queues: queues.into_iter().map(|q| (q, false)).collect(),
-            interrupt,
-        };
+        let (ready_tx, ready_rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name(format!("virtio-fs-{tag}"))
-            .spawn(move || run(state, vfs, rx))?;
-        Ok(Worker {
+            .spawn(move || {
+                private_umask();
+                let confined = filter.apply();
+                let ok = confined.is_ok();
+                let _ = ready_tx.send(confined);
+                if ok {
+                    run(vfs, rx);
+                }
+            })
+            .map_err(FsError::Worker)?;
+        let worker = Worker {
             tx: Some(tx),
             thread: Some(thread),
-        })
+        };
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(worker),
+            Ok(Err(e)) => Err(FsError::Confine(e)),
+            Err(_) => Err(FsError::Worker(io::Error::other(
+                "the thread ended at start",
+            ))),
+        }
+    }
+
+    fn send(&self, msg: Msg) -> bool {
+        let sent = self.tx.as_ref().is_some_and(|tx| tx.send(msg).is_ok());
+        if !sent {
+            tracing::error!("virtio-fs: worker thread is gone; request dropped");
+        }
+        sent
+    }
+
+    /// Starts serving a driver's session.
+    pub(super) fn activate(&self, session: Session) {
+        self.send(Msg::Activate(Box::new(session)));
     }
 
     /// Asks the worker to serve queue `index`.
     pub(super) fn kick(&self, index: usize) {
-        if let Some(tx) = &self.tx {
-            if tx.send(Msg::Kick(index)).is_err() {
-                tracing::error!("virtio-fs: worker thread is gone; request dropped");
-            }
+        self.send(Msg::Kick(index));
+    }
+
+    /// Ends the current session; returns once the worker let go of it.
+    pub(super) fn reset(&self) {
+        let (done_tx, done_rx) = mpsc::channel();
+        if self.send(Msg::Reset(done_tx)) {
+            let _ = done_rx.recv();
         }
     }
 
@@ -81,10 +119,8 @@ impl Worker {
     #[cfg(test)]
     pub(super) fn wait_idle(&self) {
         let (done_tx, done_rx) = mpsc::channel();
-        if let Some(tx) = &self.tx {
-            if tx.send(Msg::Sync(done_tx)).is_ok() {
-                let _ = done_rx.recv();
-            }
+        if self.send(Msg::Sync(done_tx)) {
+            let _ = done_rx.recv();
         }
     }
 }
@@ -101,6 +137,7 @@ impl Drop for Worker {
     }
 }
 
+/// A session being served.
 struct State {
     server: Arc<FuseServer>,
     stats: Arc<FsStats>,
@@ -108,43 +145,83 @@ struct State {
     /// Each queue and whether the driver broke it (served no more until reset).
     queues: Vec<(Queue, bool)>,
     interrupt: Arc<Interrupt>,
+    /// Queues notified in the batch being handled.
+    pending: Vec<bool>,
 }
 
-fn run(mut state: State, vfs: Arc<Vfs>, rx: Receiver<Msg>) {
-    private_umask();
-    while let Ok(msg) = rx.recv() {
-        // Coalesce a burst of doorbells into one pass per queue.
-        let mut pending = vec![false; state.queues.len()];
-        let mut next = Some(msg);
-        #[cfg(test)]
-        let mut syncs = Vec::new();
-        while let Some(m) = next {
-            match m {
-                Msg::Kick(i) => {
-                    if let Some(p) = pending.get_mut(i) {
-                        *p = true;
-                    }
-                }
-                #[cfg(test)]
-                Msg::Sync(done) => syncs.push(done),
-            }
-            next = rx.try_recv().ok();
-        }
-        for (i, p) in pending.into_iter().enumerate() {
-            if p {
-                state.serve(i);
-            }
-        }
-        #[cfg(test)]
-        for done in syncs {
-            let _ = done.send(());
+impl State {
+    fn new(s: Session) -> State {
+        State {
+            pending: vec![false; s.queues.len()],
+            queues: s.queues.into_iter().map(|q| (q, false)).collect(),
+            server: s.server,
+            stats: s.stats,
+            mem: s.mem,
+            interrupt: s.interrupt,
         }
     }
-    // Device reset or teardown: end the FUSE session so that a new driver's
-    // FUSE_INIT is accepted (a rebooting guest never sends FUSE_DESTROY).
+
+    /// Serves every queue notified since the last call.
+    fn serve_pending(&mut self) {
+        for i in 0..self.pending.len() {
+            if std::mem::take(&mut self.pending[i]) {
+                self.serve(i);
+            }
+        }
+    }
+}
+
+/// Ends the FUSE session so that a new driver's FUSE_INIT is accepted (a
+/// rebooting guest never sends FUSE_DESTROY).
+fn end_session(vfs: &Vfs) {
     if vfs.initialized() {
         vfs.destroy();
     }
+}
+
+fn run(vfs: Arc<Vfs>, rx: Receiver<Msg>) {
+    let mut state: Option<State> = None;
+    while let Ok(msg) = rx.recv() {
+        // A burst of doorbells is coalesced into one pass per queue; any
+        // other message first serves the doorbells before it, in order.
+        let mut next = Some(msg);
+        while let Some(m) = next {
+            match m {
+                Msg::Kick(i) => {
+                    if let Some(p) = state.as_mut().and_then(|s| s.pending.get_mut(i)) {
+                        *p = true;
+                    }
+                }
+                Msg::Activate(session) => {
+                    if let Some(mut old) = state.take() {
+                        old.serve_pending();
+                        end_session(&vfs);
+                    }
+                    state = Some(State::new(*session));
+                }
+                Msg::Reset(done) => {
+                    if let Some(mut old) = state.take() {
+                        old.serve_pending();
+                    }
+                    end_session(&vfs);
+                    let _ = done.send(());
+                }
+                #[cfg(test)]
+                Msg::Sync(done) => {
+                    if let Some(s) = &mut state {
+                        s.serve_pending();
+                    }
+                    let _ = done.send(());
+                }
+            }
+            next = rx.try_recv().ok();
+        }
+        if let Some(s) = &mut state {
+            s.serve_pending();
+        }
+    }
+    // The device is gone (teardown).
+    end_session(&vfs);
 }
 
 /// Gives this thread its own umask of 0, as PassthroughFs expects: it applies
@@ -160,12 +237,22 @@ fn private_umask() {
     }
     // SAFETY: umask cannot fail and only changes this thread's (now private) mask.
     unsafe { libc::umask(0) };
+    PRIVATE_UMASK.with(|p| p.set(true));
+}
+
+thread_local! {
+    /// Whether this thread's umask is its own (a worker's, after [`private_umask`]).
+    static PRIVATE_UMASK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// Runs `f` on a short-lived thread with a private umask, so that a
 /// `umask(0)` inside it (PassthroughFs's `import`) never reaches the rest of
 /// the process. Falls back to saving and restoring the umask around `f`.
 pub(super) fn with_private_umask<T: Send>(f: impl Fn() -> T + Sync) -> T {
+    // A worker's umask is already private (and its filter allows no threads).
+    if PRIVATE_UMASK.with(|p| p.get()) {
+        return f();
+    }
     let on_helper = std::thread::scope(|s| {
         let helper = std::thread::Builder::new()
             .name("virtio-fs-setup".into())

@@ -21,17 +21,43 @@ fn vfs(dir: &TempDir) -> Arc<Vfs> {
 #[test]
 fn tag_is_validated() {
     let dir = TempDir::new();
-    assert!(matches!(Fs::new("", vfs(&dir)), Err(FsError::TagLength(_))));
+    assert!(matches!(
+        Fs::new(
+            "",
+            vfs(&dir),
+            sandbox::ThreadFilter::none(sandbox::ThreadKind::FsWorker)
+        ),
+        Err(FsError::TagLength(_))
+    ));
     let long = "t".repeat(TAG_MAX_LEN + 1);
-    let e = Fs::new(&long, vfs(&dir)).err().unwrap();
+    let e = Fs::new(
+        &long,
+        vfs(&dir),
+        sandbox::ThreadFilter::none(sandbox::ThreadKind::FsWorker),
+    )
+    .err()
+    .unwrap();
     assert!(matches!(e, FsError::TagLength(_)));
     assert!(e.to_string().contains("37 bytes"), "{e}");
     assert!(matches!(
-        Fs::new("a\0b", vfs(&dir)),
+        Fs::new(
+            "a\0b",
+            vfs(&dir),
+            sandbox::ThreadFilter::none(sandbox::ThreadKind::FsWorker)
+        ),
         Err(FsError::TagNul(_))
     ));
     let max = "m".repeat(TAG_MAX_LEN);
-    assert_eq!(Fs::new(&max, vfs(&dir)).unwrap().tag(), max);
+    assert_eq!(
+        Fs::new(
+            &max,
+            vfs(&dir),
+            sandbox::ThreadFilter::none(sandbox::ThreadKind::FsWorker)
+        )
+        .unwrap()
+        .tag(),
+        max
+    );
 }
 
 #[test]
@@ -53,7 +79,12 @@ fn passthrough_checks_the_root() {
 #[test]
 fn identity_features_and_config_space() {
     let dir = TempDir::new();
-    let mut fs = Fs::new("myfs", vfs(&dir)).unwrap();
+    let mut fs = Fs::new(
+        "myfs",
+        vfs(&dir),
+        sandbox::ThreadFilter::none(sandbox::ThreadKind::FsWorker),
+    )
+    .unwrap();
     assert_eq!(fs.device_type(), VIRTIO_ID_FS);
     assert_eq!(fs.queue_max_sizes(), &[QUEUE_SIZE, QUEUE_SIZE]);
     for bit in [VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX] {
@@ -81,7 +112,12 @@ fn identity_features_and_config_space() {
 #[test]
 fn activation_needs_both_queues() {
     let dir = TempDir::new();
-    let mut fs = Fs::new("share", vfs(&dir)).unwrap();
+    let mut fs = Fs::new(
+        "share",
+        vfs(&dir),
+        sandbox::ThreadFilter::none(sandbox::ThreadKind::FsWorker),
+    )
+    .unwrap();
     let mem = test_mem();
     let mq = MockSplitQueue::new(&*mem, QUEUE_SIZE);
     // Notifications before activation are ignored.
@@ -287,7 +323,12 @@ fn event_idx_suppresses_interrupts() {
     let req = MockSplitQueue::create(m, GuestAddress(0x8_0000), QUEUE_SIZE);
     let mut q: Queue = req.create_queue().unwrap();
     q.set_event_idx(true);
-    let mut fs = Fs::new("share", vfs(&dir)).unwrap();
+    let mut fs = Fs::new(
+        "share",
+        vfs(&dir),
+        sandbox::ThreadFilter::none(sandbox::ThreadKind::FsWorker),
+    )
+    .unwrap();
     let irq = interrupt();
     fs.activate(
         mem.clone(),
@@ -326,7 +367,12 @@ fn event_idx_suppresses_interrupts() {
 fn exposed_through_the_mmio_transport() {
     let dir = TempDir::new();
     let mem = test_mem();
-    let fs = Fs::new("rootfs", vfs(&dir)).unwrap();
+    let fs = Fs::new(
+        "rootfs",
+        vfs(&dir),
+        sandbox::ThreadFilter::none(sandbox::ThreadKind::FsWorker),
+    )
+    .unwrap();
     let mut t = MmioTransport::new(Box::new(fs), mem, interrupt()).unwrap();
     assert_eq!(reg_read(&mut t, VIRTIO_MMIO_DEVICE_ID), VIRTIO_ID_FS);
     t.write(u64::from(VIRTIO_MMIO_QUEUE_SEL), &1u32.to_le_bytes());

@@ -212,7 +212,12 @@ impl<'m> Harness<'m> {
         let m: &'m GuestMemory = mem;
         let hiprio = MockSplitQueue::create(m, GuestAddress(HIPRIO_RING), QUEUE_SIZE);
         let req = MockSplitQueue::create(m, GuestAddress(REQUEST_RING), QUEUE_SIZE);
-        let mut fs = Fs::new("share", vfs).unwrap();
+        let mut fs = Fs::new(
+            "share",
+            vfs,
+            sandbox::ThreadFilter::none(sandbox::ThreadKind::FsWorker),
+        )
+        .unwrap();
         let irq = interrupt();
         fs.activate(
             mem.clone(),

@@ -1,0 +1,10 @@
+//! minivm's confinement of itself. The guest and the image are untrusted, so
+//! every thread of the VMM runs under a seccomp filter that allows only the
+//! system calls that kind of thread makes ([`seccomp`]); a denied call ends
+//! the process with a line naming the call and the thread.
+
+pub mod seccomp;
+
+pub use seccomp::{
+    Denied, Error, MainNeeds, Policy, ThreadFilter, ThreadKind, DENIED_EXIT_STATUS, HOST_SIGNALS,
+};

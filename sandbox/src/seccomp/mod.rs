@@ -1,0 +1,238 @@
+//! A seccomp filter for each kind of minivm thread, built with seccompiler.
+//!
+//! The filters are compiled once ([`Policy::new`]) and each thread installs
+//! its own ([`ThreadFilter::apply`]) before it handles anything from the
+//! guest: vCPU threads before their first KVM_RUN, the main thread before
+//! the vCPUs start, device threads when they start. A call outside the
+//! thread's list raises SIGSYS, whose handler ([`sigsys`]) writes
+//! `minivm: seccomp: thread T made the denied system call NAME (N)` and ends
+//! the process with [`DENIED_EXIT_STATUS`].
+
+mod rules;
+mod sigsys;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, SeccompRule, TargetArch};
+
+pub use rules::HOST_SIGNALS;
+
+/// minivm's exit status when a thread made a denied system call (128 + SIGSYS,
+/// as if the kernel had killed it).
+pub const DENIED_EXIT_STATUS: i32 = 128 + libc::SIGSYS;
+
+/// What went wrong while building or installing a filter.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// seccompiler refused the rules of one kind of thread.
+    #[error("cannot build the seccomp filter of the {thread} thread: {source}")]
+    Build {
+        thread: ThreadKind,
+        #[source]
+        source: seccompiler::BackendError,
+    },
+    /// The kernel refused the filter (or no_new_privs).
+    #[error("cannot install the seccomp filter of the {thread} thread: {source}")]
+    Install {
+        thread: ThreadKind,
+        #[source]
+        source: seccompiler::Error,
+    },
+    /// The SIGSYS reporting handler could not be installed.
+    #[error("cannot install the SIGSYS handler: {0}")]
+    Handler(#[source] std::io::Error),
+    /// The thread's signal mask could not be set.
+    #[error("cannot block the host signals on the {thread} thread: {source}")]
+    SignalMask {
+        thread: ThreadKind,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The kinds of threads minivm runs; each has its own filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ThreadKind {
+    /// The main thread once the VM is built: device event loop (virtio-blk,
+    /// virtio-net, virtio-console, virtio-rng, serial input), signals,
+    /// teardown of the VM and of its work directory.
+    Main,
+    /// A vCPU: KVM_RUN, and the device register accesses it dispatches
+    /// (which activate and reset devices).
+    Vcpu,
+    /// The serial console's output writer.
+    Console,
+    /// A virtio-fs server thread (the FUSE requests of one share).
+    FsWorker,
+}
+
+impl ThreadKind {
+    /// Every kind, in a fixed order.
+    pub const ALL: [ThreadKind; 4] = [
+        ThreadKind::Main,
+        ThreadKind::Vcpu,
+        ThreadKind::Console,
+        ThreadKind::FsWorker,
+    ];
+
+    /// The short name used in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            ThreadKind::Main => "main",
+            ThreadKind::Vcpu => "vcpu",
+            ThreadKind::Console => "console",
+            ThreadKind::FsWorker => "virtio-fs",
+        }
+    }
+}
+
+impl std::fmt::Display for ThreadKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What the main thread must still be able to do after the guest starts.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MainNeeds {
+    /// `--restart`: the main thread builds the next VM itself, so it keeps
+    /// the set-up calls (opening files, KVM and tap ioctls, threads).
+    pub rebuild_vm: bool,
+}
+
+/// What a filter does with a call outside its list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denied {
+    /// Report it and stop the process (SIGSYS).
+    Stop,
+    /// Let it through; the kernel logs it (for finding what a list lacks).
+    Log,
+}
+
+/// The compiled filters of every kind of thread, or none (`--seccomp=off`).
+/// Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Policy {
+    programs: Option<Arc<BTreeMap<ThreadKind, Arc<BpfProgram>>>>,
+}
+
+impl Policy {
+    /// Compiles every thread's filter and installs the SIGSYS handler that
+    /// reports denied calls.
+    pub fn new(main: MainNeeds, denied: Denied) -> Result<Policy, Error> {
+        let pid = std::process::id();
+        let mut programs = BTreeMap::new();
+        for kind in ThreadKind::ALL {
+            let program = compile(kind, rules::rules(kind, main, pid), denied)?;
+            programs.insert(kind, Arc::new(program));
+        }
+        sigsys::install().map_err(Error::Handler)?;
+        Ok(Policy {
+            programs: Some(Arc::new(programs)),
+        })
+    }
+
+    /// No filters at all (`--seccomp=off`).
+    pub fn off() -> Policy {
+        Policy { programs: None }
+    }
+
+    /// Whether filters are installed.
+    pub fn enabled(&self) -> bool {
+        self.programs.is_some()
+    }
+
+    /// The filter for threads of `kind`.
+    pub fn filter(&self, kind: ThreadKind) -> ThreadFilter {
+        ThreadFilter {
+            kind,
+            program: self.programs.as_ref().and_then(|p| p.get(&kind).cloned()),
+        }
+    }
+}
+
+/// One thread's filter, handed to whatever starts that thread.
+#[derive(Clone)]
+pub struct ThreadFilter {
+    kind: ThreadKind,
+    program: Option<Arc<BpfProgram>>,
+}
+
+impl ThreadFilter {
+    /// No filter (tests, `--seccomp=off`).
+    pub fn none(kind: ThreadKind) -> ThreadFilter {
+        ThreadFilter {
+            kind,
+            program: None,
+        }
+    }
+
+    /// The kind of thread this filter is for.
+    pub fn kind(&self) -> ThreadKind {
+        self.kind
+    }
+
+    /// Confines the calling thread: every thread but the main one blocks the
+    /// host signals (so their handlers run on the main thread), then the
+    /// filter is installed (with no_new_privs). Filters stack: a thread
+    /// started later inherits this one.
+    pub fn apply(&self) -> Result<(), Error> {
+        if self.kind != ThreadKind::Main {
+            block_host_signals().map_err(|source| Error::SignalMask {
+                thread: self.kind,
+                source,
+            })?;
+        }
+        let Some(program) = &self.program else {
+            return Ok(());
+        };
+        sigsys::set_thread_kind(self.kind);
+        seccompiler::apply_filter(program).map_err(|source| Error::Install {
+            thread: self.kind,
+            source,
+        })
+    }
+}
+
+fn block_host_signals() -> std::io::Result<()> {
+    // SAFETY: a zeroed sigset_t is a valid argument to sigemptyset.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t owned by this frame.
+    unsafe { libc::sigemptyset(&mut set) };
+    for sig in HOST_SIGNALS {
+        // SAFETY: as above; `sig` is a valid signal number.
+        unsafe { libc::sigaddset(&mut set, sig) };
+    }
+    // SAFETY: `set` is initialized; the old mask is not wanted.
+    let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if r != 0 {
+        return Err(std::io::Error::from_raw_os_error(r));
+    }
+    Ok(())
+}
+
+fn compile(
+    kind: ThreadKind,
+    rules: BTreeMap<i64, Vec<SeccompRule>>,
+    denied: Denied,
+) -> Result<BpfProgram, Error> {
+    let err = |source| Error::Build {
+        thread: kind,
+        source,
+    };
+    let filter = SeccompFilter::new(
+        rules,
+        match denied {
+            Denied::Stop => SeccompAction::Trap,
+            Denied::Log => SeccompAction::Log,
+        },
+        SeccompAction::Allow,
+        TargetArch::x86_64,
+    )
+    .map_err(err)?;
+    filter.try_into().map_err(err)
+}
+
+#[cfg(test)]
+mod tests;

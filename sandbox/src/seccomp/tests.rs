@@ -1,0 +1,148 @@
+//! The filters run for real in forked children: allowed calls pass, denied
+//! ones end the child with the report on its stderr.
+
+use std::io::Read;
+use std::os::fd::FromRawFd;
+
+use super::*;
+
+/// Forks; the child applies `kind`'s filter, runs `body` and exits 0 if it
+/// returns. Gives back the child's exit status and what it wrote to stderr.
+fn in_child(kind: ThreadKind, body: fn()) -> (i32, String) {
+    let policy = Policy::new(MainNeeds::default(), Denied::Stop).expect("filters compile");
+    let filter = policy.filter(kind);
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe(2) returns.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: the child only makes async-signal-safe calls (dup2, the
+    // filter's prctl/seccomp/sigprocmask, the body's raw syscalls, _exit).
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        // SAFETY: plain fd operations in the child.
+        unsafe {
+            libc::dup2(fds[1], libc::STDERR_FILENO);
+            libc::close(fds[0]);
+        }
+        if filter.apply().is_err() {
+            // SAFETY: ends the child at once.
+            unsafe { libc::_exit(99) };
+        }
+        body();
+        // SAFETY: ends the child without running the parent's destructors.
+        unsafe { libc::_exit(0) };
+    }
+    // SAFETY: the parent owns both ends; the write end is closed here so the
+    // read below ends when the child does.
+    let mut r = unsafe {
+        libc::close(fds[1]);
+        std::fs::File::from_raw_fd(fds[0])
+    };
+    let mut err = String::new();
+    r.read_to_string(&mut err).unwrap();
+    let mut status = 0;
+    // SAFETY: waits for our own child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(
+        libc::WIFEXITED(status),
+        "child died by a signal: {status:#x}"
+    );
+    (libc::WEXITSTATUS(status), err)
+}
+
+#[test]
+fn every_kind_compiles() {
+    let p = Policy::new(MainNeeds { rebuild_vm: true }, Denied::Log).unwrap();
+    assert!(p.enabled());
+    for kind in ThreadKind::ALL {
+        assert!(p.programs.as_ref().unwrap()[&kind].len() > 10, "{kind}");
+    }
+    assert!(!Policy::off().enabled());
+}
+
+#[test]
+fn allowed_calls_pass() {
+    let (status, err) = in_child(ThreadKind::Console, || {
+        // SAFETY: plain system calls with no memory arguments.
+        unsafe {
+            libc::getpid();
+            libc::write(libc::STDERR_FILENO, b"still here\n".as_ptr().cast(), 11);
+        }
+    });
+    assert_eq!((status, err.as_str()), (0, "still here\n"));
+}
+
+#[test]
+fn a_denied_call_is_named_and_ends_the_process() {
+    let (status, err) = in_child(ThreadKind::Console, || {
+        // SAFETY: the path is a valid C string; the call is meant to be denied.
+        unsafe { libc::openat(libc::AT_FDCWD, c"/etc/hostname".as_ptr(), libc::O_RDONLY) };
+    });
+    assert_eq!(status, DENIED_EXIT_STATUS);
+    assert_eq!(
+        err,
+        "minivm: seccomp: the console thread made a system call outside its filter: openat (257); stopping\n"
+    );
+}
+
+#[test]
+fn ioctls_are_checked_by_request() {
+    // KVM_RUN on a non-KVM fd is allowed through (and fails with an errno).
+    let (status, err) = in_child(ThreadKind::Vcpu, || {
+        // SAFETY: fd 0 is not a vCPU; the call fails harmlessly.
+        let r = unsafe { libc::ioctl(0, rules_kvm_run()) };
+        assert_eq!(r, -1);
+    });
+    assert_eq!((status, err.as_str()), (0, ""));
+    // A terminal ioctl is not a vCPU's business.
+    let (status, err) = in_child(ThreadKind::Vcpu, || {
+        let mut ws = libc::winsize {
+            ws_row: 0,
+            ws_col: 0,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: `ws` is a valid winsize; the call is meant to be denied.
+        unsafe { libc::ioctl(0, libc::TIOCGWINSZ, &mut ws) };
+    });
+    assert_eq!(status, DENIED_EXIT_STATUS);
+    assert!(
+        err.contains("vcpu thread") && err.contains("ioctl (16)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn signals_go_only_to_this_process() {
+    let (status, err) = in_child(ThreadKind::Main, || {
+        // SAFETY: signal 0 only checks that the target exists (pid 1 does).
+        unsafe { libc::syscall(libc::SYS_tgkill, 1, 1, 0) };
+    });
+    assert_eq!(status, DENIED_EXIT_STATUS);
+    assert!(
+        err.contains("main thread") && err.contains("tgkill"),
+        "{err}"
+    );
+}
+
+#[test]
+fn worker_threads_block_the_host_signals() {
+    let (status, err) = in_child(ThreadKind::FsWorker, || {
+        // SAFETY: a zeroed sigset_t is valid for pthread_sigmask to fill.
+        let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: reads this thread's mask into `set`.
+        unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut set) };
+        for sig in HOST_SIGNALS {
+            // SAFETY: `set` is initialized.
+            if unsafe { libc::sigismember(&set, sig) } != 1 {
+                // SAFETY: ends the child.
+                unsafe { libc::_exit(10 + sig) };
+            }
+        }
+    });
+    assert_eq!((status, err.as_str()), (0, ""));
+}
+
+fn rules_kvm_run() -> libc::c_ulong {
+    super::rules::KVM_RUN()
+}
