@@ -156,6 +156,7 @@ EXIT STATUS:
   125-7  run -- CMD: the guest agent could not set up (125), cannot run (126) or find
          (127) the command; any other status is the command's own
   128+S  minivm was stopped by signal S
+  159    a minivm thread made a system call outside its seccomp filter (--seccomp)
 
   SIGTERM asks the guest to shut down (ACPI power button); a second SIGTERM, or
   --shutdown-timeout seconds passing, stops it hard (exit 143). With --restart, a guest
@@ -625,6 +626,26 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("multiple"));
+    }
+
+    #[test]
+    fn seccomp_flag() {
+        let mode = |extra: &[&str]| {
+            let mut a = vec!["minivm", "run", "--image", "d.raw"];
+            a.extend_from_slice(extra);
+            match Cli::try_parse_from(a).map(|c| c.command) {
+                Ok(Command::Run(r)) => Ok(r.seccomp),
+                Ok(_) => panic!("not run"),
+                Err(e) => Err(e.kind()),
+            }
+        };
+        assert_eq!(mode(&[]), Ok(SeccompMode::On));
+        assert_eq!(mode(&["--seccomp", "off"]), Ok(SeccompMode::Off));
+        assert_eq!(mode(&["--seccomp=log"]), Ok(SeccompMode::Log));
+        assert_eq!(
+            mode(&["--seccomp", "maybe"]),
+            Err(clap::error::ErrorKind::InvalidValue)
+        );
     }
 
     #[test]
