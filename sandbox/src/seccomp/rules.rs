@@ -99,6 +99,8 @@ const MAIN_REBUILD: &[i64] = &[
     libc::SYS_prctl,
     libc::SYS_prlimit64,
     libc::SYS_rseq,
+    // The new VM's threads install their own filters on top of this one.
+    libc::SYS_seccomp,
     libc::SYS_set_robust_list,
     libc::SYS_unshare,
     libc::SYS_umask,
@@ -223,7 +225,10 @@ pub(super) fn rules(
         ThreadKind::Main => {
             t.allow(MAIN);
             if main.rebuild_vm {
+                // The next VM's threads start under this filter, the file
+                // server's too.
                 t.allow(MAIN_REBUILD);
+                t.allow(FS_WORKER);
                 t.allow(&[libc::SYS_ioctl]);
             } else {
                 t.allow_ioctls(&[

@@ -44,6 +44,7 @@ use fuse_backend_rs::api::BackendFileSystem;
 use fuse_backend_rs::transport::FsCacheReqHandler;
 
 use super::cap::{round_up, SizeCap, Usage};
+use super::fdbudget::FdBudget;
 use super::worker::with_private_umask;
 
 /// Largest xattr value or name list Linux hands out (`XATTR_SIZE_MAX`).
@@ -69,6 +70,8 @@ pub struct GuardFs<F> {
     pub(super) cap: Option<Arc<SizeCap>>,
     /// The VMM is not root, so per-request credential switches cannot work.
     own_ids: bool,
+    /// Requests that may open a host fd fail with ENFILE past this bound.
+    fds: FdBudget,
 }
 
 pub(super) fn errno(code: i32) -> io::Error {
@@ -85,7 +88,15 @@ impl<F> GuardFs<F> {
             read_only: policy.read_only,
             cap: policy.size_cap,
             own_ids: euid != 0 && !policy.backend_maps_ids,
+            fds: FdBudget::for_process(),
         }
+    }
+
+    /// Replaces the process's fd budget (tests).
+    #[cfg(test)]
+    pub(super) fn with_fd_budget(mut self, fds: FdBudget) -> GuardFs<F> {
+        self.fds = fds;
+        self
     }
 
     /// The size cap, if one is enforced.
@@ -145,6 +156,7 @@ impl<F: FileSystem<Inode = u64, Handle = u64> + Sync> FileSystem for GuardFs<F> 
     }
 
     fn lookup(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
+        self.fds.check()?;
         // A kernel without FUSE export support (we never offer it) never sends
         // these; refusing them means `..` cannot climb out of anything.
         let b = name.to_bytes();
@@ -203,6 +215,7 @@ impl<F: FileSystem<Inode = u64, Handle = u64> + Sync> FileSystem for GuardFs<F> 
         parent: u64,
         name: &CStr,
     ) -> io::Result<Entry> {
+        self.fds.check()?;
         let ctx = self.creator(ctx);
         self.creating(|| self.inner.symlink(&ctx, linkname, parent, name))
     }
@@ -216,6 +229,7 @@ impl<F: FileSystem<Inode = u64, Handle = u64> + Sync> FileSystem for GuardFs<F> 
         rdev: u32,
         umask: u32,
     ) -> io::Result<Entry> {
+        self.fds.check()?;
         self.writable()?;
         let kind = mode & libc::S_IFMT;
         // Device nodes would be opened by the host, not the guest; only the
@@ -235,6 +249,7 @@ impl<F: FileSystem<Inode = u64, Handle = u64> + Sync> FileSystem for GuardFs<F> 
         mode: u32,
         umask: u32,
     ) -> io::Result<Entry> {
+        self.fds.check()?;
         let ctx = self.creator(ctx);
         self.creating(|| self.inner.mkdir(&ctx, parent, name, mode, umask))
     }
@@ -280,6 +295,7 @@ impl<F: FileSystem<Inode = u64, Handle = u64> + Sync> FileSystem for GuardFs<F> 
     }
 
     fn link(&self, ctx: &Context, inode: u64, newparent: u64, newname: &CStr) -> io::Result<Entry> {
+        self.fds.check()?;
         self.writable()?;
         self.inner.link(ctx, inode, newparent, newname)
     }
@@ -291,6 +307,7 @@ impl<F: FileSystem<Inode = u64, Handle = u64> + Sync> FileSystem for GuardFs<F> 
         flags: u32,
         fuse_flags: u32,
     ) -> io::Result<(Option<u64>, OpenOptions, Option<u32>)> {
+        self.fds.check()?;
         let f = flags as i32;
         if f & libc::O_ACCMODE != libc::O_RDONLY || f & (libc::O_TRUNC | libc::O_CREAT) != 0 {
             self.writable()?;
@@ -305,6 +322,7 @@ impl<F: FileSystem<Inode = u64, Handle = u64> + Sync> FileSystem for GuardFs<F> 
         name: &CStr,
         args: CreateIn,
     ) -> io::Result<(Entry, Option<u64>, OpenOptions, Option<u32>)> {
+        self.fds.check()?;
         self.writable()?;
         if let Some(cap) = &self.cap {
             cap.check_not_full()?;
@@ -483,6 +501,7 @@ impl<F: FileSystem<Inode = u64, Handle = u64> + Sync> FileSystem for GuardFs<F> 
         inode: u64,
         flags: u32,
     ) -> io::Result<(Option<u64>, OpenOptions)> {
+        self.fds.check()?;
         self.inner.opendir(ctx, inode, flags)
     }
 
@@ -508,6 +527,7 @@ impl<F: FileSystem<Inode = u64, Handle = u64> + Sync> FileSystem for GuardFs<F> 
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
     ) -> io::Result<()> {
+        self.fds.check()?;
         self.inner
             .readdirplus(ctx, inode, handle, size, offset, add_entry)
     }

@@ -54,20 +54,20 @@
 //! * **Resource bounds**: message length is capped by the server (1 MiB + 4
 //!   KiB), READ/READDIR by the guest's own buffers, and [`GuardFs`] clamps
 //!   GETXATTR/LISTXATTR sizes to 64 KiB (upstream would allocate what the
-//!   guest asks for, up to 4 GiB).
+//!   guest asks for, up to 4 GiB). Each inode the guest looked up and did
+//!   not FORGET keeps one host fd open: past a budget (`fdbudget.rs`: the
+//!   soft `RLIMIT_NOFILE` less a reserve for the rest of minivm) requests
+//!   that would open another get ENFILE (virtiofsd's CVE-2020-10717 class).
 //!
 //! Known gaps (not fixable in a wrapper):
-//! * Each inode the guest looked up and did not FORGET keeps one host fd
-//!   open, bounded only by `RLIMIT_NOFILE` (virtiofsd's CVE-2020-10717 class).
 //! * If a *host* process moves a directory out of the share while the guest
 //!   holds it, the guest keeps reaching that tree through its fd (the `..`
 //!   refusal only stops climbing further).
 //! * A guest running as root on a root VMM can create setuid-root
 //!   executables and set `security.capability` on host files: keep shares on
 //!   a `nosuid` mount, or run the VMM unprivileged.
-//! * There is no seccomp filter or mount namespace around the server
-//!   (virtiofsd's sandbox), so a bug in fuse-backend-rs runs with the VMM's
-//!   privileges. The worker thread is the natural place to add one.
+//! * The worker thread runs under its own seccomp filter (`sandbox`), but
+//!   not yet in a mount namespace of its own (virtiofsd's pivot_root).
 //!
 //! PassthroughFs needs a umask of 0 (it applies the guest's own), but sets it
 //! process-wide in `import()`; we import on a helper thread and serve on a
@@ -76,6 +76,7 @@
 mod cap;
 mod charge;
 mod error;
+mod fdbudget;
 mod guard;
 mod image;
 mod layered;
