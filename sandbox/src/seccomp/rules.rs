@@ -237,6 +237,8 @@ pub(super) fn rules(
                     libc::TCSETSW,
                     libc::TCSETSF,
                     libc::TIOCGWINSZ,
+                    // A virtio-net reset when the VM stops turns the offloads off.
+                    TUNSETOFFLOAD,
                 ]);
             }
         }
