@@ -168,11 +168,6 @@ impl ThreadFilter {
         }
     }
 
-    /// The kind of thread this filter is for.
-    pub fn kind(&self) -> ThreadKind {
-        self.kind
-    }
-
     /// Confines the calling thread: every thread but the main one blocks the
     /// host signals (so their handlers run on the main thread), then the
     /// filter is installed (with no_new_privs). Filters stack: a thread
