@@ -9,3 +9,6 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo build --workspace
 cargo test --workspace -- --test-threads="${TEST_THREADS:-2}"
+# Every fuzz target briefly (nightly + cargo-fuzz): a smoke test that the
+# targets build and the stored corpus still runs clean under ASan.
+fuzz/run.sh "${FUZZ_SECONDS:-60}"

@@ -7,6 +7,9 @@
 
 pub mod acpi;
 pub mod bus;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod harness;
 pub mod i8042;
 pub mod serial;

@@ -427,7 +427,8 @@ impl DataSink for BudgetSink {
     }
 }
 
-struct Ext4Sink<'b>(&'b mut Ext4Builder);
+/// Flattened file data written straight into the ext4 image.
+pub(crate) struct Ext4Sink<'b>(pub(crate) &'b mut Ext4Builder);
 
 impl DataSink for Ext4Sink<'_> {
     fn write_data(&mut self, r: &mut dyn Read, len: u64) -> Result<DataId, SinkError> {

@@ -18,6 +18,9 @@ pub mod convert;
 pub mod digest;
 pub mod ext4;
 pub mod flatten;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod host;
 pub mod layer;
 pub mod layerstore;

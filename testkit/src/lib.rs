@@ -38,6 +38,7 @@ mod entry;
 mod error;
 mod fake_registry;
 mod fixtures;
+mod fuzz;
 mod guest;
 mod image;
 mod layer;
@@ -61,6 +62,7 @@ pub use fixtures::{
     busybox_layer, hostile_image, long_names, tricky_expectations, tricky_image, Expect,
     BUSYBOX_APPLETS, CAP_NET_BIND_SERVICE_XATTR,
 };
+pub use fuzz::replay_fuzz_inputs;
 pub use guest::{TinyEnd, TinyGuest, TINY_GUEST_ADDR};
 pub use image::TestImage;
 pub use imagefs::layer::Compression;

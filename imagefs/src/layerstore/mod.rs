@@ -84,6 +84,8 @@ mod tests;
 mod unpack;
 
 pub use store::prepare_upper;
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) use unpack::Unpacker;
 
 use std::io;
 use std::path::{Path, PathBuf};

@@ -23,6 +23,8 @@ use oci_spec::image::{Descriptor, ImageConfiguration, ImageManifest};
 use std::io::{self, Read};
 
 pub use manifest::media_types;
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) use manifest::resolve_doc;
 
 /// Environment variable with the registry user name, used when
 /// [`SourceOptions::credentials`] is None.

@@ -104,6 +104,8 @@ pub use self::image::{layered_fs, overlay};
 pub use self::layered::LayeredFs;
 pub use self::passthrough::{disk_cap, mount_vfs, passthrough};
 pub use self::stats::{opcode_name, FsStats, OpStats};
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) use self::worker::drain as drain_queue;
 pub use self::worker::FuseServer;
 use self::worker::{Session, Worker};
 use super::{ActivateError, Interrupt, VirtioConfig, VirtioDevice};

@@ -313,7 +313,9 @@ impl State {
     }
 }
 
-fn drain(
+/// Serves every chain the driver made available, until notifications are
+/// re-enabled with nothing new; `used` tells whether any chain completed.
+pub(crate) fn drain(
     queue: &mut Queue,
     mem: &GuestMemory,
     server: &FuseServer,

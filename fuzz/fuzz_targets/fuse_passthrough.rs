@@ -1,0 +1,3 @@
+#![no_main]
+// Input format: see `devices::fuzzing::fuse_passthrough`.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| devices::fuzzing::fuse_passthrough(data));

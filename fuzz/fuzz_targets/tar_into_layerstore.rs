@@ -1,0 +1,3 @@
+#![no_main]
+// Input format: see `imagefs::fuzzing::tar_into_layerstore`.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| imagefs::fuzzing::tar_into_layerstore(data));
