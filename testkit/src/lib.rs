@@ -84,5 +84,5 @@ pub use registry::{
     bcrypt_htpasswd_line, free_port, skopeo_copy, TestRegistry, HTPASSWD_PASSWORD, HTPASSWD_USER,
 };
 pub use rootfs::{busybox_disk, busybox_initramfs, busybox_root, exit_port_cmd, write_tree};
-pub use running::{Finished, RunningVm};
+pub use running::{thread_seccomp, Finished, RunningVm};
 pub use tempdir::TempDir;

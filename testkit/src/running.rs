@@ -14,7 +14,7 @@ pub struct RunningVm {
     child: Child,
     lines: Receiver<String>,
     stdout: Vec<String>,
-    stderr: JoinHandle<String>,
+    stderr: Option<JoinHandle<String>>,
 }
 
 /// How a [`RunningVm`] ended.
@@ -66,7 +66,7 @@ impl RunningVm {
             child,
             lines,
             stdout: Vec::new(),
-            stderr,
+            stderr: Some(stderr),
         }
     }
 
@@ -96,6 +96,11 @@ impl RunningVm {
         self.wait_for_count(marker, before + 1, timeout)
     }
 
+    /// minivm's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends `signal` to minivm.
     pub fn signal(&self, signal: i32) {
         // SAFETY: plain kill(2) on our child's pid.
@@ -110,25 +115,7 @@ impl RunningVm {
     /// Each minivm thread's name and seccomp mode (`Seccomp:` in its
     /// /proc status: 0 none, 2 filtered).
     pub fn thread_seccomp(&self) -> Vec<(String, u32)> {
-        let tasks = format!("/proc/{}/task", self.child.id());
-        let mut threads = Vec::new();
-        for task in std::fs::read_dir(&tasks).expect("minivm's /proc/PID/task") {
-            let dir = task.unwrap().path();
-            let (Ok(comm), Ok(status)) = (
-                std::fs::read_to_string(dir.join("comm")),
-                std::fs::read_to_string(dir.join("status")),
-            ) else {
-                continue; // the thread ended meanwhile
-            };
-            let mode = status
-                .lines()
-                .find_map(|l| l.strip_prefix("Seccomp:"))
-                .and_then(|v| v.trim().parse().ok())
-                .expect("a Seccomp: line");
-            threads.push((comm.trim_end().to_string(), mode));
-        }
-        threads.sort();
-        threads
+        thread_seccomp(self.child.id())
     }
 
     /// Waits for the exit, killing minivm after `timeout`.
@@ -146,11 +133,50 @@ impl RunningVm {
             std::thread::sleep(Duration::from_millis(50));
         };
         self.stdout.extend(self.lines.iter());
-        let stderr = self.stderr.join().unwrap();
+        let stderr = self
+            .stderr
+            .take()
+            .map(|h| h.join().unwrap())
+            .unwrap_or_default();
         Finished {
             code,
-            stdout: self.stdout.join("\n"),
+            stdout: std::mem::take(&mut self.stdout).join("\n"),
             stderr,
         }
     }
+}
+
+impl Drop for RunningVm {
+    /// A test that failed midway leaves no minivm behind (a jailed one
+    /// follows its supervisor).
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Each thread of process `pid`: its name and seccomp mode (`Seccomp:` in
+/// its /proc status: 0 none, 2 filtered).
+pub fn thread_seccomp(pid: u32) -> Vec<(String, u32)> {
+    let tasks = format!("/proc/{pid}/task");
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir(&tasks).expect("minivm's /proc/PID/task") {
+        let dir = task.unwrap().path();
+        let (Ok(comm), Ok(status)) = (
+            std::fs::read_to_string(dir.join("comm")),
+            std::fs::read_to_string(dir.join("status")),
+        ) else {
+            continue; // the thread ended meanwhile
+        };
+        let mode = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Seccomp:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("a Seccomp: line");
+        threads.push((comm.trim_end().to_string(), mode));
+    }
+    threads.sort();
+    threads
 }

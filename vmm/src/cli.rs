@@ -318,6 +318,32 @@ pub struct RunArgs {
     /// (dmesg: "audit: type=1326"); `log` and `off` are for debugging only.
     #[arg(long, value_enum, value_name = "on|log|off", default_value_t = SeccompMode::On)]
     pub seccomp: SeccompMode,
+
+    /// Run the VM in a jail rooted at DIR (an existing directory, left
+    /// untouched; needs root): new PID, mount, IPC, UTS, network and cgroup
+    /// namespaces, a read-only root holding only the VM's files, dropped
+    /// capabilities, no_new_privs and resource limits. minivm stays outside
+    /// as a small supervisor that passes signals on and cleans up.
+    #[arg(long, value_name = "DIR")]
+    pub jail: Option<PathBuf>,
+
+    /// The user and group minivm runs as in the jail (default 0:0, root
+    /// with only the capabilities its virtio-fs server needs). Shared
+    /// directories must then be usable by that user.
+    #[arg(long, value_name = "UID[:GID]", requires = "jail", value_parser = parse_ids)]
+    pub jail_user: Option<(u32, u32)>,
+}
+
+/// `UID[:GID]` (numbers; GID defaults to UID).
+fn parse_ids(s: &str) -> Result<(u32, u32), String> {
+    let num = |v: &str| {
+        v.parse::<u32>()
+            .map_err(|_| format!("{v:?} is not a numeric user or group id"))
+    };
+    match s.split_once(':') {
+        Some((u, g)) => Ok((num(u)?, num(g)?)),
+        None => num(s).map(|u| (u, u)),
+    }
 }
 
 /// `--seccomp`.
@@ -641,6 +667,12 @@ mod tests {
         };
         assert_eq!(mode(&[]), Ok(SeccompMode::On));
         assert_eq!(mode(&["--seccomp", "off"]), Ok(SeccompMode::Off));
+        assert_eq!(parse_ids("65534"), Ok((65534, 65534)));
+        assert_eq!(parse_ids("1000:100"), Ok((1000, 100)));
+        assert!(parse_ids("nobody")
+            .unwrap_err()
+            .contains("\"nobody\" is not a numeric"));
+        assert!(parse_ids("1:x").is_err());
         assert_eq!(mode(&["--seccomp=log"]), Ok(SeccompMode::Log));
         assert_eq!(
             mode(&["--seccomp", "maybe"]),

@@ -68,6 +68,57 @@ pub struct VmConfig {
     pub io: GuestIo,
 }
 
+impl VmConfig {
+    /// Makes every host path absolute and canonical, once, before the VM is
+    /// built: a jail changes `/`, and with `--restart` the main thread's
+    /// seccomp filter has no `getcwd`. A path that does not resolve stays
+    /// as given, for the error where it is opened; `/proc` paths (the
+    /// agent's initramfs is a memfd) stay too.
+    pub fn canonicalize_paths(&mut self) {
+        let fix = |p: &mut PathBuf| {
+            if !p.starts_with("/proc") {
+                if let Ok(c) = std::fs::canonicalize(&*p) {
+                    *p = c;
+                }
+            }
+        };
+        fix(&mut self.kernel);
+        self.initrd.iter_mut().for_each(fix);
+        for s in &mut self.shares {
+            match &mut s.source {
+                ShareSource::Dir(d) => fix(d),
+                ShareSource::Layers { layers, upper } => {
+                    layers.iter_mut().for_each(fix);
+                    upper.iter_mut().for_each(fix);
+                }
+            }
+        }
+    }
+
+    /// The host paths the VM opens by name each time it boots, and whether
+    /// it may write there (what a jail must show it). The disk and taps are
+    /// opened once, before, and are not among them.
+    pub fn host_paths(&self) -> Vec<(PathBuf, bool)> {
+        let mut out = vec![(self.kernel.clone(), false)];
+        out.extend(
+            self.initrd
+                .iter()
+                .filter(|p| !p.starts_with("/proc"))
+                .map(|p| (p.clone(), false)),
+        );
+        for s in &self.shares {
+            match &s.source {
+                ShareSource::Dir(d) => out.push((d.clone(), !s.read_only)),
+                ShareSource::Layers { layers, upper } => {
+                    out.extend(layers.iter().map(|l| (l.clone(), false)));
+                    out.extend(upper.iter().map(|u| (u.clone(), !s.read_only)));
+                }
+            }
+        }
+        out
+    }
+}
+
 /// How the guest meets minivm's stdin, stdout and stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum GuestIo {

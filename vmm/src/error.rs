@@ -26,6 +26,9 @@ pub enum Error {
     /// The command for the guest agent could not be set up.
     #[error(transparent)]
     Agent(#[from] crate::agent::AgentError),
+    /// `--jail` could not be set up.
+    #[error(transparent)]
+    Jail(#[from] sandbox::jail::JailError),
     /// The run asks for the agent and for something it excludes.
     #[error("{0}")]
     AgentConflict(&'static str),
@@ -41,6 +44,7 @@ impl Error {
             Error::AgentConflict(_)
                 | Error::Spec(
                     SpecError::NeedsImage { .. }
+                        | SpecError::JailUserLayers { .. }
                         | SpecError::Target(
                             TargetError::Ambiguous { .. } | TargetError::Invalid { .. }
                         )

@@ -8,7 +8,7 @@ use std::time::Instant;
 use devices::ExitReason;
 
 use crate::config::VmConfig;
-use crate::session::Session;
+use crate::session::{HostHandles, Session};
 use crate::shutdown::SHUTDOWN_SIGNAL;
 use crate::signals;
 use crate::usage::Usage;
@@ -51,10 +51,16 @@ pub struct RunEnd {
     pub last_exit: Option<Instant>,
 }
 
-/// Runs the guest `config` describes until it ends; with `restart`, a
-/// reboot starts it again. `start`: when minivm started.
-pub fn run(config: &VmConfig, restart: bool, start: Instant) -> Result<RunEnd, VmError> {
-    let mut session = Session::open(config, restart)?;
+/// Runs the guest `config` describes, with the handles opened for it,
+/// until it ends; with `restart`, a reboot starts it again. `start`: when
+/// minivm started.
+pub fn run(
+    config: &VmConfig,
+    host: HostHandles,
+    restart: bool,
+    start: Instant,
+) -> Result<RunEnd, VmError> {
+    let mut session = Session::open(config, restart, host)?;
     if let Some(u) = Usage::now() {
         tracing::info!("before the first boot: {u}");
     }

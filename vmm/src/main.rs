@@ -15,6 +15,7 @@ mod cpuid;
 mod error;
 mod images;
 mod io_reason;
+mod jail;
 mod lifecycle;
 mod paths;
 mod root;
@@ -39,6 +40,8 @@ use devices::ExitReason;
 use cli::{Cli, Command};
 use error::Error;
 use root::PreparedRoot;
+use sandbox::jail::Role;
+use session::HostHandles;
 use spec::RunSpec;
 
 /// minivm itself failed.
@@ -142,7 +145,30 @@ fn run(args: &cli::RunArgs, start: Instant) -> Result<ExitCode, Error> {
     // Lives as long as the VM: dropping it removes a private writable layer.
     let mut root = PreparedRoot::prepare(&spec.root)?;
     root.attach_agent(&spec)?;
-    let end = lifecycle::run(&root.vm_config(&spec), spec.restart, start)?;
+    let mut config = root.vm_config(&spec);
+    config.canonicalize_paths();
+    let host = HostHandles::open(&config)?;
+    // Lives as long as the VM: dropping it removes a private writable layer.
+    let root = match &spec.jail {
+        None => Some(root),
+        Some(j) => match sandbox::jail::enter(&jail::for_vm(j, &config))? {
+            Role::Supervisor(child) => {
+                tracing::info!("jailed VM process: pid {}", child.child());
+                drop(host);
+                let code = child.wait();
+                // The writable layer is removed here, outside the jail.
+                drop(root);
+                return Ok(ExitCode::from(u8::try_from(code).unwrap_or(EXIT_ERROR)));
+            }
+            // The supervisor owns the root's host resources (it removes the
+            // writable layer); the jail closed the directory fds among them.
+            Role::Jailed => {
+                std::mem::forget(root);
+                None
+            }
+        },
+    };
+    let end = lifecycle::run(&config, host, spec.restart, start)?;
     let reason = end.reason;
     match reason {
         ExitReason::GuestPanic => eprintln!("minivm: the guest kernel panicked"),

@@ -228,6 +228,7 @@ mod tests {
             own_cmdline: false,
             fs_stats: false,
             seccomp: crate::cli::SeccompMode::On,
+            jail: None,
             overrides: Default::default(),
         }
     }

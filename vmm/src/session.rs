@@ -6,12 +6,14 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use devices::serial::ConsoleOutput;
 use devices::virtio::block::Block;
 use devices::virtio::net::Net;
 use devices::virtio::VirtioDevice;
+use kvm_ioctls::Kvm;
 use sandbox::seccomp::{Denied, MainNeeds};
 
 use crate::cli::SeccompMode;
@@ -61,8 +63,33 @@ impl KeptDevices {
     }
 }
 
+/// What a run opens before any VM is built (and before a jail hides the
+/// host): /dev/kvm, whether it is kvm-pvm, and the devices kept across boots.
+pub struct HostHandles {
+    kvm: Arc<Kvm>,
+    pvm: bool,
+    kept: KeptDevices,
+}
+
+impl HostHandles {
+    /// Opens /dev/kvm and the devices `config` keeps across boots.
+    pub fn open(config: &VmConfig) -> Result<HostHandles, VmError> {
+        let kvm = Kvm::new()
+            .map_err(|e| VmError::KvmOpen(std::io::Error::from_raw_os_error(e.errno())))?;
+        Ok(HostHandles {
+            kvm: Arc::new(kvm),
+            pvm: crate::cpuid::is_pvm_host(),
+            kept: open_kept(config)?,
+        })
+    }
+}
+
 /// The host side of a guest across its boots.
 pub struct Session {
+    /// /dev/kvm, opened once.
+    kvm: Arc<Kvm>,
+    /// Whether /dev/kvm is kvm-pvm's (see `cpuid::is_pvm_host`).
+    pvm: bool,
     /// Always `Some` until [`Session::finish`].
     console: Option<ConsoleOutput>,
     /// Restores the terminal when dropped (after the console's last bytes).
@@ -79,10 +106,10 @@ pub struct Session {
 }
 
 impl Session {
-    /// Opens the devices `config` keeps across boots and the console, and
-    /// puts an interactive terminal in raw mode. `restart`: later boots are
+    /// Takes the host handles opened before, starts the console and puts
+    /// an interactive terminal in raw mode. `restart`: later boots are
     /// built by the main thread after it confined itself (`--restart`).
-    pub fn open(config: &VmConfig, restart: bool) -> Result<Session, VmError> {
+    pub fn open(config: &VmConfig, restart: bool, host: HostHandles) -> Result<Session, VmError> {
         let main = MainNeeds {
             rebuild_vm: restart,
         };
@@ -92,40 +119,7 @@ impl Session {
             SeccompMode::Off => Ok(Policy::off()),
         }
         .map_err(VmError::Seccomp)?;
-        let mut kept = KeptDevices::default();
-        if let Some(disk) = &config.disk {
-            let id: String = disk
-                .path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default()
-                .chars()
-                .take(20)
-                .collect();
-            let block = open_disk(disk, &id).map_err(|source| VmError::Disk {
-                path: disk.path.clone(),
-                source,
-            })?;
-            kept.disk = Some(Box::new(block));
-        }
-        for net in &config.nets {
-            let dev = Net::new(&net.tap, net.mac).map_err(|source| VmError::Net {
-                tap: net.tap.clone(),
-                source,
-            })?;
-            let m = dev.mac();
-            tracing::info!(
-                "virtio-net on tap {}: guest MAC {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-                net.tap,
-                m[0],
-                m[1],
-                m[2],
-                m[3],
-                m[4],
-                m[5]
-            );
-            kept.nets.push(Box::new(dev));
-        }
+        let kept = host.kept;
         // With the command's own streams on stdout, the console (kernel and
         // agent messages) goes to stderr and the terminal stays as it is.
         let streams = !config.io.serial_on_stdio();
@@ -142,6 +136,8 @@ impl Session {
                 }
             })?;
         Ok(Session {
+            kvm: host.kvm,
+            pvm: host.pvm,
             console: Some(console),
             raw: (!streams).then(RawMode::enter),
             device_count: kept.count(),
@@ -156,6 +152,16 @@ impl Session {
     pub fn parts(&mut self) -> (&mut KeptDevices, &ConsoleOutput) {
         let console = self.console.as_ref().expect("console until finish");
         (&mut self.kept, console)
+    }
+
+    /// /dev/kvm.
+    pub fn kvm(&self) -> Arc<Kvm> {
+        self.kvm.clone()
+    }
+
+    /// Whether /dev/kvm is kvm-pvm's.
+    pub fn pvm(&self) -> bool {
+        self.pvm
     }
 
     /// The threads' seccomp filters.
@@ -191,6 +197,45 @@ impl Session {
             }
         }
     }
+}
+
+/// Opens the root disk and the taps.
+fn open_kept(config: &VmConfig) -> Result<KeptDevices, VmError> {
+    let mut kept = KeptDevices::default();
+    if let Some(disk) = &config.disk {
+        let id: String = disk
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+            .chars()
+            .take(20)
+            .collect();
+        let block = open_disk(disk, &id).map_err(|source| VmError::Disk {
+            path: disk.path.clone(),
+            source,
+        })?;
+        kept.disk = Some(Box::new(block));
+    }
+    for net in &config.nets {
+        let dev = Net::new(&net.tap, net.mac).map_err(|source| VmError::Net {
+            tap: net.tap.clone(),
+            source,
+        })?;
+        let m = dev.mac();
+        tracing::info!(
+            "virtio-net on tap {}: guest MAC {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            net.tap,
+            m[0],
+            m[1],
+            m[2],
+            m[3],
+            m[4],
+            m[5]
+        );
+        kept.nets.push(Box::new(dev));
+    }
+    Ok(kept)
 }
 
 /// Opens the disk: the file itself, or a private copy-on-write view of it

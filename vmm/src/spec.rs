@@ -54,6 +54,40 @@ pub enum SpecError {
     /// IMAGE names nothing bootable.
     #[error(transparent)]
     Target(#[from] TargetError),
+    /// `--jail-user` other than root with an image over virtio-fs.
+    #[error(
+        "--jail-user {uid}: an image over --virtiofs is served from layers unpacked as root, \
+         which only a root jail can read; use --jail without --jail-user, or boot the image's disk"
+    )]
+    JailUserLayers { uid: u32 },
+}
+
+/// `--jail` and `--jail-user`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JailSpec {
+    /// The jail's root directory (absolute).
+    pub dir: PathBuf,
+    /// The user minivm runs as in the jail.
+    pub uid: u32,
+    /// The group minivm runs as in the jail.
+    pub gid: u32,
+}
+
+fn jail_spec(args: &RunArgs, root: &RootSpec) -> Result<Option<JailSpec>, SpecError> {
+    let Some(dir) = &args.jail else {
+        return Ok(None);
+    };
+    check_dir("jail directory", dir)?;
+    let dir = std::fs::canonicalize(dir).map_err(|source| SpecError::Unreadable {
+        what: "jail directory",
+        path: dir.clone(),
+        source,
+    })?;
+    let (uid, gid) = args.jail_user.unwrap_or((0, 0));
+    if uid != 0 && matches!(root, RootSpec::OciLayers { .. }) {
+        return Err(SpecError::JailUserLayers { uid });
+    }
+    Ok(Some(JailSpec { dir, uid, gid }))
 }
 
 /// What the guest's root filesystem is, with every choice about it made.
@@ -168,6 +202,8 @@ pub struct RunSpec {
     pub fs_stats: bool,
     /// `--seccomp`.
     pub seccomp: crate::cli::SeccompMode,
+    /// `--jail`, `--jail-user`.
+    pub jail: Option<JailSpec>,
     /// `-- CMD`, `--entrypoint`, `-e`, `--workdir`, `--user`.
     pub overrides: Overrides,
 }
@@ -201,6 +237,7 @@ impl RunSpec {
         if let Some(i) = &args.initrd {
             check_readable("initrd", i)?;
         }
+        let jail = jail_spec(args, &root)?;
         let cmdline = match &args.cmdline {
             Some(c) => c.clone(),
             None => {
@@ -228,6 +265,7 @@ impl RunSpec {
             own_cmdline: args.cmdline.is_some(),
             fs_stats: args.fs_stats,
             seccomp: args.seccomp,
+            jail,
             overrides: Overrides {
                 command: args.command.clone(),
                 entrypoint: args.entrypoint.clone(),
@@ -407,6 +445,8 @@ mod tests {
             timeout: None,
             fs_stats: false,
             seccomp: crate::cli::SeccompMode::On,
+            jail: None,
+            jail_user: None,
             command: vec![],
             entrypoint: None,
             env: vec![],

@@ -442,11 +442,10 @@ pub fn boot(
     start: Instant,
     deadline: Option<Instant>,
 ) -> Result<BootEnd, VmError> {
-    let kvm =
-        Kvm::new().map_err(|e| VmError::KvmOpen(std::io::Error::from_raw_os_error(e.errno())))?;
+    let kvm = session.kvm();
     let vm = create_vm(&kvm)?;
     let mem = create_memory(&vm, config.mem_size)?;
-    let pvm = crate::cpuid::is_pvm_host();
+    let pvm = session.pvm();
     if pvm {
         tracing::info!("kvm-pvm host: hiding unsupported CPU features and enabling the guest kernel's work-arounds");
     }

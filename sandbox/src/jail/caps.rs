@@ -94,8 +94,12 @@ pub(super) fn drop_privileges(uid: u32, gid: u32, keep_file_caps: bool) -> Resul
         os_check(libc::setgroups(0, std::ptr::null()), || {
             "drop supplementary groups".into()
         })?;
-        os_check(libc::setresgid(gid, gid, gid), || format!("switch to group {gid}"))?;
-        os_check(libc::setresuid(uid, uid, uid), || format!("switch to user {uid}"))?;
+        os_check(libc::setresgid(gid, gid, gid), || {
+            format!("switch to group {gid}")
+        })?;
+        os_check(libc::setresuid(uid, uid, uid), || {
+            format!("switch to user {uid}")
+        })?;
     }
     let mut header = CapHeader {
         version: LINUX_CAPABILITY_VERSION_3,
@@ -159,7 +163,16 @@ pub(super) fn verify(uid: u32, gid: u32, keep_file_caps: bool) -> Result<(), Jai
         return Err(mismatch(format!("capabilities {eff:#x}, want {want:#x}")));
     }
     // SAFETY: prctl with integer arguments only.
-    if unsafe { libc::prctl(libc::PR_CAPBSET_READ, CAP_SYS_ADMIN as libc::c_ulong, 0, 0, 0) } != 0 {
+    if unsafe {
+        libc::prctl(
+            libc::PR_CAPBSET_READ,
+            CAP_SYS_ADMIN as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    } != 0
+    {
         return Err(mismatch("CAP_SYS_ADMIN still in the bounding set".into()));
     }
     Ok(())

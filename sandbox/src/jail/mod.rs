@@ -65,9 +65,6 @@ pub struct Limits {
     pub open_files: u64,
     /// `RLIMIT_AS`: address space (guest memory and a margin), if bounded.
     pub address_space: Option<u64>,
-    /// `RLIMIT_NPROC`: processes and threads of the jail's user (not
-    /// enforced for root); counts every process of that user on the host.
-    pub processes: Option<u64>,
 }
 
 /// Errors setting up the jail; each names the step and the path involved.
@@ -106,7 +103,7 @@ impl JailError {
 pub enum Role {
     /// The parent, outside the jail: wait for the child with
     /// [`Supervisor::wait`], then clean up what the VM left on the host.
-    Supervisor(Supervisor),
+    Supervisor(Box<Supervisor>),
     /// The child, inside the jail: build and run the VM.
     Jailed,
 }
@@ -118,7 +115,9 @@ pub fn enter(jail: &Jail) -> Result<Role, JailError> {
     // SAFETY: unshare with flags only; the next fork's child is the new
     // namespace's PID 1.
     if unsafe { libc::unshare(libc::CLONE_NEWPID) } != 0 {
-        return Err(JailError::step("new PID namespace")(io::Error::last_os_error()));
+        return Err(JailError::step("new PID namespace")(
+            io::Error::last_os_error(),
+        ));
     }
     let parent_alive = match supervisor::fork()? {
         supervisor::Forked::Parent(s) => return Ok(Role::Supervisor(s)),
@@ -203,9 +202,6 @@ fn set_limits(l: &Limits) -> Result<(), JailError> {
     ];
     if let Some(a) = l.address_space {
         set.push((libc::RLIMIT_AS, a, "address space"));
-    }
-    if let Some(p) = l.processes {
-        set.push((libc::RLIMIT_NPROC, p, "processes"));
     }
     for (resource, value, what) in set {
         let rl = libc::rlimit {

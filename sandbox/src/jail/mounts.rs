@@ -27,8 +27,14 @@ struct MountAttr {
 /// must already be the jail's own).
 pub(super) fn build_root(dir: &Path, binds: &[Bind]) -> Result<(), JailError> {
     // Nothing mounted from here on may reach the host's namespace.
-    mount(None, Path::new("/"), None, libc::MS_REC | libc::MS_PRIVATE, None)
-        .map_err(|e| e.context("make / private"))?;
+    mount(
+        None,
+        Path::new("/"),
+        None,
+        libc::MS_REC | libc::MS_PRIVATE,
+        None,
+    )
+    .map_err(|e| e.context("make / private"))?;
     let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
     mount(
         Some(OsStr::new("tmpfs")),
@@ -85,14 +91,18 @@ fn bind(dir: &Path, b: &Bind) -> Result<(), JailError> {
             make_dirs(parent)?;
         }
         if !target.exists() {
-            std::fs::File::create(&target).map_err(JailError::step(format!(
-                "mount point {}",
-                target.display()
-            )))?;
+            std::fs::File::create(&target)
+                .map_err(JailError::step(format!("mount point {}", target.display())))?;
         }
     }
-    mount(Some(b.path.as_os_str()), &target, None, libc::MS_BIND | libc::MS_REC, None)
-        .map_err(|e| e.context(&format!("bind {}", b.path.display())))?;
+    mount(
+        Some(b.path.as_os_str()),
+        &target,
+        None,
+        libc::MS_BIND | libc::MS_REC,
+        None,
+    )
+    .map_err(|e| e.context(&format!("bind {}", b.path.display())))?;
     let mut set = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC;
     if !b.writable {
         set |= MOUNT_ATTR_RDONLY;
@@ -142,7 +152,9 @@ fn pivot_into(dir: &Path) -> Result<(), JailError> {
     // SAFETY: NUL-terminated paths; these calls only change this process's
     // root and working directory.
     unsafe {
-        os_check(libc::chdir(d.as_ptr()), || "enter the jail directory".into())?;
+        os_check(libc::chdir(d.as_ptr()), || {
+            "enter the jail directory".into()
+        })?;
         os_check(
             libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) as libc::c_int,
             || "pivot_root".into(),

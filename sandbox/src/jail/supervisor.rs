@@ -29,7 +29,7 @@ pub struct Supervisor {
 
 /// The two sides of [`fork`].
 pub(super) enum Forked {
-    Parent(Supervisor),
+    Parent(Box<Supervisor>),
     /// The child, with the read end of the parent's liveness pipe.
     Child(OwnedFd),
 }
@@ -75,13 +75,13 @@ pub(super) fn fork() -> Result<Forked, JailError> {
             close_directory_fds();
             Ok(Forked::Child(r))
         }
-        child => Ok(Forked::Parent(Supervisor {
+        child => Ok(Forked::Parent(Box::new(Supervisor {
             child,
             waited,
             old_mask,
             termios,
             _alive: w,
-        })),
+        }))),
     }
 }
 
@@ -151,8 +151,7 @@ fn close_directory_fds() {
         // SAFETY: a zeroed stat is valid for fstat to fill.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         // SAFETY: fstat on a number that may or may not be an open fd.
-        if unsafe { libc::fstat(fd, &mut st) } == 0 && st.st_mode & libc::S_IFMT == libc::S_IFDIR
-        {
+        if unsafe { libc::fstat(fd, &mut st) } == 0 && st.st_mode & libc::S_IFMT == libc::S_IFDIR {
             // SAFETY: closes an inherited directory fd; nothing in this
             // process uses it after the fork.
             unsafe { libc::close(fd) };
@@ -165,7 +164,15 @@ fn close_directory_fds() {
 /// parent did not end before it was set.
 pub(super) fn die_with_parent(alive: OwnedFd) -> Result<(), JailError> {
     // SAFETY: prctl with integer arguments only.
-    let ret = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) };
+    let ret = unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    };
     super::os_check(ret, || "parent-death signal".into())?;
     let mut pfd = libc::pollfd {
         fd: alive.as_raw_fd(),

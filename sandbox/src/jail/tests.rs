@@ -12,7 +12,6 @@ fn jail(dir: &str) -> Jail {
         limits: Limits {
             open_files: 1024,
             address_space: None,
-            processes: None,
         },
         keep_file_caps: false,
     }
@@ -22,7 +21,9 @@ fn jail(dir: &str) -> Jail {
 fn the_directory_must_be_an_existing_absolute_directory() {
     let e = check(&jail("relative")).unwrap_err().to_string();
     assert!(e.contains("must be an absolute path"), "{e}");
-    let e = check(&jail("/nonexistent-minivm-jail")).unwrap_err().to_string();
+    let e = check(&jail("/nonexistent-minivm-jail"))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("/nonexistent-minivm-jail"), "{e}");
     assert!(e.contains("No such file"), "{e}");
     let e = check(&jail("/proc/self/status")).unwrap_err().to_string();
@@ -68,7 +69,11 @@ fn root_keeps_the_file_server_capabilities_only_when_asked() {
 fn facts(base: &Path) -> String {
     let ls = |p: &str| {
         let mut v: Vec<String> = std::fs::read_dir(p)
-            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
             .unwrap_or_default();
         v.sort();
         v.join(",")
@@ -95,13 +100,18 @@ fn facts(base: &Path) -> String {
     let mut name = [0u8; 64];
     // SAFETY: gethostname writes at most the buffer's length.
     unsafe { libc::gethostname(name.as_mut_ptr().cast(), name.len()) };
-    let name = String::from_utf8_lossy(&name).trim_end_matches('\0').to_string();
+    let name = String::from_utf8_lossy(&name)
+        .trim_end_matches('\0')
+        .to_string();
     [
         format!("pid={}", std::process::id()),
         format!("root={}", ls("/")),
         format!("base={}", ls(base.to_str().unwrap())),
         format!("proc_sys={}", !host.is_empty()),
-        format!("ro_read={}", std::fs::read_to_string(base.join("ro/f")).unwrap_or_default()),
+        format!(
+            "ro_read={}",
+            std::fs::read_to_string(base.join("ro/f")).unwrap_or_default()
+        ),
         format!("ro_write={}", write(&base.join("ro/g"))),
         format!("root_write={}", write(Path::new("/x"))),
         format!("share_write={}", write(&base.join("share/w"))),
@@ -125,7 +135,10 @@ fn a_forked_process_enters_the_jail() {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         let j = jail("/tmp");
-        assert!(matches!(check(&j), Err(JailError::NotRoot) | Err(JailError::Threads(_))));
+        assert!(matches!(
+            check(&j),
+            Err(JailError::NotRoot) | Err(JailError::Threads(_))
+        ));
         return;
     }
     use std::os::unix::fs::PermissionsExt;
@@ -157,7 +170,6 @@ fn a_forked_process_enters_the_jail() {
         limits: Limits {
             open_files: 256,
             address_space: Some(16 << 30),
-            processes: None,
         },
         keep_file_caps: false,
     };
@@ -169,7 +181,11 @@ fn a_forked_process_enters_the_jail() {
             Ok(Role::Jailed) => {
                 let f = facts(&base);
                 let ok = std::fs::write(base.join("share/facts"), f).is_ok();
-                if ok { 0 } else { 98 }
+                if ok {
+                    0
+                } else {
+                    98
+                }
             }
             Err(e) => {
                 eprintln!("{e}");
@@ -184,7 +200,10 @@ fn a_forked_process_enters_the_jail() {
     unsafe { libc::waitpid(pid, &mut status, 0) };
     let facts = std::fs::read_to_string(base.join("share/facts")).unwrap_or_default();
     let _ = std::fs::remove_dir_all(&base);
-    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "status {status:#x}; {facts}");
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "status {status:#x}; {facts}"
+    );
     let get = |k: &str| {
         facts
             .lines()
@@ -194,8 +213,16 @@ fn a_forked_process_enters_the_jail() {
     };
     assert_eq!(get("pid"), "1", "PID 1 of its own namespace");
     let top = base.iter().nth(1).unwrap().to_string_lossy().into_owned();
-    assert_eq!(get("root"), format!("proc,{top}"), "only procfs and the binds' top");
-    assert_eq!(get("base"), "ro,share", "the jail directory and unbound siblings are hidden");
+    assert_eq!(
+        get("root"),
+        format!("proc,{top}"),
+        "only procfs and the binds' top"
+    );
+    assert_eq!(
+        get("base"),
+        "ro,share",
+        "the jail directory and unbound siblings are hidden"
+    );
     assert_eq!(get("proc_sys"), "false", "procfs shows processes only");
     assert_eq!(get("ro_read"), "visible");
     assert_eq!(get("ro_write"), libc::EROFS.to_string());

@@ -84,6 +84,13 @@ impl FdBudget {
     }
 }
 
+/// Takes ownership of a new fd.
+fn owned_fd(fd: i32) -> OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: the caller passes a freshly created fd nobody else owns.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,11 +153,4 @@ mod tests {
         assert_eq!(e.raw_os_error(), Some(libc::ENFILE));
         std::fs::remove_dir_all(&dir).unwrap();
     }
-}
-
-/// Takes ownership of a new fd.
-fn owned_fd(fd: i32) -> OwnedFd {
-    use std::os::fd::FromRawFd;
-    // SAFETY: the caller passes a freshly created fd nobody else owns.
-    unsafe { OwnedFd::from_raw_fd(fd) }
 }
