@@ -115,6 +115,8 @@ pub enum Denied {
 #[derive(Clone, Default)]
 pub struct Policy {
     programs: Option<Arc<BTreeMap<ThreadKind, Arc<BpfProgram>>>>,
+    /// With `--restart`, installed on the main thread under its filter.
+    no_clone3: Option<Arc<BpfProgram>>,
 }
 
 impl Policy {
@@ -127,15 +129,20 @@ impl Policy {
             let program = compile(kind, rules::rules(kind, main, pid), denied)?;
             programs.insert(kind, Arc::new(program));
         }
+        let no_clone3 = match main.rebuild_vm {
+            true => Some(Arc::new(clone3_unavailable()?)),
+            false => None,
+        };
         sigsys::install().map_err(Error::Handler)?;
         Ok(Policy {
             programs: Some(Arc::new(programs)),
+            no_clone3,
         })
     }
 
     /// No filters at all (`--seccomp=off`).
     pub fn off() -> Policy {
-        Policy { programs: None }
+        Policy::default()
     }
 
     /// Whether filters are installed.
@@ -148,6 +155,7 @@ impl Policy {
         ThreadFilter {
             kind,
             program: self.programs.as_ref().and_then(|p| p.get(&kind).cloned()),
+            extra: self.no_clone3.clone().filter(|_| kind == ThreadKind::Main),
         }
     }
 }
@@ -157,6 +165,8 @@ impl Policy {
 pub struct ThreadFilter {
     kind: ThreadKind,
     program: Option<Arc<BpfProgram>>,
+    /// A second filter stacked under the first (the stricter answer wins).
+    extra: Option<Arc<BpfProgram>>,
 }
 
 impl ThreadFilter {
@@ -165,6 +175,7 @@ impl ThreadFilter {
         ThreadFilter {
             kind,
             program: None,
+            extra: None,
         }
     }
 
@@ -183,10 +194,16 @@ impl ThreadFilter {
             return Ok(());
         };
         sigsys::set_thread_kind(self.kind);
-        seccompiler::apply_filter(program).map_err(|source| Error::Install {
-            thread: self.kind,
-            source,
-        })
+        let install = |p: &BpfProgram| {
+            seccompiler::apply_filter(p).map_err(|source| Error::Install {
+                thread: self.kind,
+                source,
+            })
+        };
+        if let Some(extra) = &self.extra {
+            install(extra)?;
+        }
+        install(program)
     }
 }
 
@@ -223,6 +240,25 @@ fn compile(
             Denied::Log => SeccompAction::Log,
         },
         SeccompAction::Allow,
+        TargetArch::x86_64,
+    )
+    .map_err(err)?;
+    filter.try_into().map_err(err)
+}
+
+/// clone3(2) answered with ENOSYS: its flags are in memory, out of a
+/// filter's reach, and glibc then falls back to clone(2), whose flags the
+/// main filter checks (Docker's default profile does the same).
+fn clone3_unavailable() -> Result<BpfProgram, Error> {
+    let err = |source| Error::Build {
+        thread: ThreadKind::Main,
+        source,
+    };
+    let rules = BTreeMap::from([(libc::SYS_clone3, Vec::new())]);
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS as u32),
         TargetArch::x86_64,
     )
     .map_err(err)?;

@@ -9,7 +9,12 @@ use super::*;
 /// Forks; the child applies `kind`'s filter, runs `body` and exits 0 if it
 /// returns. Gives back the child's exit status and what it wrote to stderr.
 fn in_child(kind: ThreadKind, body: fn()) -> (i32, String) {
-    let policy = Policy::new(MainNeeds::default(), Denied::Stop).expect("filters compile");
+    in_child_with(kind, MainNeeds::default(), body)
+}
+
+/// [`in_child`] with the main thread's needs `main`.
+fn in_child_with(kind: ThreadKind, main: MainNeeds, body: fn()) -> (i32, String) {
+    let policy = Policy::new(main, Denied::Stop).expect("filters compile");
     let filter = policy.filter(kind);
     let mut fds = [0; 2];
     // SAFETY: `fds` has room for the two descriptors pipe(2) returns.
@@ -145,4 +150,52 @@ fn worker_threads_block_the_host_signals() {
 
 fn rules_kvm_run() -> libc::c_ulong {
     super::rules::KVM_RUN()
+}
+
+const REBUILD: MainNeeds = MainNeeds { rebuild_vm: true };
+
+/// With `--restart` the main thread starts the next VM's threads: glibc's
+/// clone3 gets ENOSYS and its clone fallback, with thread flags, passes.
+#[test]
+fn a_rebuilding_main_thread_starts_threads_through_clone() {
+    let (status, err) = in_child_with(ThreadKind::Main, REBUILD, || {
+        // SAFETY: clone3 with a null argument; the filter answers first.
+        let r = unsafe { libc::syscall(libc::SYS_clone3, std::ptr::null::<u8>(), 0) };
+        let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+        let t = std::thread::spawn(|| 7).join().unwrap();
+        let msg = format!("clone3 {r} {errno}, thread {t}\n");
+        // SAFETY: writes a live buffer.
+        unsafe { libc::write(libc::STDERR_FILENO, msg.as_ptr().cast(), msg.len()) };
+    });
+    assert_eq!(
+        (status, err.as_str()),
+        (0, &*format!("clone3 -1 {}, thread 7\n", libc::ENOSYS))
+    );
+}
+
+/// ... but no new namespace: a new user namespace would give back the
+/// capabilities a jail took away.
+#[test]
+fn a_rebuilding_main_thread_cannot_make_namespaces() {
+    let (status, err) = in_child_with(ThreadKind::Main, REBUILD, || {
+        // SAFETY: the call is meant to be denied.
+        unsafe { libc::unshare(libc::CLONE_NEWUSER) };
+    });
+    assert_eq!(status, DENIED_EXIT_STATUS);
+    assert!(err.contains("outside its filter: unshare (272)"), "{err}");
+    let (status, err) = in_child_with(ThreadKind::Main, REBUILD, || {
+        // SAFETY: a fork-like clone with a new user namespace, meant to be denied.
+        unsafe {
+            libc::syscall(
+                libc::SYS_clone,
+                libc::CLONE_NEWUSER | libc::SIGCHLD,
+                0,
+                0,
+                0,
+                0,
+            )
+        };
+    });
+    assert_eq!(status, DENIED_EXIT_STATUS);
+    assert!(err.contains("outside its filter: clone (56)"), "{err}");
 }
