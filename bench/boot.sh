@@ -14,32 +14,15 @@ cargo build --release -q
 work=target/bench
 mkdir -p "$work"
 exec python3 - "$kernel_dir" "$work" "${1:-}" <<'PY'
-import os, statistics, struct, subprocess, sys, time, select
+import os, statistics, subprocess, sys, time, select
+sys.path.insert(0, "bench")
+import tinyguest
 
 kernel_dir, work, mode = sys.argv[1], sys.argv[2], sys.argv[3]
 minivm = os.path.abspath("target/release/minivm")
 pvm = os.path.exists("/sys/module/kvm_pvm")
 N_TINY = int(os.environ.get("N_TINY", "20"))
 N_LINUX = int(os.environ.get("N_LINUX", "3"))
-
-def tiny_guest(path):
-    # Code valid in both 32-bit protected mode (QEMU's PVH entry) and 64-bit
-    # mode (minivm's entry): mov dx,0x3f8; (mov al,c; out dx,al)*; mov al,0; out 0xf4,al; hlt.
-    code = b"\x66\xba\xf8\x03"
-    for c in b"tiny guest says hi\n":
-        code += bytes([0xb0, c, 0xee])
-    code += b"\xb0\x00\xe6\xf4\xf4\xeb\xfd"
-    addr = 0x100000
-    note = struct.pack("<III", 4, 4, 18) + b"Xen\0" + struct.pack("<I", addr)  # XEN_ELFNOTE_PHYS32_ENTRY
-    ehdr_size, phdr_size = 64, 56
-    note_off = ehdr_size + 2 * phdr_size
-    code_off = note_off + len(note)
-    ehdr = b"\x7fELF" + bytes([2, 1, 1]) + bytes(9)
-    ehdr += struct.pack("<HHIQQQIHHHHHH", 2, 62, 1, addr, ehdr_size, 0, 0, ehdr_size, phdr_size, 2, 0, 0, 0)
-    load = struct.pack("<IIQQQQQQ", 1, 5, code_off, addr, addr, len(code), len(code), 0x1000)
-    notep = struct.pack("<IIQQQQQQ", 4, 4, note_off, 0, 0, len(note), len(note), 4)
-    with open(path, "wb") as f:
-        f.write(ehdr + load + notep + note + code)
 
 def run_to_exit(cmd):
     t = time.perf_counter()
@@ -76,7 +59,7 @@ qemu_base = ["qemu-system-x86_64", "-M", "microvm", "-enable-kvm", "-cpu", "host
              "-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio"]
 
 guest = os.path.join(work, "tiny-guest.elf")
-tiny_guest(guest)
+tinyguest.write(guest)
 a = [run_to_exit([minivm, "run", "--kernel", guest, "--mem", "16M"]) for _ in range(N_TINY)]
 b = [run_to_exit(qemu_base + ["-m", "16M", "-device", "isa-debug-exit,iobase=0xf4,iosize=1", "-kernel", guest])
      for _ in range(N_TINY)]

@@ -12,6 +12,7 @@ pub mod bus;
 pub mod fuzzing;
 pub mod harness;
 pub mod i8042;
+pub mod log;
 pub mod serial;
 pub mod virtio;
 

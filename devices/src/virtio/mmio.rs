@@ -145,14 +145,14 @@ impl MmioTransport {
     /// Consumes a pending doorbell of queue `idx` and lets the device serve it.
     pub fn process_queue_event(&mut self, idx: usize) {
         let Some(evt) = self.queue_evts.get(idx) else {
-            tracing::warn!("virtio-mmio: event for unknown queue {idx}");
+            crate::guest_warn!("virtio-mmio: event for unknown queue {idx}");
             return;
         };
         match evt.read() {
             Ok(_) => {}
             // Nothing pending: a spurious wakeup, or the counter was already drained.
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-            Err(e) => tracing::warn!("virtio-mmio: reading queue {idx} eventfd: {e}"),
+            Err(e) => crate::guest_warn!("virtio-mmio: reading queue {idx} eventfd: {e}"),
         }
         self.notify(idx);
     }
@@ -163,7 +163,7 @@ impl MmioTransport {
             return;
         }
         if idx >= self.queues.len() {
-            tracing::warn!("virtio-mmio: notify of non-existent queue {idx}");
+            crate::guest_warn!("virtio-mmio: notify of non-existent queue {idx}");
             return;
         }
         self.device.process_queue(idx);
@@ -181,7 +181,7 @@ impl MmioTransport {
     /// The selected queue, if the driver may still change its configuration.
     fn configurable_queue(&mut self) -> Option<&mut Queue> {
         if self.status & FEATURES_OK == 0 || self.status & (DRIVER_OK | FAILED) != 0 {
-            tracing::warn!(
+            crate::guest_warn!(
                 "virtio-mmio: queue setup in status {:#x} ignored",
                 self.status
             );
@@ -190,12 +190,12 @@ impl MmioTransport {
         let sel = self.queue_sel;
         match self.selected_queue() {
             Some(q) if q.ready() => {
-                tracing::warn!("virtio-mmio: queue {sel} is ready, setup write ignored");
+                crate::guest_warn!("virtio-mmio: queue {sel} is ready, setup write ignored");
                 None
             }
             Some(q) => Some(q),
             None => {
-                tracing::warn!("virtio-mmio: setup of non-existent queue {sel} ignored");
+                crate::guest_warn!("virtio-mmio: setup of non-existent queue {sel} ignored");
                 None
             }
         }
@@ -243,20 +243,20 @@ impl MmioTransport {
                     match u16::try_from(v) {
                         // set_size rejects (and logs) sizes above max or not a power of two.
                         Ok(size) => q.set_size(size),
-                        Err(_) => tracing::warn!("virtio-mmio: queue size {v} ignored"),
+                        Err(_) => crate::guest_warn!("virtio-mmio: queue size {v} ignored"),
                     }
                 }
             }
             VIRTIO_MMIO_QUEUE_READY => {
                 if self.status & FEATURES_OK == 0 || self.status & (DRIVER_OK | FAILED) != 0 {
-                    tracing::warn!(
+                    crate::guest_warn!(
                         "virtio-mmio: QueueReady in status {:#x} ignored",
                         self.status
                     );
                 } else if let Some(q) = self.selected_queue() {
                     q.set_ready(v == 1);
                 } else {
-                    tracing::warn!("virtio-mmio: QueueReady of non-existent queue ignored");
+                    crate::guest_warn!("virtio-mmio: QueueReady of non-existent queue ignored");
                 }
             }
             VIRTIO_MMIO_QUEUE_DESC_LOW..=VIRTIO_MMIO_QUEUE_USED_HIGH => {
@@ -265,7 +265,7 @@ impl MmioTransport {
             VIRTIO_MMIO_QUEUE_NOTIFY => self.notify(v as usize),
             VIRTIO_MMIO_INTERRUPT_ACK => self.interrupt.ack(v),
             VIRTIO_MMIO_STATUS => self.write_status(v),
-            _ => tracing::warn!(
+            _ => crate::guest_warn!(
                 "virtio-mmio: write {v:#x} to read-only or unknown register {reg:#x} ignored"
             ),
         }
@@ -279,7 +279,7 @@ impl MmioTransport {
             VIRTIO_MMIO_QUEUE_AVAIL_LOW => Queue::set_avail_ring_address,
             VIRTIO_MMIO_QUEUE_USED_LOW => Queue::set_used_ring_address,
             _ => {
-                tracing::warn!("virtio-mmio: write to unknown register {reg:#x} ignored");
+                crate::guest_warn!("virtio-mmio: write to unknown register {reg:#x} ignored");
                 return;
             }
         };
@@ -296,7 +296,7 @@ impl MmioTransport {
 
     fn write_driver_features(&mut self, v: u32) {
         if self.status & DRIVER == 0 || self.status & (FEATURES_OK | FAILED) != 0 {
-            tracing::warn!(
+            crate::guest_warn!(
                 "virtio-mmio: DriverFeatures in status {:#x} ignored",
                 self.status
             );
@@ -307,7 +307,7 @@ impl MmioTransport {
             1 => self.driver_features = (self.driver_features & 0xffff_ffff) | (u64::from(v) << 32),
             // No features exist above bit 63; a set bit there could never be a subset.
             sel if v != 0 => {
-                tracing::warn!("virtio-mmio: driver features {v:#x} in word {sel} ignored")
+                crate::guest_warn!("virtio-mmio: driver features {v:#x} in word {sel} ignored")
             }
             _ => {}
         }
@@ -323,13 +323,13 @@ impl MmioTransport {
         let old = self.status & !NEEDS_RESET;
         let new = value & !NEEDS_RESET;
         if new & old != old || (old & FAILED != 0 && new != old) {
-            tracing::warn!(
+            crate::guest_warn!(
                 "virtio-mmio: status {old:#x} -> {new:#x} ignored: only reset may clear bits"
             );
             return;
         }
         if !INIT_STEPS.contains(&(new & !FAILED)) {
-            tracing::warn!("virtio-mmio: status {old:#x} -> {new:#x} ignored: out of order");
+            crate::guest_warn!("virtio-mmio: status {old:#x} -> {new:#x} ignored: out of order");
             return;
         }
         let mut accepted = new;
@@ -348,13 +348,13 @@ impl MmioTransport {
         let offered = self.device_features();
         let wanted = self.driver_features;
         if wanted & (1u64 << VIRTIO_F_VERSION_1) == 0 {
-            tracing::warn!(
+            crate::guest_warn!(
                 "virtio-mmio: driver did not accept VIRTIO_F_VERSION_1 (legacy driver?)"
             );
             return false;
         }
         if wanted & !offered != 0 {
-            tracing::warn!(
+            crate::guest_warn!(
                 "virtio-mmio: driver accepted features {:#x} never offered",
                 wanted & !offered
             );
@@ -394,7 +394,7 @@ impl MmioTransport {
     }
 
     fn fail_activation(&mut self, why: &str) {
-        tracing::warn!(
+        crate::guest_warn!(
             "virtio-mmio: activation of device type {} failed: {why}",
             self.device.device_type()
         );
@@ -439,7 +439,7 @@ impl BusDevice for MmioTransport {
         }
         data.fill(0);
         if data.len() != 4 {
-            tracing::warn!(
+            crate::guest_warn!(
                 "virtio-mmio: {}-byte read at {offset:#x} ignored",
                 data.len()
             );
@@ -456,7 +456,7 @@ impl BusDevice for MmioTransport {
             return;
         }
         let Ok(bytes) = <[u8; 4]>::try_from(data) else {
-            tracing::warn!(
+            crate::guest_warn!(
                 "virtio-mmio: {}-byte write at {offset:#x} ignored",
                 data.len()
             );
@@ -470,7 +470,7 @@ impl MutEventSubscriber for MmioTransport {
     fn init(&mut self, ops: &mut EventOps) {
         for (idx, evt) in self.queue_evts.iter().enumerate() {
             if let Err(e) = ops.add(Events::with_data(evt, idx as u32, EventSet::IN)) {
-                tracing::warn!("virtio-mmio: cannot watch queue {idx} eventfd: {e}");
+                crate::guest_warn!("virtio-mmio: cannot watch queue {idx} eventfd: {e}");
             }
         }
         // The device's own host fds follow the doorbells in the data numbering.
@@ -485,7 +485,7 @@ impl MutEventSubscriber for MmioTransport {
                     tracing::debug!("virtio-mmio: host fd {i} cannot be watched; read on demand");
                 }
                 Err(e) => {
-                    tracing::warn!("virtio-mmio: cannot watch host fd {i} of the device: {e}")
+                    crate::guest_warn!("virtio-mmio: cannot watch host fd {i} of the device: {e}")
                 }
                 Ok(()) => {}
             }
@@ -502,15 +502,17 @@ impl MutEventSubscriber for MmioTransport {
             if set.intersects(EventSet::ERROR | EventSet::HANG_UP) {
                 tracing::debug!("virtio-mmio: host fd {host} reported {set:?}; no longer watched");
                 if let Err(e) = ops.remove(events) {
-                    tracing::warn!("virtio-mmio: removing host fd {host}: {e}");
+                    crate::guest_warn!("virtio-mmio: removing host fd {host}: {e}");
                 }
             }
             return;
         }
         if set.intersects(EventSet::ERROR | EventSet::HANG_UP) {
-            tracing::warn!("virtio-mmio: queue {idx} eventfd reported {set:?}; no longer watched");
+            crate::guest_warn!(
+                "virtio-mmio: queue {idx} eventfd reported {set:?}; no longer watched"
+            );
             if let Err(e) = ops.remove(events) {
-                tracing::warn!("virtio-mmio: removing queue {idx} eventfd: {e}");
+                crate::guest_warn!("virtio-mmio: removing queue {idx} eventfd: {e}");
             }
             return;
         }

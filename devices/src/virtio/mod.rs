@@ -57,7 +57,7 @@ impl Interrupt {
     pub fn trigger(&self, bits: u32) {
         self.status.fetch_or(bits, Ordering::SeqCst);
         if let Err(e) = self.irqfd.write(1) {
-            tracing::warn!("virtio interrupt: irqfd write failed: {e}");
+            crate::guest_warn!("virtio interrupt: irqfd write failed: {e}");
         }
     }
 

@@ -80,7 +80,10 @@ impl ActiveQueue {
                     Ok(()) => *used = true,
                     // E.g. a head index beyond the queue: skip it, the ring moved on.
                     Err(e) => {
-                        tracing::warn!("{}: adding chain {head} to the used ring: {e}", self.name)
+                        crate::guest_warn!(
+                            "{}: adding chain {head} to the used ring: {e}",
+                            self.name
+                        )
                     }
                 }
             }
@@ -96,7 +99,7 @@ impl ActiveQueue {
             Ok(true) => self.interrupt.trigger(INTERRUPT_STATUS_USED_RING),
             Err(e) => {
                 // Better a spurious interrupt than a hung guest.
-                tracing::warn!("{}: reading used_event: {e}", self.name);
+                crate::guest_warn!("{}: reading used_event: {e}", self.name);
                 self.interrupt.trigger(INTERRUPT_STATUS_USED_RING);
             }
         }

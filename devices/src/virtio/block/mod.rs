@@ -153,7 +153,7 @@ impl VirtioDevice for Block {
 
     fn process_queue(&mut self, index: usize) {
         if index != 0 {
-            tracing::warn!("virtio-blk: notify of non-existent queue {index}");
+            crate::guest_warn!("virtio-blk: notify of non-existent queue {index}");
             return;
         }
         let Some(active) = self.active.as_mut() else {

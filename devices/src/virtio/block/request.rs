@@ -253,21 +253,23 @@ pub fn process_chain(chain: DescriptorChain<&GuestMemory>, disk: &mut Disk) -> (
     let descs: Vec<Descriptor> = chain.clone().take(MAX_DESCRIPTORS + 1).collect();
 
     let Some((status, rest)) = descs.split_last() else {
-        tracing::warn!("virtio-blk: chain {head} is empty (bad head or table); dropped");
+        crate::guest_warn!("virtio-blk: chain {head} is empty (bad head or table); dropped");
         return (head, 0);
     };
     if descs.len() > MAX_DESCRIPTORS {
-        tracing::warn!("virtio-blk: chain {head} exceeds {MAX_DESCRIPTORS} descriptors; dropped");
+        crate::guest_warn!(
+            "virtio-blk: chain {head} exceeds {MAX_DESCRIPTORS} descriptors; dropped"
+        );
         return (head, 0);
     }
     // A NEXT flag on the last descriptor means virtio-queue stopped the walk
     // early (a loop, a bad next index or unreadable table): the end is unknown.
     if status.has_next() {
-        tracing::warn!("virtio-blk: chain {head} is looped or broken; dropped");
+        crate::guest_warn!("virtio-blk: chain {head} is looped or broken; dropped");
         return (head, 0);
     }
     if !status.is_write_only() || status.len() == 0 {
-        tracing::warn!("virtio-blk: chain {head} has no writable status descriptor; dropped");
+        crate::guest_warn!("virtio-blk: chain {head} has no writable status descriptor; dropped");
         return (head, 0);
     }
 
@@ -279,13 +281,13 @@ pub fn process_chain(chain: DescriptorChain<&GuestMemory>, disk: &mut Disk) -> (
     let (code, written) = match result {
         Ok(n) => (VIRTIO_BLK_S_OK as u8, n),
         Err(e) => {
-            tracing::warn!("virtio-blk: request {head} failed: {e}");
+            crate::guest_warn!("virtio-blk: request {head} failed: {e}");
             // Partially filled buffers count as garbage: report only the status.
             (e.status(), 0)
         }
     };
     if let Err(e) = mem.write_obj(code, status.addr()) {
-        tracing::warn!("virtio-blk: chain {head}: status byte not writable ({e}); dropped");
+        crate::guest_warn!("virtio-blk: chain {head}: status byte not writable ({e}); dropped");
         return (head, 0);
     }
     (head, written.saturating_add(1))

@@ -187,7 +187,7 @@ impl WarnLimit {
             self.suppressed += 1;
             return;
         }
-        tracing::warn!(
+        crate::guest_warn!(
             "virtio-console: {what} ({} similar warnings suppressed)",
             self.suppressed
         );
@@ -337,7 +337,7 @@ impl Console {
         match c.event {
             DEVICE_READY => {
                 if c.value != 1 {
-                    tracing::warn!("virtio-console: driver failed to initialise");
+                    crate::guest_warn!("virtio-console: driver failed to initialise");
                     return Ok(());
                 }
                 for id in 0..n as u32 {
@@ -346,7 +346,7 @@ impl Console {
             }
             PORT_READY if port_ok => {
                 if c.value != 1 {
-                    tracing::warn!("virtio-console: driver failed to add port {}", c.id);
+                    crate::guest_warn!("virtio-console: driver failed to add port {}", c.id);
                     return Ok(());
                 }
                 let name = self.ports[c.id as usize].name.clone().into_bytes();
@@ -601,7 +601,7 @@ impl VirtioDevice for Console {
             return;
         }
         if index >= self.virtio.queue_sizes.len() {
-            tracing::warn!("virtio-console: notify of non-existent queue {index}");
+            crate::guest_warn!("virtio-console: notify of non-existent queue {index}");
             return;
         }
         match role(index) {

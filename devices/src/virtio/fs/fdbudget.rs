@@ -48,7 +48,7 @@ impl FdBudget {
             _ => Err(io::Error::last_os_error()),
         };
         if let Err(e) = &probe {
-            tracing::warn!("virtio-fs: no fd budget (eventfd: {e})");
+            crate::guest_warn!("virtio-fs: no fd budget (eventfd: {e})");
         }
         FdBudget {
             limit,
@@ -74,7 +74,7 @@ impl FdBudget {
         // SAFETY: `n` is the copy made above, owned by nobody else.
         unsafe { libc::close(n) };
         if u64::try_from(n).unwrap_or(u64::MAX) >= self.limit {
-            tracing::warn!(
+            crate::guest_warn!(
                 "virtio-fs: the guest holds {n} host fds (budget {}); refusing more",
                 self.limit
             );

@@ -216,7 +216,7 @@ impl VirtioDevice for Fs {
 
     fn process_queue(&mut self, index: usize) {
         if index >= self.virtio.queue_sizes.len() {
-            tracing::warn!("virtio-fs: notify of non-existent queue {index}");
+            crate::guest_warn!("virtio-fs: notify of non-existent queue {index}");
             return;
         }
         // Before activation the worker has no queues and ignores it.

@@ -229,7 +229,7 @@ fn run(vfs: Arc<Vfs>, rx: Receiver<Msg>) {
 /// file the rest of the VMM creates world-writable.
 fn private_umask() {
     if let Err(e) = unshare_fs() {
-        tracing::warn!(
+        crate::guest_warn!(
             "virtio-fs: unshare(CLONE_FS) failed ({e}); the process umask also applies to \
              files the guest creates"
         );
@@ -305,7 +305,7 @@ impl State {
                 Ok(true) => self.interrupt.trigger(INTERRUPT_STATUS_USED_RING),
                 Err(e) => {
                     // Better a spurious interrupt than a hung guest.
-                    tracing::warn!("virtio-fs: reading used_event: {e}");
+                    crate::guest_warn!("virtio-fs: reading used_event: {e}");
                     self.interrupt.trigger(INTERRUPT_STATUS_USED_RING);
                 }
             }
@@ -334,7 +334,9 @@ pub(crate) fn drain(
             match queue.add_used(mem, head, len) {
                 Ok(()) => *used = true,
                 // E.g. a head index beyond the queue: skip it, the ring moved on.
-                Err(e) => tracing::warn!("virtio-fs: adding chain {head} to the used ring: {e}"),
+                Err(e) => {
+                    crate::guest_warn!("virtio-fs: adding chain {head} to the used ring: {e}")
+                }
             }
         }
         if !queue.enable_notification(mem)? {
@@ -355,7 +357,7 @@ fn handle_chain(
     let mut reader = match Reader::from_descriptor_chain(mem, chain.clone()) {
         Ok(r) => r,
         Err(e) => {
-            tracing::warn!("virtio-fs: chain {head}: readable buffers: {e}");
+            crate::guest_warn!("virtio-fs: chain {head}: readable buffers: {e}");
             return 0;
         }
     };
@@ -365,14 +367,14 @@ fn handle_chain(
     let reader = match Reader::from_descriptor_chain(mem, chain.clone()) {
         Ok(r) => r,
         Err(e) => {
-            tracing::warn!("virtio-fs: chain {head}: readable buffers: {e}");
+            crate::guest_warn!("virtio-fs: chain {head}: readable buffers: {e}");
             return 0;
         }
     };
     let writer = match VirtioFsWriter::new(mem, chain) {
         Ok(w) => w,
         Err(e) => {
-            tracing::warn!("virtio-fs: chain {head}: writable buffers: {e}");
+            crate::guest_warn!("virtio-fs: chain {head}: writable buffers: {e}");
             return 0;
         }
     };
@@ -385,7 +387,7 @@ fn handle_chain(
         // A reply never exceeds the chain's writable bytes, which fit in u32.
         Ok(n) => u32::try_from(n).unwrap_or(u32::MAX),
         Err(e) => {
-            tracing::warn!("virtio-fs: chain {head}: FUSE message dropped: {e}");
+            crate::guest_warn!("virtio-fs: chain {head}: FUSE message dropped: {e}");
             0
         }
     }

@@ -45,8 +45,6 @@ pub const RX_QUEUE: usize = 0;
 pub const TX_QUEUE: usize = 1;
 /// `struct virtio_net_config` up to `mtu`: mac[6], status, max_virtqueue_pairs, mtu.
 const CONFIG_LEN: usize = 12;
-/// Warnings about one kind of trouble logged in full before thinning out.
-const WARN_FIRST: u64 = 10;
 
 /// Why a net device could not be created.
 #[derive(Debug, thiserror::Error)]
@@ -67,7 +65,7 @@ impl Trouble {
     fn note(&mut self, tap: &str, what: &str, why: &dyn std::fmt::Display) {
         self.count += 1;
         let n = self.count;
-        if n <= WARN_FIRST || n.is_power_of_two() {
+        if crate::log::is_logged(n) {
             tracing::warn!("virtio-net {tap}: {what}: {why} ({n} so far)");
         }
     }
@@ -252,7 +250,7 @@ fn finish(active: &mut Active, q: usize, r: Result<(), virtio_queue::Error>, use
             Ok(false) => {}
             Ok(true) => active.interrupt.trigger(INTERRUPT_STATUS_USED_RING),
             Err(e) => {
-                tracing::warn!("virtio-net: reading used_event of queue {q}: {e}");
+                crate::guest_warn!("virtio-net: reading used_event of queue {q}: {e}");
                 active.interrupt.trigger(INTERRUPT_STATUS_USED_RING);
             }
         }
@@ -373,7 +371,7 @@ impl VirtioDevice for Net {
         if let Err(e) = self.tap.set_offload(flags) {
             // The tap accepted these when probed; without them the guest
             // still gets correct (fully checksummed, segmented) frames.
-            tracing::warn!("virtio-net: {e}");
+            crate::guest_warn!("virtio-net: {e}");
         }
     }
 
@@ -407,7 +405,7 @@ impl VirtioDevice for Net {
         match index {
             RX_QUEUE => self.serve_rx(),
             TX_QUEUE => self.serve_tx(),
-            _ => tracing::warn!("virtio-net: notify of non-existent queue {index}"),
+            _ => crate::guest_warn!("virtio-net: notify of non-existent queue {index}"),
         }
     }
 
@@ -426,7 +424,7 @@ impl VirtioDevice for Net {
         self.rx_pending = 0;
         self.virtio.acked_features = 0;
         if let Err(e) = self.tap.set_offload(0) {
-            tracing::warn!("virtio-net: {e}");
+            crate::guest_warn!("virtio-net: {e}");
         }
     }
 }

@@ -12,7 +12,6 @@
 mod tests;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
@@ -30,8 +29,6 @@ pub const QUEUE_SIZE: u16 = 64;
 pub const MAX_BYTES_PER_CHAIN: usize = 64 * 1024;
 /// Most descriptors accepted in one chain.
 const MAX_DESCRIPTORS: usize = QUEUE_SIZE as usize;
-/// Shortest interval between two warnings about bad chains.
-const WARN_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Why a chain was not served (logged; the guest sees used length 0), or
 /// why the host could not supply entropy.
@@ -74,36 +71,6 @@ pub struct RngStats {
     pub rejected: u64,
 }
 
-/// Logs at most one warning per [`WARN_INTERVAL`], counting the rest.
-#[derive(Default)]
-struct WarnLimit {
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl WarnLimit {
-    fn warn(&mut self, what: &dyn std::fmt::Display) {
-        let now = Instant::now();
-        if self
-            .last
-            .is_some_and(|t| now.duration_since(t) < WARN_INTERVAL)
-        {
-            self.suppressed += 1;
-            return;
-        }
-        if self.suppressed > 0 {
-            tracing::warn!(
-                "virtio-rng: {what} ({} similar warnings suppressed)",
-                self.suppressed
-            );
-        } else {
-            tracing::warn!("virtio-rng: {what}");
-        }
-        self.last = Some(now);
-        self.suppressed = 0;
-    }
-}
-
 /// A virtio entropy device (device id 4) with one request queue.
 pub struct Rng {
     virtio: VirtioConfig,
@@ -112,7 +79,6 @@ pub struct Rng {
     /// Host buffer the random bytes go through on their way to the guest.
     buf: Vec<u8>,
     stats: RngStats,
-    warn: WarnLimit,
 }
 
 impl Default for Rng {
@@ -138,7 +104,6 @@ impl Rng {
             active: None,
             buf: vec![0; MAX_BYTES_PER_CHAIN],
             stats: RngStats::default(),
-            warn: WarnLimit::default(),
         }
     }
 
@@ -187,7 +152,7 @@ impl VirtioDevice for Rng {
 
     fn process_queue(&mut self, index: usize) {
         if index != 0 {
-            tracing::warn!("virtio-rng: notify of non-existent queue {index}");
+            crate::guest_warn!("virtio-rng: notify of non-existent queue {index}");
             return;
         }
         let Some(active) = self.active.as_mut() else {
@@ -197,7 +162,6 @@ impl VirtioDevice for Rng {
         let mut filler = Filler {
             buf: &mut self.buf,
             stats: &mut self.stats,
-            warn: &mut self.warn,
         };
         active.serve(|mem, chain| filler.serve(mem, chain));
     }
@@ -208,11 +172,10 @@ impl VirtioDevice for Rng {
     }
 }
 
-/// Serves chains: the device's buffer, counters and warning limit.
+/// Serves chains: the device's buffer and counters.
 struct Filler<'a> {
     buf: &'a mut [u8],
     stats: &'a mut RngStats,
-    warn: &'a mut WarnLimit,
 }
 
 impl Filler<'_> {
@@ -227,7 +190,7 @@ impl Filler<'_> {
             }
             Err(e) => {
                 self.stats.rejected += 1;
-                self.warn.warn(&e);
+                crate::guest_warn!("virtio-rng: {e}");
                 0
             }
         }

@@ -13,7 +13,7 @@ use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::{Rng, RngStats, WarnLimit, MAX_BYTES_PER_CHAIN, QUEUE_SIZE};
+use super::{Rng, RngStats, MAX_BYTES_PER_CHAIN, QUEUE_SIZE};
 use crate::virtio::mmio::MmioTransport;
 use crate::virtio::mock::{add_chain, reg_read, reg_write};
 use crate::virtio::{Interrupt, VirtioDevice, INTERRUPT_STATUS_USED_RING};
@@ -211,16 +211,6 @@ fn impossible_avail_index_stops_the_queue_until_reset() {
     add_chain(&mq, 0, &[(BUF, 16, W)]);
     rng2.process_queue(0);
     assert_eq!(used(&mq, 0), (0, 16));
-}
-
-#[test]
-fn warnings_are_rate_limited() {
-    let mut w = WarnLimit::default();
-    w.warn(&"first");
-    assert!(w.last.is_some());
-    w.warn(&"second");
-    w.warn(&"third");
-    assert_eq!(w.suppressed, 2);
 }
 
 #[test]
