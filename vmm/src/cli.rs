@@ -320,16 +320,17 @@ pub struct RunArgs {
     pub seccomp: SeccompMode,
 
     /// Run the VM in a jail rooted at DIR (an existing directory, left
-    /// untouched; needs root): new PID, mount, IPC, UTS, network and cgroup
-    /// namespaces, a read-only root holding only the VM's files, dropped
-    /// capabilities, no_new_privs and resource limits. minivm stays outside
-    /// as a small supervisor that passes signals on and cleans up.
+    /// untouched): new PID, mount, IPC, UTS, network and cgroup namespaces
+    /// (and a user namespace when not root), a read-only root holding only
+    /// the VM's files, dropped capabilities, no_new_privs and resource
+    /// limits. minivm stays outside as a small supervisor that passes
+    /// signals on and cleans up.
     #[arg(long, value_name = "DIR")]
     pub jail: Option<PathBuf>,
 
-    /// The user and group minivm runs as in the jail (default 0:0, root
-    /// with only the capabilities its virtio-fs server needs). Shared
-    /// directories must then be usable by that user.
+    /// The user and group minivm runs as in the jail (root only; default:
+    /// the user running minivm, as root with only the capabilities its
+    /// virtio-fs server needs). Shared directories must be usable by that user.
     #[arg(long, value_name = "UID[:GID]", requires = "jail", value_parser = parse_ids)]
     pub jail_user: Option<(u32, u32)>,
 }

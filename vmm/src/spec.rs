@@ -56,8 +56,9 @@ pub enum SpecError {
     Target(#[from] TargetError),
     /// `--jail-user` other than root with an image over virtio-fs.
     #[error(
-        "--jail-user {uid}: an image over --virtiofs is served from layers unpacked as root, \
-         which only a root jail can read; use --jail without --jail-user, or boot the image's disk"
+        "--jail-user {uid}: an image over --virtiofs is served from layers unpacked for the user \
+         running minivm, which the jail's user may not read; use --jail without --jail-user, or \
+         boot the image's disk"
     )]
     JailUserLayers { uid: u32 },
 }
@@ -83,8 +84,10 @@ fn jail_spec(args: &RunArgs, root: &RootSpec) -> Result<Option<JailSpec>, SpecEr
         path: dir.clone(),
         source,
     })?;
-    let (uid, gid) = args.jail_user.unwrap_or((0, 0));
-    if uid != 0 && matches!(root, RootSpec::OciLayers { .. }) {
+    // SAFETY: the id getters have no preconditions.
+    let own = unsafe { (libc::geteuid(), libc::getegid()) };
+    let (uid, gid) = args.jail_user.unwrap_or(own);
+    if uid != own.0 && matches!(root, RootSpec::OciLayers { .. }) {
         return Err(SpecError::JailUserLayers { uid });
     }
     Ok(Some(JailSpec { dir, uid, gid }))

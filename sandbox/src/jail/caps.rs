@@ -65,7 +65,14 @@ pub(super) fn kept_mask(uid: u32, keep_file_caps: bool) -> u64 {
 /// but the kept ones, from the bounding set too; locks that in with
 /// securebits (root gains nothing at exec, no ambient capabilities, and the
 /// kernel's usual set-uid capability fix-ups stay as they are).
-pub(super) fn drop_privileges(uid: u32, gid: u32, keep_file_caps: bool) -> Result<(), JailError> {
+/// `set_groups`: clear the supplementary groups (not possible, nor needed,
+/// in a user namespace that denies setgroups).
+pub(super) fn drop_privileges(
+    uid: u32,
+    gid: u32,
+    keep_file_caps: bool,
+    set_groups: bool,
+) -> Result<(), JailError> {
     let kept = kept_mask(uid, keep_file_caps);
     let bits = SECBIT_NOROOT
         | SECBIT_NOROOT_LOCKED
@@ -91,9 +98,11 @@ pub(super) fn drop_privileges(uid: u32, gid: u32, keep_file_caps: bool) -> Resul
                 return Err(JailError::step(format!("drop capability {cap}"))(e));
             }
         }
-        os_check(libc::setgroups(0, std::ptr::null()), || {
-            "drop supplementary groups".into()
-        })?;
+        if set_groups {
+            os_check(libc::setgroups(0, std::ptr::null()), || {
+                "drop supplementary groups".into()
+            })?;
+        }
         os_check(libc::setresgid(gid, gid, gid), || {
             format!("switch to group {gid}")
         })?;

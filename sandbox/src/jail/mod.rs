@@ -11,7 +11,9 @@
 //! its own PID namespace. It then sets resource limits, drops every
 //! capability it does not need (all of them unless it stays root to serve
 //! virtio-fs shares), switches to the jail's user and group, and sets
-//! no_new_privs.
+//! no_new_privs. Without root it does the same in a user namespace of its
+//! own that maps only the caller's ids (unprivileged user namespaces must be
+//! enabled); the VM keeps the caller's file access and no capability.
 //!
 //! Order of the steps (each needs the one before): namespaces; mounts;
 //! pivot_root; rlimits; securebits (needs CAP_SETPCAP); the bounding set;
@@ -80,9 +82,10 @@ pub enum JailError {
     /// they would stay outside.
     #[error("the jail must be entered while minivm has a single thread ({0} now)")]
     Threads(usize),
-    /// Namespaces, mounts and capabilities need root.
-    #[error("--jail needs root (CAP_SYS_ADMIN) on this host")]
-    NotRoot,
+    /// Without root, the jail runs in a user namespace that maps only the
+    /// caller's own ids.
+    #[error("a jail entered without root runs as the user who starts it ({own}), not {uid}:{gid}")]
+    ForeignUser { own: String, uid: u32, gid: u32 },
     /// A step failed.
     #[error("jail: {step}: {source}")]
     Step {
@@ -112,12 +115,22 @@ pub enum Role {
 /// the child has already exited with [`SETUP_FAILED`] after printing why.
 pub fn enter(jail: &Jail) -> Result<Role, JailError> {
     check(jail)?;
+    // SAFETY: geteuid has no preconditions.
+    let userns = unsafe { libc::geteuid() } != 0;
+    let flags = if userns {
+        libc::CLONE_NEWUSER | libc::CLONE_NEWPID
+    } else {
+        libc::CLONE_NEWPID
+    };
     // SAFETY: unshare with flags only; the next fork's child is the new
     // namespace's PID 1.
-    if unsafe { libc::unshare(libc::CLONE_NEWPID) } != 0 {
-        return Err(JailError::step("new PID namespace")(
+    if unsafe { libc::unshare(flags) } != 0 {
+        return Err(JailError::step("new user and PID namespaces")(
             io::Error::last_os_error(),
         ));
+    }
+    if userns {
+        map_own_ids(jail.uid, jail.gid)?;
     }
     let parent_alive = match supervisor::fork()? {
         supervisor::Forked::Parent(s) => return Ok(Role::Supervisor(s)),
@@ -154,9 +167,14 @@ fn check(jail: &Jail) -> Result<(), JailError> {
     if let Some(b) = jail.binds.iter().find(|b| !b.path.is_absolute()) {
         return Err(JailError::RelativePath(b.path.clone()));
     }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Err(JailError::NotRoot);
+    // SAFETY: the id getters have no preconditions.
+    let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    if euid != 0 && (jail.uid, jail.gid) != (euid, egid) {
+        return Err(JailError::ForeignUser {
+            own: format!("{euid}:{egid}"),
+            uid: jail.uid,
+            gid: jail.gid,
+        });
     }
     let threads = std::fs::read_dir("/proc/self/task")
         .map(|d| d.count())
@@ -185,13 +203,28 @@ fn confine(jail: &Jail, parent_alive: std::os::fd::OwnedFd) -> Result<(), JailEr
     }
     mounts::build_root(&jail.dir, &jail.binds)?;
     set_limits(&jail.limits)?;
-    caps::drop_privileges(jail.uid, jail.gid, jail.keep_file_caps)?;
+    // In a user namespace the supplementary groups are fixed ("deny").
+    let userns = std::fs::read_to_string("/proc/self/setgroups").is_ok_and(|s| s.trim() == "deny");
+    caps::drop_privileges(jail.uid, jail.gid, jail.keep_file_caps, !userns)?;
     // SAFETY: prctl with integer arguments only.
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
         return Err(JailError::step("no_new_privs")(io::Error::last_os_error()));
     }
     supervisor::die_with_parent(parent_alive)?;
     caps::verify(jail.uid, jail.gid, jail.keep_file_caps)
+}
+
+/// Maps the caller's own user and group, and nothing else, into the new
+/// user namespace: the jail keeps the ids (and so the file access) it had,
+/// and gains capabilities only over what the namespace owns.
+fn map_own_ids(uid: u32, gid: u32) -> Result<(), JailError> {
+    let write = |file: &str, text: String| {
+        std::fs::write(format!("/proc/self/{file}"), text)
+            .map_err(JailError::step(format!("user namespace: write {file}")))
+    };
+    write("uid_map", format!("{uid} {uid} 1"))?;
+    write("setgroups", "deny".to_string())?;
+    write("gid_map", format!("{gid} {gid} 1"))
 }
 
 fn set_limits(l: &Limits) -> Result<(), JailError> {

@@ -45,11 +45,6 @@ fn binds_must_be_absolute() {
 fn a_threaded_process_is_refused() {
     // The test harness itself runs tests on threads besides main.
     let _t = std::thread::spawn(|| std::thread::sleep(std::time::Duration::from_secs(2)));
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        assert!(matches!(check(&jail("/tmp")), Err(JailError::NotRoot)));
-        return;
-    }
     assert!(matches!(check(&jail("/tmp")), Err(JailError::Threads(n)) if n > 1));
 }
 
@@ -128,24 +123,20 @@ fn facts(base: &Path) -> String {
 }
 
 /// The whole jail, entered by a forked child of this test (single-threaded,
-/// as minivm is at that point): namespaces, the root, binds, credentials,
-/// limits. Only root may build a jail.
-#[test]
-fn a_forked_process_enters_the_jail() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        let j = jail("/tmp");
-        assert!(matches!(
-            check(&j),
-            Err(JailError::NotRoot) | Err(JailError::Threads(_))
-        ));
-        return;
-    }
+/// as minivm is at that point), as user 65534: as root (`unprivileged`
+/// false) it drops to that user; otherwise the child first becomes that
+/// user and enters through a user namespace. Checks namespaces, the root,
+/// binds, credentials, limits from inside.
+fn enter_as_nobody(unprivileged: bool) {
     use std::os::unix::fs::PermissionsExt;
-    let base = std::env::temp_dir().join(format!("minivm-jail-test-{}", std::process::id()));
+    let base = std::env::temp_dir().join(format!(
+        "minivm-jail-test-{}-{unprivileged}",
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&base);
     for d in ["root", "share", "ro", "secret"] {
         std::fs::create_dir_all(base.join(d)).unwrap();
+        std::fs::set_permissions(base.join(d), std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     // World-writable, so only the mount's flags stand in the way.
     for d in ["share", "ro"] {
@@ -176,6 +167,21 @@ fn a_forked_process_enters_the_jail() {
     // SAFETY: the child only runs the jail set-up and plain file I/O, then _exits.
     let pid = unsafe { libc::fork() };
     if pid == 0 {
+        if unprivileged {
+            // SAFETY: plain id changes of this (forked, single-threaded) child.
+            let dropped = unsafe {
+                libc::setgroups(0, std::ptr::null()) == 0
+                    && libc::setresgid(65534, 65534, 65534) == 0
+                    && libc::setresuid(65534, 65534, 65534) == 0
+                    // As a process the user started: changing ids made it
+                    // undumpable, which hides its /proc/self/uid_map.
+                    && libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) == 0
+            };
+            if !dropped {
+                // SAFETY: ends the forked child.
+                unsafe { libc::_exit(97) };
+            }
+        }
         let code = match enter(&j) {
             Ok(Role::Supervisor(s)) => s.wait(),
             Ok(Role::Jailed) => {
@@ -236,4 +242,34 @@ fn a_forked_process_enters_the_jail() {
     assert_eq!(get("no_new_privs"), "1");
     assert_eq!(get("nofile"), "256/256");
     assert_eq!(get("hostname"), "minivm");
+}
+
+/// Run as root (as CI does): the root path, and the user-namespace path of
+/// a user without privileges.
+#[test]
+fn root_enters_the_jail_as_another_user() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "the jail tests run as root");
+    enter_as_nobody(false);
+}
+
+#[test]
+fn an_unprivileged_user_enters_the_jail_through_a_user_namespace() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "the jail tests run as root");
+    enter_as_nobody(true);
+}
+
+#[test]
+fn without_root_the_jail_user_is_the_caller() {
+    // SAFETY: geteuid has no preconditions.
+    let own = unsafe { libc::geteuid() };
+    let mut j = jail("/tmp");
+    j.uid = own + 1;
+    match check(&j) {
+        // Root may pick any user; here the harness's threads are refused.
+        Err(JailError::Threads(_)) if own == 0 => {}
+        Err(JailError::ForeignUser { uid, .. }) => assert_eq!(uid, own + 1),
+        other => panic!("{other:?}"),
+    }
 }
