@@ -71,8 +71,8 @@ fn cached_disks(cache: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Parses minivm's "boot N ended (...): open fds F, threads T, RSS R KiB,
-/// VmSize V KiB" log lines (`-v`) into (N, F, T, R, V).
+/// Parses minivm's "boot N ended (...): open fds F, threads T, RSS R KiB
+/// (peak P KiB), VmSize V KiB" log lines (`-v`) into (N, F, T, R, V).
 fn boot_usage(stderr: &str) -> Vec<(u64, u64, u64, u64, u64)> {
     stderr
         .lines()
@@ -86,7 +86,7 @@ fn boot_usage(stderr: &str) -> Vec<(u64, u64, u64, u64, u64)> {
                 .filter_map(|w| w.parse().ok())
                 .collect();
             match nums[..] {
-                [f, t, r, v] => Some((n.parse().ok()?, f, t, r, v)),
+                [f, t, r, _peak, v] => Some((n.parse().ok()?, f, t, r, v)),
                 _ => None,
             }
         })

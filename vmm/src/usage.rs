@@ -12,6 +12,8 @@ pub struct Usage {
     pub threads: u64,
     /// Resident memory, KiB.
     pub rss_kib: u64,
+    /// Peak resident memory since minivm started, KiB (guest pages included).
+    pub peak_kib: u64,
     /// Mapped address space, KiB (a leaked guest memory mapping shows here
     /// even when the guest never touched it).
     pub size_kib: u64,
@@ -26,7 +28,7 @@ impl Usage {
         Usage::parse(fds.saturating_sub(1), &status)
     }
 
-    /// Reads the `Threads`, `VmRSS` and `VmSize` lines of /proc/PID/status.
+    /// Reads the `Threads`, `VmRSS`, `VmHWM` and `VmSize` lines of /proc/PID/status.
     fn parse(fds: usize, status: &str) -> Option<Usage> {
         let field = |name: &str| {
             status.lines().find_map(|l| {
@@ -38,6 +40,7 @@ impl Usage {
             fds,
             threads: field("Threads")?,
             rss_kib: field("VmRSS")?,
+            peak_kib: field("VmHWM")?,
             size_kib: field("VmSize")?,
         })
     }
@@ -47,8 +50,8 @@ impl fmt::Display for Usage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "open fds {}, threads {}, RSS {} KiB, VmSize {} KiB",
-            self.fds, self.threads, self.rss_kib, self.size_kib
+            "open fds {}, threads {}, RSS {} KiB (peak {} KiB), VmSize {} KiB",
+            self.fds, self.threads, self.rss_kib, self.peak_kib, self.size_kib
         )
     }
 }
@@ -59,7 +62,7 @@ mod tests {
 
     #[test]
     fn parses_proc_status() {
-        let status = "Name:\tminivm\nVmSize:\t  123456 kB\nVmRSS:\t    2048 kB\nThreads:\t3\n";
+        let status = "Name:\tminivm\nVmSize:\t  123456 kB\nVmHWM:\t    4096 kB\nVmRSS:\t    2048 kB\nThreads:\t3\n";
         let u = Usage::parse(7, status).unwrap();
         assert_eq!(
             u,
@@ -67,12 +70,13 @@ mod tests {
                 fds: 7,
                 threads: 3,
                 rss_kib: 2048,
+                peak_kib: 4096,
                 size_kib: 123456
             }
         );
         assert_eq!(
             u.to_string(),
-            "open fds 7, threads 3, RSS 2048 KiB, VmSize 123456 KiB"
+            "open fds 7, threads 3, RSS 2048 KiB (peak 4096 KiB), VmSize 123456 KiB"
         );
         assert!(Usage::parse(7, "VmRSS:\t1 kB\n").is_none());
     }
