@@ -27,6 +27,17 @@ pub enum TinyEnd {
     TripleFault,
     /// Spin forever (to test external stops).
     Spin,
+    /// Write 0 to the 32-bit MMIO register at `addr` (below 4 GiB, which
+    /// the VMM's page tables identity-map) `writes` times, then exit with
+    /// `status`: a guest hammering a device.
+    FloodThenExit {
+        /// The register's guest-physical address.
+        addr: u32,
+        /// How many writes.
+        writes: u32,
+        /// The exit status afterwards.
+        status: u8,
+    },
 }
 
 /// Where the tiny guest is loaded (and entered).
@@ -49,6 +60,20 @@ impl TinyGuest {
             TinyEnd::Reset => c.extend([0xb0, 0xfe, 0xe6, 0x64]), // mov al,0xfe; out 0x64,al
             TinyEnd::TripleFault => c.extend([0x0f, 0x0b]),      // ud2
             TinyEnd::Spin => {}
+            TinyEnd::FloodThenExit {
+                addr,
+                writes,
+                status,
+            } => {
+                c.push(0xbf); // mov edi,addr (zero-extended into rdi)
+                c.extend(addr.to_le_bytes());
+                c.push(0xb9); // mov ecx,writes
+                c.extend(writes.to_le_bytes());
+                c.extend([0x31, 0xc0]); // xor eax,eax
+                                        // loop: mov [rdi],eax; dec ecx; jnz loop
+                c.extend([0x89, 0x07, 0xff, 0xc9, 0x75, 0xfa]);
+                c.extend([0xb0, status, 0xe6, 0xf4]); // mov al,status; out 0xf4,al
+            }
         }
         c.extend([0xf4, 0xeb, 0xfd]); // hlt; jmp hlt (spin)
         let msg_at = c.len();

@@ -47,7 +47,7 @@ fn three_linux_vms_at_once() {
         .map(|n| {
             let dir = scratch_dir(&format!("fleet-linux-{n}"));
             let script = format!(
-                "#!/bin/sh\nmount -t proc proc /proc\necho \"FLEET VM {n} UP cpus=$(grep -c ^processor /proc/cpuinfo)\"\n{}\n",
+                "#!/bin/sh\nmount -t proc proc /proc\nmount -t devtmpfs dev /dev\necho \"FLEET VM {n} UP cpus=$(grep -c ^processor /proc/cpuinfo)\"\n{}\n",
                 exit_port_cmd(40 + n)
             );
             let mut args = initramfs_boot_args(&dir, &script);
