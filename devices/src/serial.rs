@@ -114,10 +114,7 @@ impl ConsoleOutput {
             .spawn(move || {
                 // Dropped on every return: tells finish() the thread is done.
                 let _done = done_tx;
-                let confined = filter.apply();
-                let ok = confined.is_ok();
-                let _ = ready_tx.send(confined);
-                if !ok {
+                if !filter.apply_and_report(&ready_tx) {
                     return;
                 }
                 let mut chunk = Vec::with_capacity(64 << 10);

@@ -532,10 +532,7 @@ pub fn boot(
         let t = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
             .spawn(move || {
-                let confined = filter.apply();
-                let ok = confined.is_ok();
-                let _ = ready.send(confined);
-                if ok && gate.wait() {
+                if filter.apply_and_report(&ready) && gate.wait() {
                     entered.get_or_init(Instant::now);
                     vcpu.run(stop);
                 }

@@ -205,6 +205,17 @@ impl ThreadFilter {
         }
         install(program)
     }
+
+    /// [`ThreadFilter::apply`] on a new thread, sending the outcome to the
+    /// thread that waits for it before the guest may run; whether the
+    /// thread may go on (false: it must end without running anything).
+    pub fn apply_and_report(&self, ready: &std::sync::mpsc::Sender<Result<(), Error>>) -> bool {
+        let confined = self.apply();
+        let ok = confined.is_ok();
+        // A waiter that is gone has given up on this thread already.
+        let _ = ready.send(confined);
+        ok
+    }
 }
 
 fn block_host_signals() -> std::io::Result<()> {

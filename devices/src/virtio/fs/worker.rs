@@ -68,10 +68,7 @@ impl Worker {
             .name(format!("virtio-fs-{tag}"))
             .spawn(move || {
                 private_umask();
-                let confined = filter.apply();
-                let ok = confined.is_ok();
-                let _ = ready_tx.send(confined);
-                if ok {
+                if filter.apply_and_report(&ready_tx) {
                     run(vfs, rx);
                 }
             })
