@@ -3,7 +3,7 @@
 //! | offset | port | write      | effect                                          |
 //! |--------|------|------------|-------------------------------------------------|
 //! | 0      | 0xf4 | one byte N | the VM ends and minivm exits with status N      |
-//! | 1      | 0xf5 | any byte   | "boot finished": minivm logs the time since its own start |
+//! | 1      | 0xf5 | any byte   | "boot finished": minivm logs the time since its own start (with `--snapshot-to`, the first one is the snapshot point) |
 //! | 2      | 0xf6 | any byte   | the guest kernel panicked (minivm's kernel writes it when booted with `minivm_panic_port=0xf6`) |
 //!
 //! The device decodes offsets; the ports are where `boot::ports::HARNESS`
@@ -31,6 +31,7 @@ pub struct HarnessPorts {
     exit: ExitHandle,
     start: Instant,
     boot_marked: bool,
+    snapshot_at_marker: bool,
 }
 
 impl HarnessPorts {
@@ -40,7 +41,15 @@ impl HarnessPorts {
             exit,
             start,
             boot_marked: false,
+            snapshot_at_marker: false,
         }
+    }
+
+    /// Makes the first boot-finished write the snapshot point
+    /// ([`ExitReason::Snapshot`]).
+    pub fn snapshot_at_marker(mut self) -> Self {
+        self.snapshot_at_marker = true;
+        self
     }
 }
 
@@ -58,6 +67,9 @@ impl BusDevice for HarnessPorts {
                 self.boot_marked = true;
                 let ms = self.start.elapsed().as_secs_f64() * 1000.0;
                 eprintln!("minivm: guest boot finished {ms:.1} ms after start");
+                if self.snapshot_at_marker {
+                    self.exit.request(ExitReason::Snapshot);
+                }
             }
             PANIC_OFFSET => self.exit.request(ExitReason::GuestPanic),
             _ => {}

@@ -38,6 +38,9 @@ pub enum ExitReason {
     HostSignal(i32),
     /// `--timeout` passed before the guest ended.
     Timeout,
+    /// The guest reached the snapshot point (`--snapshot-to`: it wrote the
+    /// boot-finished port): save the VM.
+    Snapshot,
 }
 
 /// Where devices report that the VM should stop.

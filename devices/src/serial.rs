@@ -192,6 +192,24 @@ impl SerialDevice {
         }
     }
 
+    /// A UART in the state `state` (a snapshot's); a state vm-superio
+    /// refuses (an over-full FIFO) is an error.
+    pub fn from_state(
+        state: &vm_superio::serial::SerialState,
+        irq: EventFd,
+        events: Arc<InputEvents>,
+        out: ConsoleWriter,
+    ) -> Result<Self, String> {
+        let serial = Serial::from_state(state, IrqTrigger(irq), events, out)
+            .map_err(|e| format!("{e:?}"))?;
+        Ok(SerialDevice { serial })
+    }
+
+    /// The UART's registers and receive FIFO, for a snapshot.
+    pub fn state(&self) -> vm_superio::serial::SerialState {
+        self.serial.state()
+    }
+
     /// Queues host input for the guest; returns how many bytes fit in the FIFO.
     pub fn enqueue_input(&mut self, input: &[u8]) -> usize {
         if input.is_empty() || self.serial.fifo_capacity() == 0 {

@@ -27,6 +27,15 @@ pub enum TinyEnd {
     TripleFault,
     /// Spin forever (to test external stops).
     Spin,
+    /// Count from 1 to `to`, printing `A`, `B`, ... on COM1; at `marker`
+    /// write the boot-finished port (a snapshot point); exit with `to`.
+    /// The count lives in a register, so a restored VM goes on from it.
+    Count {
+        /// The last count, and the exit status.
+        to: u8,
+        /// The count at which the boot-finished port is written.
+        marker: u8,
+    },
     /// Write 0 to the 32-bit MMIO register at `addr` (below 4 GiB, which
     /// the VMM's page tables identity-map) `writes` times, then exit with
     /// `status`: a guest hammering a device.
@@ -60,6 +69,15 @@ impl TinyGuest {
             TinyEnd::Reset => c.extend([0xb0, 0xfe, 0xe6, 0x64]), // mov al,0xfe; out 0x64,al
             TinyEnd::TripleFault => c.extend([0x0f, 0x0b]),      // ud2
             TinyEnd::Spin => {}
+            TinyEnd::Count { to, marker } => {
+                c.extend([0x31, 0xdb]); // xor ebx,ebx
+                                        // loop: inc ebx; mov eax,ebx; add al,0x40; out dx,al
+                c.extend([0xff, 0xc3, 0x89, 0xd8, 0x04, 0x40, 0xee]);
+                // cmp ebx,marker; jne +4; mov al,1; out 0xf5,al
+                c.extend([0x83, 0xfb, marker, 0x75, 0x04, 0xb0, 0x01, 0xe6, 0xf5]);
+                // cmp ebx,to; jne loop (21 bytes back); mov eax,ebx; out 0xf4,al
+                c.extend([0x83, 0xfb, to, 0x75, 0xeb, 0x89, 0xd8, 0xe6, 0xf4]);
+            }
             TinyEnd::FloodThenExit {
                 addr,
                 writes,

@@ -38,6 +38,8 @@ pub enum Command {
     /// Convert an OCI image into a bootable raw ext4 disk.
     #[command(after_long_help = REF_HELP)]
     Convert(ConvertArgs),
+    /// Start a VM from a snapshot made with `run --snapshot-to DIR`.
+    Restore(RestoreArgs),
     /// Fetch and convert an OCI image into the cache, ready for `run --oci`.
     #[command(after_long_help = REF_HELP)]
     Pull(PullArgs),
@@ -242,6 +244,13 @@ pub struct RunArgs {
     #[arg(long)]
     pub restart: bool,
 
+    /// Save the VM to DIR (a new directory) when the guest first writes the
+    /// boot-finished port (0xf5), then end with 0; `minivm restore DIR`
+    /// starts copies of it. For now only VMs without virtio devices (so
+    /// with --no-rng, no disk, share, network or command).
+    #[arg(long, value_name = "DIR")]
+    pub snapshot_to: Option<PathBuf>,
+
     /// Attach the root (disk or --rootfs directory) read-only: guest writes fail and nothing changes.
     #[arg(long)]
     pub readonly: bool,
@@ -333,6 +342,26 @@ pub struct RunArgs {
     /// virtio-fs server needs). Shared directories must be usable by that user.
     #[arg(long, value_name = "UID[:GID]", requires = "jail", value_parser = parse_ids)]
     pub jail_user: Option<(u32, u32)>,
+}
+
+/// `minivm restore`.
+#[derive(Debug, clap::Args)]
+pub struct RestoreArgs {
+    /// The snapshot directory (`run --snapshot-to DIR`).
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+
+    /// Stop the VM after this many seconds (exit 124).
+    #[arg(long, value_name = "SECONDS")]
+    pub timeout: Option<u64>,
+
+    /// As for `run`.
+    #[arg(long, value_enum, value_name = "on|log|off", default_value_t = SeccompMode::On)]
+    pub seccomp: SeccompMode,
+
+    /// As for `run`: minivm's own share of the run.
+    #[arg(long)]
+    pub timings: bool,
 }
 
 /// `UID[:GID]` (numbers; GID defaults to UID).

@@ -66,6 +66,10 @@ pub struct VmConfig {
     pub seccomp: crate::cli::SeccompMode,
     /// How the guest meets minivm's stdin, stdout and stderr.
     pub io: GuestIo,
+    /// `--snapshot-to`: where to save the VM at its snapshot point.
+    pub snapshot_to: Option<PathBuf>,
+    /// `minivm restore`: the snapshot to start from instead of a kernel.
+    pub restore: Option<std::sync::Arc<crate::snapshot::Loaded>>,
 }
 
 impl VmConfig {

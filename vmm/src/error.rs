@@ -45,6 +45,7 @@ impl Error {
                 | Error::Spec(
                     SpecError::NeedsImage { .. }
                         | SpecError::JailUserLayers { .. }
+                        | SpecError::Snapshot(_)
                         | SpecError::Target(
                             TargetError::Ambiguous { .. } | TargetError::Invalid { .. }
                         )

@@ -22,6 +22,7 @@ mod root;
 mod session;
 mod shutdown;
 mod signals;
+mod snapshot;
 mod spec;
 mod streams;
 mod target;
@@ -76,6 +77,8 @@ fn exit_code(reason: ExitReason) -> u8 {
         ExitReason::GuestPanic | ExitReason::Crash => EXIT_GUEST_CRASH,
         ExitReason::HostSignal(sig) => 128u8.saturating_add(sig as u8),
         ExitReason::Timeout => EXIT_TIMEOUT,
+        // Only seen if the snapshot could not be written (an error then).
+        ExitReason::Snapshot => EXIT_ERROR,
     }
 }
 
@@ -129,6 +132,7 @@ fn main() -> ExitCode {
 fn dispatch(command: Command, start: Instant) -> Result<ExitCode, Error> {
     match command {
         Command::Run(args) => return run(&args, start),
+        Command::Restore(args) => return restore(&args, start),
         Command::Convert(a) => images::convert_cmd(&a.reference, &a.output, &a.image)?,
         Command::Pull(a) => images::pull_cmd(&a.reference, &a.image)?,
         Command::Images => images::images_cmd(),
@@ -169,17 +173,52 @@ fn run(args: &cli::RunArgs, start: Instant) -> Result<ExitCode, Error> {
         },
     };
     let end = lifecycle::run(&config, host, spec.restart, start)?;
-    let reason = end.reason;
+    report_end(end.reason);
+    // The writable layer goes before the end is timed.
+    drop(root);
+    if args.timings {
+        eprintln!("minivm: {}", timings(start, &end, Instant::now()));
+    }
+    Ok(ExitCode::from(exit_code(end.reason)))
+}
+
+fn report_end(reason: ExitReason) {
     match reason {
         ExitReason::GuestPanic => eprintln!("minivm: the guest kernel panicked"),
         ExitReason::HostSignal(s) => eprintln!("minivm: stopped by signal {s}"),
         ExitReason::Timeout => eprintln!("minivm: stopped: --timeout passed"),
         r => tracing::info!("guest ended: {r:?}"),
     }
-    // The writable layer goes before the end is timed.
-    drop(root);
+}
+
+/// `minivm restore`: check the snapshot, start the VM from it, run it to
+/// its end like `run`.
+fn restore(args: &cli::RestoreArgs, start: Instant) -> Result<ExitCode, Error> {
+    let pvm = cpuid::is_pvm_host();
+    let loaded = snapshot::load(&args.dir, pvm).map_err(vm::VmError::Snapshot)?;
+    let config = config::VmConfig {
+        kernel: std::path::PathBuf::new(),
+        initrd: None,
+        disk: None,
+        shares: Vec::new(),
+        nets: Vec::new(),
+        mem_size: loaded.snapshot.mem_size,
+        cpus: u8::try_from(loaded.snapshot.vcpus.len()).unwrap_or(u8::MAX),
+        cmdline: String::new(),
+        rng: false,
+        shutdown_timeout: std::time::Duration::ZERO,
+        timeout: args.timeout.map(std::time::Duration::from_secs),
+        fs_stats: false,
+        seccomp: args.seccomp,
+        io: config::GuestIo::Console,
+        snapshot_to: None,
+        restore: Some(std::sync::Arc::new(loaded)),
+    };
+    let host = HostHandles::open(&config)?;
+    let end = lifecycle::run(&config, host, false, start)?;
+    report_end(end.reason);
     if args.timings {
         eprintln!("minivm: {}", timings(start, &end, Instant::now()));
     }
-    Ok(ExitCode::from(exit_code(reason)))
+    Ok(ExitCode::from(exit_code(end.reason)))
 }

@@ -175,6 +175,8 @@ impl PreparedRoot {
                 },
                 None => GuestIo::Console,
             },
+            snapshot_to: spec.snapshot_to.clone(),
+            restore: None,
         }
     }
 }
@@ -229,6 +231,7 @@ mod tests {
             fs_stats: false,
             seccomp: crate::cli::SeccompMode::On,
             jail: None,
+            snapshot_to: None,
             overrides: Default::default(),
         }
     }

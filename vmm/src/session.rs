@@ -111,7 +111,8 @@ impl Session {
     /// built by the main thread after it confined itself (`--restart`).
     pub fn open(config: &VmConfig, restart: bool, host: HostHandles) -> Result<Session, VmError> {
         let main = MainNeeds {
-            rebuild_vm: restart,
+            // Saving a snapshot reads KVM state on the main thread and writes files.
+            rebuild_vm: restart || config.snapshot_to.is_some(),
         };
         let seccomp = match config.seccomp {
             SeccompMode::On => Policy::new(main, Denied::Stop),

@@ -54,6 +54,9 @@ pub enum SpecError {
     /// IMAGE names nothing bootable.
     #[error(transparent)]
     Target(#[from] TargetError),
+    /// `--snapshot-to` with a device or set-up it cannot save yet.
+    #[error("--snapshot-to: {0}")]
+    Snapshot(String),
     /// `--jail-user` other than root with an image over virtio-fs.
     #[error(
         "--jail-user {uid}: an image over --virtiofs is served from layers unpacked for the user \
@@ -72,6 +75,49 @@ pub struct JailSpec {
     pub uid: u32,
     /// The group minivm runs as in the jail.
     pub gid: u32,
+}
+
+/// `--snapshot-to`: a new directory, and a VM whose state can be saved
+/// (no virtio device yet: their state is not saved).
+fn snapshot_spec(args: &RunArgs, root: &RootSpec) -> Result<Option<PathBuf>, SpecError> {
+    let Some(dir) = &args.snapshot_to else {
+        return Ok(None);
+    };
+    let refuse = |what: &str| {
+        Err(SpecError::Snapshot(format!(
+            "saving {what} is not supported yet (the VM may have no virtio device: use --no-rng, \
+             and no disk, share, network or command)"
+        )))
+    };
+    if !matches!(root, RootSpec::None) {
+        return refuse("a root disk or file system");
+    }
+    if !args.share.is_empty() || !args.net.is_empty() {
+        return refuse("shares and networks");
+    }
+    if !args.no_rng {
+        return refuse("virtio-rng");
+    }
+    if !args.command.is_empty() || args.entrypoint.is_some() {
+        return refuse("the guest agent's console");
+    }
+    if args.restart || args.jail.is_some() {
+        return Err(SpecError::Snapshot(
+            "goes with neither --restart nor --jail yet".into(),
+        ));
+    }
+    if dir.exists() {
+        return Err(SpecError::Snapshot(format!(
+            "{}: already exists (snapshots are new directories)",
+            dir.display()
+        )));
+    }
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+    let parent = parent.unwrap_or(Path::new("."));
+    check_dir("--snapshot-to's parent directory", parent)?;
+    Ok(Some(
+        std::path::absolute(dir).unwrap_or_else(|_| dir.clone()),
+    ))
 }
 
 fn jail_spec(args: &RunArgs, root: &RootSpec) -> Result<Option<JailSpec>, SpecError> {
@@ -207,6 +253,8 @@ pub struct RunSpec {
     pub seccomp: crate::cli::SeccompMode,
     /// `--jail`, `--jail-user`.
     pub jail: Option<JailSpec>,
+    /// `--snapshot-to`.
+    pub snapshot_to: Option<PathBuf>,
     /// `-- CMD`, `--entrypoint`, `-e`, `--workdir`, `--user`.
     pub overrides: Overrides,
 }
@@ -241,6 +289,7 @@ impl RunSpec {
             check_readable("initrd", i)?;
         }
         let jail = jail_spec(args, &root)?;
+        let snapshot_to = snapshot_spec(args, &root)?;
         let cmdline = match &args.cmdline {
             Some(c) => c.clone(),
             None => {
@@ -269,6 +318,7 @@ impl RunSpec {
             fs_stats: args.fs_stats,
             seccomp: args.seccomp,
             jail,
+            snapshot_to,
             overrides: Overrides {
                 command: args.command.clone(),
                 entrypoint: args.entrypoint.clone(),
@@ -445,6 +495,7 @@ mod tests {
             readonly: true,
             shutdown_timeout: 0,
             restart: false,
+            snapshot_to: None,
             timeout: None,
             fs_stats: false,
             seccomp: crate::cli::SeccompMode::On,

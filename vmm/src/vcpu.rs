@@ -143,9 +143,52 @@ impl Vcpu {
         })
     }
 
+    /// A vCPU in the state `state` (of a snapshot), with no set-up of its own.
+    pub fn restored(
+        vm: &VmFd,
+        id: u8,
+        state: &crate::snapshot::VcpuState,
+        buses: Buses,
+        exit: ExitHandle,
+    ) -> Result<Self, crate::snapshot::SnapshotError> {
+        let fd = vm.create_vcpu(u64::from(id)).map_err(|source| {
+            crate::snapshot::SnapshotError::Kvm {
+                what: "create vCPU",
+                source,
+            }
+        })?;
+        state.restore(&fd)?;
+        Ok(Vcpu {
+            fd,
+            id,
+            buses,
+            exit,
+        })
+    }
+
+    /// The vCPU's KVM fd.
+    pub fn fd(&self) -> &VcpuFd {
+        &self.fd
+    }
+
+    /// Completes an I/O exit the vCPU stopped on: one KVM_RUN with
+    /// immediate exit, which finishes the pending access and returns EINTR
+    /// without running guest code. Its state is then safe to save.
+    pub fn settle(&mut self) -> Result<(), kvm_ioctls::Error> {
+        self.fd.set_kvm_immediate_exit(1);
+        let r = match self.fd.run() {
+            Err(e) if e.errno() == libc::EINTR => Ok(()),
+            Err(e) => Err(e),
+            // An exit before the immediate exit took: nothing more pending.
+            Ok(_) => Ok(()),
+        };
+        self.fd.set_kvm_immediate_exit(0);
+        r
+    }
+
     /// Runs until the VM should stop or `stop` is set (the thread is then
-    /// kicked out of KVM_RUN with a signal).
-    pub fn run(mut self, stop: Arc<AtomicBool>) {
+    /// kicked out of KVM_RUN with a signal); gives the vCPU back.
+    pub fn run(mut self, stop: Arc<AtomicBool>) -> Self {
         let flag: *mut u8 = &mut self.fd.get_kvm_run().immediate_exit;
         IMMEDIATE_EXIT.with(|p| p.set(flag));
         while !stop.load(Ordering::Acquire) && self.exit.reason().is_none() {
@@ -155,6 +198,7 @@ impl Vcpu {
             }
         }
         IMMEDIATE_EXIT.with(|p| p.set(std::ptr::null_mut()));
+        self
     }
 
     fn run_once(&mut self) -> Option<ExitReason> {

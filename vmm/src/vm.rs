@@ -49,6 +49,9 @@ pub enum VmError {
     /// /dev/kvm missing or not usable.
     #[error("cannot use {KVM_DEV}: {} (is KVM available and are you allowed to use it?)", io_reason(.0))]
     KvmOpen(#[source] std::io::Error),
+    /// Writing or restoring a snapshot failed.
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
     /// The host's KVM lacks something minivm needs.
     #[error("KVM lacks a required capability: {0}")]
     KvmCapability(&'static str),
@@ -170,13 +173,18 @@ fn create_vm(kvm: &Kvm) -> Result<VmFd, VmError> {
     Ok(vm)
 }
 
-fn create_memory(vm: &VmFd, size: u64) -> Result<Arc<GuestMemory>, VmError> {
-    let ranges: Vec<(GuestAddress, usize)> = boot::layout::ram_ranges(size)
-        .into_iter()
-        .map(|(s, l)| (GuestAddress(s), l as usize))
-        .collect();
-    let mem =
-        GuestMemory::from_ranges(&ranges).map_err(|source| VmError::Memory { size, source })?;
+fn create_memory(vm: &VmFd, config: &VmConfig) -> Result<Arc<GuestMemory>, VmError> {
+    let size = config.mem_size;
+    let mem = match &config.restore {
+        Some(l) => crate::snapshot::map_memory(l).map_err(VmError::Snapshot)?,
+        None => {
+            let ranges: Vec<(GuestAddress, usize)> = boot::layout::ram_ranges(size)
+                .into_iter()
+                .map(|(s, l)| (GuestAddress(s), l as usize))
+                .collect();
+            GuestMemory::from_ranges(&ranges).map_err(|source| VmError::Memory { size, source })?
+        }
+    };
     for (slot, region) in mem.iter().enumerate() {
         let r = kvm_userspace_memory_region {
             slot: slot as u32,
@@ -233,19 +241,26 @@ fn setup_devices(
         in_buffer_empty: EventFd::new(libc::EFD_NONBLOCK)
             .map_err(host_err("serial input event"))?,
     });
-    let serial = Arc::new(Mutex::new(SerialDevice::new(
-        serial_irq,
-        serial_input.clone(),
-        console.writer(),
-    )));
+    let serial = match &config.restore {
+        None => SerialDevice::new(serial_irq, serial_input.clone(), console.writer()),
+        Some(l) => SerialDevice::from_state(
+            &(&l.snapshot.serial).into(),
+            serial_irq,
+            serial_input.clone(),
+            console.writer(),
+        )
+        .map_err(|e| VmError::Snapshot(crate::snapshot::SnapshotError::Serial(e)))?,
+    };
+    let serial = Arc::new(Mutex::new(serial));
+    let mut harness = HarnessPorts::new(exit.clone(), start);
+    if config.snapshot_to.is_some() {
+        harness = harness.snapshot_at_marker();
+    }
     // The port map is boot::ports, which the ACPI tables announce too.
     let port_devices: [(Arc<Mutex<dyn BusDevice>>, PortRange); 4] = [
         (serial.clone(), ports::COM1),
         (Arc::new(Mutex::new(I8042::new(exit.clone()))), ports::I8042),
-        (
-            Arc::new(Mutex::new(HarnessPorts::new(exit.clone(), start))),
-            ports::HARNESS,
-        ),
+        (Arc::new(Mutex::new(harness)), ports::HARNESS),
         (
             Arc::new(Mutex::new(AcpiPmDevice::new(exit.clone()))),
             ports::ACPI_PM,
@@ -444,16 +459,20 @@ pub fn boot(
 ) -> Result<BootEnd, VmError> {
     let kvm = session.kvm();
     let vm = create_vm(&kvm)?;
-    let mem = create_memory(&vm, config.mem_size)?;
+    let mem = create_memory(&vm, config)?;
     let pvm = session.pvm();
     if pvm {
         tracing::info!("kvm-pvm host: hiding unsupported CPU features and enabling the guest kernel's work-arounds");
     }
 
-    let kernel = boot::loader::load_kernel(&mem, &config.kernel)?;
-    let initrd = match &config.initrd {
-        Some(p) => Some(boot::loader::load_initrd(&mem, p, &kernel)?),
-        None => None,
+    // A restored VM's memory holds its kernel already.
+    let kernel = match config.restore {
+        None => Some(boot::loader::load_kernel(&mem, &config.kernel)?),
+        Some(_) => None,
+    };
+    let initrd = match (&config.initrd, &kernel) {
+        (Some(p), Some(k)) => Some(boot::loader::load_initrd(&mem, p, k)?),
+        _ => None,
     };
 
     let exit = ExitHandle::new().map_err(host_err("exit event"))?;
@@ -469,11 +488,13 @@ pub fn boot(
         signals::set_control(control.as_raw_fd());
     }
 
-    let cmdline = full_cmdline(config, &devs.cmdline_extra, pvm);
-    tracing::info!("kernel {} command line: {cmdline}", config.kernel.display());
-    boot::bootparams::write_boot_params(&mem, &kernel, &cmdline, initrd.as_ref())?;
-    let rsdp = boot::acpi::create_acpi_tables(&mem, config.cpus, &devs.virtio_mmio)?;
-    boot::acpi::write_rsdp_pointer(&mem, rsdp)?;
+    if let Some(kernel) = &kernel {
+        let cmdline = full_cmdline(config, &devs.cmdline_extra, pvm);
+        tracing::info!("kernel {} command line: {cmdline}", config.kernel.display());
+        boot::bootparams::write_boot_params(&mem, kernel, &cmdline, initrd.as_ref())?;
+        let rsdp = boot::acpi::create_acpi_tables(&mem, config.cpus, &devs.virtio_mmio)?;
+        boot::acpi::write_rsdp_pointer(&mem, rsdp)?;
+    }
 
     let buses = Buses {
         pio: Arc::new(devs.pio),
@@ -481,17 +502,31 @@ pub fn boot(
     };
     let mut vcpus = Vec::new();
     for id in 0..config.cpus {
-        vcpus.push(Vcpu::new(
-            &kvm,
-            &vm,
-            &mem,
-            id,
-            config.cpus,
-            kernel.entry,
-            pvm,
-            buses.clone(),
-            exit.clone(),
-        )?);
+        vcpus.push(match (&kernel, &config.restore) {
+            (Some(kernel), _) => Vcpu::new(
+                &kvm,
+                &vm,
+                &mem,
+                id,
+                config.cpus,
+                kernel.entry,
+                pvm,
+                buses.clone(),
+                exit.clone(),
+            )?,
+            (None, Some(l)) => {
+                let state = &l.snapshot.vcpus[usize::from(id)];
+                let v = Vcpu::restored(&vm, id, state, buses.clone(), exit.clone())
+                    .map_err(VmError::Snapshot)?;
+                crate::snapshot::match_tsc(l, v.fd()).map_err(VmError::Snapshot)?;
+                v
+            }
+            (None, None) => unreachable!("a VM without a kernel is a restored one"),
+        });
+    }
+    // The VM's own state goes in after its vCPUs'.
+    if let Some(l) = &config.restore {
+        l.snapshot.vm.restore(&vm).map_err(VmError::Snapshot)?;
     }
 
     let mut em: EventManager<Subscriber> = EventManager::new()?;
@@ -516,7 +551,7 @@ pub fn boot(
     }
 
     let stop = Arc::new(AtomicBool::new(false));
-    let mut threads: Vec<JoinHandle<()>> = Vec::new();
+    let mut threads: Vec<JoinHandle<Option<Vcpu>>> = Vec::new();
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let gate = Arc::new(StartGate::default());
@@ -532,11 +567,13 @@ pub fn boot(
         let t = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
             .spawn(move || {
+                let mut kept = None;
                 if filter.apply_and_report(&ready) && gate.wait() {
                     entered.get_or_init(Instant::now);
-                    vcpu.run(stop);
+                    kept = Some(vcpu.run(stop));
                 }
                 let _ = done.send(());
+                kept
             });
         match t {
             Ok(t) => threads.push(t),
@@ -562,7 +599,7 @@ pub fn boot(
     });
     gate.open(confined.is_ok());
     if let Err(e) = confined {
-        stop_vcpus(threads, &done_rx);
+        drop(stop_vcpus(threads, &done_rx));
         return Err(e);
     }
 
@@ -572,7 +609,14 @@ pub fn boot(
         .as_ref()
         .is_some_and(|s| s.lock().unwrap().requested());
     stop.store(true, Ordering::Release);
-    stop_vcpus(threads, &done_rx);
+    let stopped = stop_vcpus(threads, &done_rx);
+    let result = match result {
+        Ok(ExitReason::Snapshot) => snapshot(config, &kvm, &vm, stopped, &mem, &devs.serial, pvm),
+        other => {
+            drop(stopped);
+            other
+        }
+    };
     if let Some((t, _)) = &devs.streams {
         t.lock().unwrap().vcpus_stopped();
     }
@@ -646,7 +690,42 @@ fn min_wait(wait_ms: i32, until: Option<Duration>) -> i32 {
 
 /// Kicks the vCPUs out of KVM_RUN until all have stopped (a kick can land
 /// just before a thread enters KVM_RUN, hence the repeats), then joins them.
-fn stop_vcpus(threads: Vec<JoinHandle<()>>, done: &std::sync::mpsc::Receiver<()>) {
+/// Writes the snapshot of the stopped VM (`--snapshot-to`); the run then
+/// ends as if the guest had exited with 0.
+fn snapshot(
+    config: &VmConfig,
+    kvm: &Kvm,
+    vm: &VmFd,
+    mut vcpus: Vec<Vcpu>,
+    mem: &GuestMemory,
+    serial: &Mutex<SerialDevice>,
+    pvm: bool,
+) -> Result<ExitReason, VmError> {
+    let dir = config
+        .snapshot_to
+        .as_deref()
+        .expect("a snapshot point only with --snapshot-to");
+    if vcpus.len() != usize::from(config.cpus) {
+        return Err(VmError::Snapshot(crate::snapshot::SnapshotError::Invalid {
+            what: "a vCPU thread did not stop".into(),
+        }));
+    }
+    for v in &mut vcpus {
+        v.settle()
+            .map_err(kvm_err("complete the vCPU's last exit"))?;
+    }
+    let serial = serial.lock().unwrap().state().into();
+    let fds: Vec<&kvm_ioctls::VcpuFd> = vcpus.iter().map(Vcpu::fd).collect();
+    crate::snapshot::save(dir, kvm, vm, &fds, mem, serial, pvm).map_err(VmError::Snapshot)?;
+    eprintln!("minivm: snapshot written to {}", dir.display());
+    Ok(ExitReason::GuestExit(0))
+}
+
+/// Stops the vCPU threads and gives back the vCPUs of those that ran.
+fn stop_vcpus(
+    threads: Vec<JoinHandle<Option<Vcpu>>>,
+    done: &std::sync::mpsc::Receiver<()>,
+) -> Vec<Vcpu> {
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut running = threads.len();
     while running > 0 && Instant::now() < deadline {
@@ -661,11 +740,13 @@ fn stop_vcpus(threads: Vec<JoinHandle<()>>, done: &std::sync::mpsc::Receiver<()>
     }
     if running == 0 {
         // Every thread has left its run loop; joining only waits for its last instructions.
-        for t in threads {
-            let _ = t.join();
-        }
+        threads
+            .into_iter()
+            .filter_map(|t| t.join().ok().flatten())
+            .collect()
     } else {
         tracing::warn!("{running} vCPU thread(s) did not stop");
+        Vec::new()
     }
 }
 
@@ -701,6 +782,8 @@ mod tests {
             fs_stats: false,
             seccomp: crate::cli::SeccompMode::Off,
             io: config::GuestIo::Console,
+            snapshot_to: None,
+            restore: None,
         };
         let extra = ["virtio_mmio.device=4K@0xd0000000:5".to_string()];
         assert_eq!(

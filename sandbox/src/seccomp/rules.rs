@@ -105,6 +105,10 @@ const MAIN_REBUILD: &[i64] = &[
     libc::SYS_seccomp,
     libc::SYS_set_robust_list,
     libc::SYS_umask,
+    // Writing a snapshot (`--snapshot-to`, which widens the filter too).
+    libc::SYS_mkdir,
+    libc::SYS_rename,
+    libc::SYS_pwrite64,
 ];
 
 /// Namespace flags of clone(2) and unshare(2).

@@ -1,0 +1,185 @@
+//! `run --snapshot-to DIR` and `minivm restore DIR`: a tiny guest counting
+//! in a register is saved mid-count and restored three times, each copy
+//! going on from the saved count to the right exit status; the snapshot is
+//! not changed by restoring it; damaged or foreign snapshots are refused
+//! with a clear error before anything starts.
+
+use std::path::Path;
+use std::time::Duration;
+
+use testkit::*;
+
+const T: Duration = Duration::from_secs(60);
+
+/// Every file's name and content under `dir`.
+fn contents(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn counting_guest(dir: &Path) -> String {
+    let g = TinyGuest {
+        message: b"count:".to_vec(),
+        boot_marker: false,
+        end: TinyEnd::Count { to: 9, marker: 3 },
+    };
+    g.write(dir, "count.elf").to_str().unwrap().to_string()
+}
+
+#[test]
+fn a_counting_guest_is_saved_mid_count_and_restored_three_times() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = scratch_dir("snapshot-count");
+    let k = counting_guest(&dir);
+    let snap = dir.join("snap");
+    let s = snap.to_str().unwrap();
+
+    // Without a snapshot the guest counts A..I and exits with 9.
+    let out = run_minivm(["run", "--kernel", &k, "--mem", "32M", "--no-rng"], T);
+    assert_eq!(
+        (out.code(), out.stdout.as_str()),
+        (9, "count:ABCDEFGHI"),
+        "{out:#?}"
+    );
+
+    let out = run_minivm(
+        [
+            "run",
+            "--kernel",
+            &k,
+            "--mem",
+            "32M",
+            "--no-rng",
+            "--snapshot-to",
+            s,
+        ],
+        T,
+    );
+    assert_eq!(out.code(), 0, "{out:#?}");
+    assert_eq!(out.stdout, "count:ABC", "stops at the snapshot point");
+    assert!(out.stderr.contains("snapshot written to"), "{}", out.stderr);
+    let saved = contents(&snap);
+    let names: Vec<&str> = saved.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["memory", "state"]);
+    assert_eq!(
+        saved[0].1.len(),
+        32 << 20,
+        "the memory file is the guest's RAM"
+    );
+    let allocated = std::fs::metadata(snap.join("memory")).map(|m| {
+        use std::os::unix::fs::MetadataExt;
+        m.blocks() * 512
+    });
+    assert!(allocated.unwrap() < 1 << 20, "zero pages are holes");
+
+    for _ in 0..3 {
+        let out = run_minivm(["restore", s], T);
+        assert_eq!(out.code(), 9, "{out:#?}");
+        assert_eq!(out.stdout, "DEFGHI", "goes on from the saved count");
+    }
+    assert!(contents(&snap) == saved, "restoring changed the snapshot");
+
+    // An existing directory is not overwritten.
+    let out = run_minivm(["run", "--kernel", &k, "--no-rng", "--snapshot-to", s], T);
+    assert_eq!(out.code(), 2, "{out:#?}");
+    assert!(out.stderr.contains("already exists"), "{}", out.stderr);
+}
+
+#[test]
+fn damaged_or_foreign_snapshots_are_refused() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = scratch_dir("snapshot-bad");
+    let k = counting_guest(&dir);
+    let good = dir.join("good");
+    let out = run_minivm(
+        [
+            "run",
+            "--kernel",
+            &k,
+            "--mem",
+            "16M",
+            "--no-rng",
+            "--snapshot-to",
+            good.to_str().unwrap(),
+        ],
+        T,
+    );
+    assert_eq!(out.code(), 0, "{out:#?}");
+    let state = std::fs::read(good.join("state")).unwrap();
+    let copy = |name: &str, state: &[u8], memory_len: Option<u64>| {
+        let d = dir.join(name);
+        std::fs::create_dir(&d).unwrap();
+        std::fs::write(d.join("state"), state).unwrap();
+        std::fs::copy(good.join("memory"), d.join("memory")).unwrap();
+        if let Some(len) = memory_len {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(d.join("memory"))
+                .unwrap()
+                .set_len(len)
+                .unwrap();
+        }
+        d
+    };
+    let mut flipped = state.clone();
+    let last = flipped.len() - 2;
+    flipped[last] ^= 0x01;
+    let other_version =
+        String::from_utf8_lossy(&state).replacen("minivm-snapshot 1\n", "minivm-snapshot 99\n", 1);
+    let cases = [
+        (
+            copy("truncated", &state[..state.len() / 2], None),
+            "checksum does not match",
+        ),
+        (copy("flipped", &flipped, None), "checksum does not match"),
+        (
+            copy("version", other_version.as_bytes(), None),
+            "made in format \"99\"",
+        ),
+        (
+            copy("short-memory", &state, Some(4096)),
+            "4096 bytes, the state says",
+        ),
+        (
+            copy("not-a-snapshot", b"hello\n", None),
+            "not a minivm snapshot",
+        ),
+    ];
+    for (d, want) in &cases {
+        let out = run_minivm(["restore", d.to_str().unwrap()], T);
+        assert_eq!(out.code(), 1, "{out:#?}");
+        assert!(out.stderr.contains(want), "{}: {}", d.display(), out.stderr);
+        assert_eq!(out.stdout, "", "nothing ran");
+    }
+    let out = run_minivm(["restore", dir.join("missing").to_str().unwrap()], T);
+    assert_eq!(out.code(), 1, "{out:#?}");
+    assert!(out.stderr.contains("state: no such file"), "{}", out.stderr);
+
+    // What cannot be saved yet is refused before the VM starts.
+    let out = run_minivm(
+        [
+            "run",
+            "--kernel",
+            &k,
+            "--snapshot-to",
+            dir.join("rng").to_str().unwrap(),
+        ],
+        T,
+    );
+    assert_eq!(out.code(), 2, "{out:#?}");
+    assert!(out.stderr.contains("virtio-rng"), "{}", out.stderr);
+}
