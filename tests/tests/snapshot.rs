@@ -183,3 +183,46 @@ fn damaged_or_foreign_snapshots_are_refused() {
     assert_eq!(out.code(), 2, "{out:#?}");
     assert!(out.stderr.contains("virtio-rng"), "{}", out.stderr);
 }
+
+/// A busybox Linux guest (initramfs, no virtio device) saved at its
+/// boot-finished port and restored twice: each copy goes on after the
+/// port write, keeps time (three one-second sleeps: the LAPIC timer and
+/// clocks came back) and exits with its status.
+#[test]
+fn a_linux_guest_is_saved_after_boot_and_restored() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = scratch_dir("snapshot-linux");
+    let init = format!(
+        "#!/bin/sh\nmount -t proc proc /proc\nmount -t devtmpfs dev /dev\necho BEFORE-SNAPSHOT\n\
+         printf '\\001' | dd of=/dev/port bs=1 seek=245 count=1 2>/dev/null\necho AFTER-POINT\n\
+         for i in 1 2 3; do sleep 1; echo \"tick $i\"; done\n{}\n",
+        exit_port_cmd(33)
+    );
+    let snap = dir.join("snap");
+    let mut args = initramfs_boot_args(&dir, &init);
+    args.extend(["--mem", "128M", "--no-rng", "--snapshot-to"].map(String::from));
+    args.push(snap.to_str().unwrap().to_string());
+    let out = run_minivm(&args, BOOT_TIMEOUT);
+    assert_eq!(out.code(), 0, "{out:#?}");
+    assert!(out.stdout.contains("BEFORE-SNAPSHOT"), "{out:#?}");
+    assert!(
+        !out.stdout.contains("AFTER-POINT"),
+        "stopped at the point: {out:#?}"
+    );
+    for _ in 0..2 {
+        let out = run_minivm(["restore", snap.to_str().unwrap()], BOOT_TIMEOUT);
+        assert_eq!(out.code(), 33, "{out:#?}");
+        assert!(!out.stdout.contains("BEFORE-SNAPSHOT"), "{out:#?}");
+        let after = out
+            .stdout
+            .find("AFTER-POINT")
+            .expect("goes on after the point");
+        let ticks = &out.stdout[after..];
+        assert!(
+            ticks.contains("tick 1") && ticks.contains("tick 3"),
+            "{out:#?}"
+        );
+    }
+}
