@@ -246,8 +246,8 @@ pub struct RunArgs {
 
     /// Save the VM to DIR (a new directory) when the guest first writes the
     /// boot-finished port (0xf5), then end with 0; `minivm restore DIR`
-    /// starts copies of it. For now only VMs without virtio devices (so
-    /// with --no-rng, no disk, share, network or command).
+    /// starts copies of it. For now only VMs without a disk, share,
+    /// network or command (virtio-rng is saved).
     #[arg(long, value_name = "DIR")]
     pub snapshot_to: Option<PathBuf>,
 

@@ -205,7 +205,7 @@ fn restore(args: &cli::RestoreArgs, start: Instant) -> Result<ExitCode, Error> {
         mem_size: loaded.snapshot.mem_size,
         cpus: u8::try_from(loaded.snapshot.vcpus.len()).unwrap_or(u8::MAX),
         cmdline: String::new(),
-        rng: false,
+        rng: loaded.snapshot.rng,
         shutdown_timeout: std::time::Duration::ZERO,
         timeout: args.timeout.map(std::time::Duration::from_secs),
         fs_stats: false,

@@ -85,8 +85,8 @@ fn snapshot_spec(args: &RunArgs, root: &RootSpec) -> Result<Option<PathBuf>, Spe
     };
     let refuse = |what: &str| {
         Err(SpecError::Snapshot(format!(
-            "saving {what} is not supported yet (the VM may have no virtio device: use --no-rng, \
-             and no disk, share, network or command)"
+            "saving {what} is not supported yet (a VM to snapshot has no disk, share, network or \
+             command for now)"
         )))
     };
     if !matches!(root, RootSpec::None) {
@@ -94,9 +94,6 @@ fn snapshot_spec(args: &RunArgs, root: &RootSpec) -> Result<Option<PathBuf>, Spe
     }
     if !args.share.is_empty() || !args.net.is_empty() {
         return refuse("shares and networks");
-    }
-    if !args.no_rng {
-        return refuse("virtio-rng");
     }
     if !args.command.is_empty() || args.entrypoint.is_some() {
         return refuse("the guest agent's console");

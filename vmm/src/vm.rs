@@ -207,6 +207,8 @@ struct Devices {
     pio: Bus,
     mmio: Bus,
     subscribers: Vec<Subscriber>,
+    /// Every virtio-mmio transport, in slot order (a snapshot's order).
+    transports: Vec<Transport>,
     serial: Arc<Mutex<SerialDevice>>,
     serial_input: Arc<InputEvents>,
     cmdline_extra: Vec<String>,
@@ -244,7 +246,7 @@ fn setup_devices(
     let serial = match &config.restore {
         None => SerialDevice::new(serial_irq, serial_input.clone(), console.writer()),
         Some(l) => SerialDevice::from_state(
-            &(&l.snapshot.serial).into(),
+            &(&l.snapshot.devices.serial).into(),
             serial_irq,
             serial_input.clone(),
             console.writer(),
@@ -313,8 +315,10 @@ fn setup_devices(
             }
             None => None,
         };
+    let mut transports = Vec::new();
     for (transport, base) in slots.transports {
         mmio.insert(transport.clone(), base, VIRTIO_MMIO_SIZE)?;
+        transports.push(transport.clone());
         subscribers.push(transport);
     }
     // The devices are announced in the DSDT: with hardware-reduced ACPI a
@@ -329,6 +333,7 @@ fn setup_devices(
         pio,
         mmio,
         subscribers,
+        transports,
         serial,
         serial_input,
         cmdline_extra,
@@ -338,7 +343,8 @@ fn setup_devices(
     })
 }
 
-type Transport = Arc<Mutex<MmioTransport>>;
+/// A virtio-mmio transport shared by the MMIO bus and the event loop.
+pub type Transport = Arc<Mutex<MmioTransport>>;
 
 /// virtio-mmio devices placed so far: one 4 KiB window and one GSI each.
 #[derive(Default)]
@@ -524,9 +530,10 @@ pub fn boot(
             (None, None) => unreachable!("a VM without a kernel is a restored one"),
         });
     }
-    // The VM's own state goes in after its vCPUs'.
+    // The VM's own state goes in after its vCPUs', the devices' last.
     if let Some(l) = &config.restore {
         l.snapshot.vm.restore(&vm).map_err(VmError::Snapshot)?;
+        crate::snapshot::restore_devices(l, &devs.transports).map_err(VmError::Snapshot)?;
     }
 
     let mut em: EventManager<Subscriber> = EventManager::new()?;
@@ -611,7 +618,12 @@ pub fn boot(
     stop.store(true, Ordering::Release);
     let stopped = stop_vcpus(threads, &done_rx);
     let result = match result {
-        Ok(ExitReason::Snapshot) => snapshot(config, &kvm, &vm, stopped, &mem, &devs.serial, pvm),
+        Ok(ExitReason::Snapshot) => snapshot(
+            config,
+            (&kvm, &vm, stopped, &mem),
+            (&devs.serial, &devs.transports),
+            pvm,
+        ),
         other => {
             drop(stopped);
             other
@@ -694,11 +706,8 @@ fn min_wait(wait_ms: i32, until: Option<Duration>) -> i32 {
 /// ends as if the guest had exited with 0.
 fn snapshot(
     config: &VmConfig,
-    kvm: &Kvm,
-    vm: &VmFd,
-    mut vcpus: Vec<Vcpu>,
-    mem: &GuestMemory,
-    serial: &Mutex<SerialDevice>,
+    (kvm, vm, mut vcpus, mem): (&Kvm, &VmFd, Vec<Vcpu>, &GuestMemory),
+    (serial, transports): (&Mutex<SerialDevice>, &[Transport]),
     pvm: bool,
 ) -> Result<ExitReason, VmError> {
     let dir = config
@@ -714,9 +723,11 @@ fn snapshot(
         v.settle()
             .map_err(kvm_err("complete the vCPU's last exit"))?;
     }
-    let serial = serial.lock().unwrap().state().into();
+    let devices =
+        crate::snapshot::DeviceStates::save(serial, transports).map_err(VmError::Snapshot)?;
     let fds: Vec<&kvm_ioctls::VcpuFd> = vcpus.iter().map(Vcpu::fd).collect();
-    crate::snapshot::save(dir, kvm, vm, &fds, mem, serial, pvm).map_err(VmError::Snapshot)?;
+    crate::snapshot::save(dir, kvm, vm, &fds, mem, (devices, config.rng), pvm)
+        .map_err(VmError::Snapshot)?;
     eprintln!("minivm: snapshot written to {}", dir.display());
     Ok(ExitReason::GuestExit(0))
 }

@@ -110,6 +110,13 @@ pub trait VirtioDevice: Send {
     /// The vCPUs have stopped for good: finish what the guest queued but the
     /// event loop had not served yet (e.g. a console's last output).
     fn vcpus_stopped(&mut self) {}
+    /// The live positions of the device's queues, for a snapshot, while
+    /// it is activated; `None` for a device whose state is not saved (a
+    /// snapshot with it is refused). Devices whose only state is their
+    /// queues (virtio-rng) answer it.
+    fn queue_states(&self) -> Option<Vec<virtio_queue::QueueState>> {
+        None
+    }
     /// Host fds (e.g. a tap) the event loop watches for this device,
     /// edge-triggered for input; each event calls [`Self::process_host_event`]
     /// with the fd's index here. The fds must stay open as long as the device.

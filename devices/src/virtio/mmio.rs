@@ -522,5 +522,8 @@ impl MutEventSubscriber for MmioTransport {
     }
 }
 
+mod state;
 #[cfg(test)]
 mod tests;
+
+pub use state::TransportState;

@@ -66,6 +66,12 @@ impl Interrupt {
         self.status.load(Ordering::SeqCst)
     }
 
+    /// Sets InterruptStatus to a saved value, without raising the
+    /// interrupt (a restored VM's interrupt controllers hold its state).
+    pub fn set_status(&self, bits: u32) {
+        self.status.store(bits, Ordering::SeqCst);
+    }
+
     /// Clears `bits` (the driver's InterruptACK write).
     pub fn ack(&self, bits: u32) {
         self.status.fetch_and(!bits, Ordering::SeqCst);

@@ -37,6 +37,11 @@ impl ActiveQueue {
         }
     }
 
+    /// The queue's positions (for a snapshot).
+    pub(crate) fn state(&self) -> virtio_queue::QueueState {
+        self.queue.state()
+    }
+
     /// Serves every available chain with `handle`, which returns the chain's
     /// used length: drains with notifications suppressed, re-enables them and
     /// repeats if the driver added buffers meanwhile, then interrupts if the

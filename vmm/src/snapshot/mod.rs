@@ -11,11 +11,12 @@
 //!   host, and the VM's state (each vCPU's, the VM's own, the devices').
 //!
 //! It is written into a temporary directory beside DIR and renamed into
-//! place, so a kill -9 leaves no half snapshot. This version saves VMs with
-//! the legacy devices only (serial, i8042, ACPI and harness ports): the
-//! state of virtio devices (transport, queues, backends) is not saved yet,
-//! so a VM with any is refused before it starts.
+//! place, so a kill -9 leaves no half snapshot. Saved devices: the serial
+//! port, and virtio devices whose only state is their transport and queues
+//! (virtio-rng); the others (disks, file systems, networks, the agent's
+//! console) are refused before the VM starts.
 
+mod devices;
 mod state;
 
 use std::fs::File;
@@ -27,6 +28,7 @@ use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use serde::{Deserialize, Serialize};
 use vm_memory::{Bytes, GuestAddress, GuestMemory as _, GuestMemoryRegion, MemoryRegionAddress};
 
+pub use devices::{restore_devices, DeviceStates};
 pub use state::{VcpuState, VmState};
 
 use crate::io_reason::io_reason;
@@ -80,6 +82,9 @@ pub enum SnapshotError {
     /// The UART's saved state was refused.
     #[error("snapshot: serial port state: {0}")]
     Serial(String),
+    /// A virtio device's state cannot be saved, or was refused on restore.
+    #[error("snapshot: {0}")]
+    Device(String),
     /// Guest memory could not be read, written or mapped.
     #[error("snapshot: guest memory: {0}")]
     Memory(String),
@@ -155,11 +160,21 @@ fn cpu_vendor() -> String {
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
-/// The UART's registers (vm-superio's `SerialState`, which is not serde).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SerialState {
-    regs: [u8; 9],
-    in_buffer: Vec<u8>,
+/// Everything a snapshot holds besides guest memory.
+#[derive(Serialize, Deserialize)]
+pub struct Snapshot {
+    /// What the restoring host must match.
+    pub header: Header,
+    /// Guest memory in bytes.
+    pub mem_size: u64,
+    /// Whether the VM has a virtio-rng (the restored VM is set up alike).
+    pub rng: bool,
+    /// Each vCPU's state, by id.
+    pub vcpus: Vec<VcpuState>,
+    /// The VM's in-kernel devices and clock.
+    pub vm: VmState,
+    /// The devices.
+    pub devices: DeviceStates,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -170,58 +185,6 @@ impl std::fmt::Debug for Snapshot {
             .field("vcpus", &self.vcpus.len())
             .finish_non_exhaustive()
     }
-}
-
-impl From<vm_superio::serial::SerialState> for SerialState {
-    fn from(s: vm_superio::serial::SerialState) -> Self {
-        SerialState {
-            regs: [
-                s.baud_divisor_low,
-                s.baud_divisor_high,
-                s.interrupt_enable,
-                s.interrupt_identification,
-                s.line_control,
-                s.line_status,
-                s.modem_control,
-                s.modem_status,
-                s.scratch,
-            ],
-            in_buffer: s.in_buffer,
-        }
-    }
-}
-
-impl From<&SerialState> for vm_superio::serial::SerialState {
-    fn from(s: &SerialState) -> Self {
-        let r = s.regs;
-        vm_superio::serial::SerialState {
-            baud_divisor_low: r[0],
-            baud_divisor_high: r[1],
-            interrupt_enable: r[2],
-            interrupt_identification: r[3],
-            line_control: r[4],
-            line_status: r[5],
-            modem_control: r[6],
-            modem_status: r[7],
-            scratch: r[8],
-            in_buffer: s.in_buffer.clone(),
-        }
-    }
-}
-
-/// Everything a snapshot holds besides guest memory.
-#[derive(Serialize, Deserialize)]
-pub struct Snapshot {
-    /// What the restoring host must match.
-    pub header: Header,
-    /// Guest memory in bytes.
-    pub mem_size: u64,
-    /// Each vCPU's state, by id.
-    pub vcpus: Vec<VcpuState>,
-    /// The VM's in-kernel devices and clock.
-    pub vm: VmState,
-    /// The serial port.
-    pub serial: SerialState,
 }
 
 /// A snapshot read back, with its memory file open.
@@ -250,7 +213,7 @@ pub fn save(
     vm: &VmFd,
     vcpus: &[&VcpuFd],
     mem: &GuestMemory,
-    serial: SerialState,
+    (devices, rng): (DeviceStates, bool),
     pvm: bool,
 ) -> Result<(), SnapshotError> {
     if dir.exists() {
@@ -271,9 +234,10 @@ pub fn save(
     let snapshot = Snapshot {
         header: Header::here(pvm, tsc_khz),
         mem_size: mem.iter().map(|r| r.len()).sum(),
+        rng,
         vcpus: vcpu_states,
         vm: VmState::save(vm)?,
-        serial,
+        devices,
     };
     let name = dir.file_name().unwrap_or_default().to_string_lossy();
     let tmp = dir.with_file_name(format!(".{name}.tmp-{}", std::process::id()));

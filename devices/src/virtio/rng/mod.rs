@@ -166,6 +166,11 @@ impl VirtioDevice for Rng {
         active.serve(|mem, chain| filler.serve(mem, chain));
     }
 
+    fn queue_states(&self) -> Option<Vec<virtio_queue::QueueState>> {
+        // Not activated: nothing but the transport's registers to save.
+        Some(self.active.iter().map(ActiveQueue::state).collect())
+    }
+
     fn reset(&mut self) {
         self.active = None;
         self.virtio.acked_features = 0;

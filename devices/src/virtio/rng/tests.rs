@@ -213,9 +213,10 @@ fn impossible_avail_index_stops_the_queue_until_reset() {
     assert_eq!(used(&mq, 0), (0, 16));
 }
 
-#[test]
-fn full_path_through_mmio_transport() {
-    let m = mem();
+/// An rng device activated through the transport on a mock queue.
+fn activated_rng(
+    m: &std::sync::Arc<GuestMemory>,
+) -> (MmioTransport, MockSplitQueue<'_, GuestMemory>) {
     let irq = interrupt();
     let mut tr = MmioTransport::new(Box::new(Rng::new()), m.clone(), irq.clone()).unwrap();
     assert_eq!(reg_read(&mut tr, VIRTIO_MMIO_DEVICE_ID), VIRTIO_ID_RNG);
@@ -227,7 +228,7 @@ fn full_path_through_mmio_transport() {
     reg_write(&mut tr, VIRTIO_MMIO_STATUS, 0xb);
     assert_eq!(reg_read(&mut tr, VIRTIO_MMIO_STATUS), 0xb);
 
-    let mq = MockSplitQueue::create(&*m, GuestAddress(0x4_0000), QUEUE_SIZE);
+    let mq = MockSplitQueue::create(&**m, GuestAddress(0x4_0000), QUEUE_SIZE);
     reg_write(&mut tr, VIRTIO_MMIO_QUEUE_SEL, 0);
     assert_eq!(
         reg_read(&mut tr, VIRTIO_MMIO_QUEUE_NUM_MAX),
@@ -249,6 +250,13 @@ fn full_path_through_mmio_transport() {
     reg_write(&mut tr, VIRTIO_MMIO_STATUS, 0xf);
     assert!(tr.is_activated());
 
+    (tr, mq)
+}
+
+#[test]
+fn full_path_through_mmio_transport() {
+    let m = mem();
+    let (mut tr, mq) = activated_rng(&m);
     // Notified through the queue eventfd, as KVM's ioeventfd would.
     add_chain(&mq, 0, &[(BUF, 512, W)]);
     tr.queue_events()[0].write(1).unwrap();
@@ -259,4 +267,42 @@ fn full_path_through_mmio_transport() {
         reg_read(&mut tr, VIRTIO_MMIO_INTERRUPT_STATUS),
         INTERRUPT_STATUS_USED_RING
     );
+}
+
+/// A snapshot of an activated rng's transport, restored into a fresh
+/// transport around a fresh device, goes on where the first left off.
+#[test]
+fn transport_state_round_trips() {
+    let m = mem();
+    let (mut tr, mq) = activated_rng(&m);
+    add_chain(&mq, 0, &[(BUF, 16, W)]);
+    tr.queue_events()[0].write(1).unwrap();
+    tr.process_queue_event(0);
+    assert_eq!(used(&mq, 0), (0, 16));
+    let state = tr.save_state().unwrap();
+    assert!(state.activated);
+    assert_eq!(state.queues[0].next_avail, 1);
+    assert_eq!(state.queues[0].next_used, 1);
+
+    let mut fresh = MmioTransport::new(Box::new(Rng::new()), m.clone(), interrupt()).unwrap();
+    fresh.restore_state(&state).unwrap();
+    assert!(fresh.is_activated());
+    assert_eq!(reg_read(&mut fresh, VIRTIO_MMIO_STATUS), 0xf);
+    assert_eq!(fresh.save_state().unwrap(), state);
+    add_chain(&mq, 1, &[(BUF + 0x1000, 32, W)]);
+    fresh.queue_events()[0].write(1).unwrap();
+    fresh.process_queue_event(0);
+    assert_eq!(
+        used(&mq, 1),
+        (1, 32),
+        "the second chain, not the first again"
+    );
+
+    // A state saved from another kind of device is refused.
+    let mut wrong = state.clone();
+    wrong.device_type = 2;
+    let mut fresh = MmioTransport::new(Box::new(Rng::new()), m.clone(), interrupt()).unwrap();
+    let e = fresh.restore_state(&wrong).unwrap_err();
+    assert!(e.contains("device type 2"), "{e}");
+    assert!(!fresh.is_activated());
 }
