@@ -643,6 +643,7 @@ pub fn boot(
     drop(em);
     drop(buses);
     drop(devs.subscribers);
+    drop(devs.transports);
     devs.kept.give_back(session.parts().0);
     Ok(BootEnd {
         reason: result?,
