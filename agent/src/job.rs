@@ -8,7 +8,14 @@
 //!   `stdio` (`console`, the default; `ports`: minivm's virtio-console ports
 //!   `minivm.stdout`, `minivm.stderr` and, with `stdin=1`, `minivm.stdin`;
 //!   `tty`: the serial console as the command's terminal), `stdin`
-//!   (`0`/`1`) and `winsize` (`ROWSxCOLS`, for `tty`).
+//!   (`0`/`1`), `winsize` (`ROWSxCOLS`, for `tty`) and `wait` (`1`: the
+//!   argv and env are empty; set the VM up, open every port, signal that
+//!   it is ready and wait for the job on the control port).
+//!
+//! A waiting agent's job comes from a restored snapshot (`control.rs`):
+//! the same three parts, whose text may leave out the root lines and adds
+//! `seed` (hex bytes for the random pool) and `clock` (`SECS.NANOS`, the
+//! host's real time).
 //!
 //! Values cannot hold a newline (minivm refuses them); names and arguments
 //! are bytes.
@@ -62,6 +69,12 @@ pub struct Job {
     pub hostname: String,
     /// The command's stdio.
     pub stdio: Stdio,
+    /// Wait for the job on the control port (a snapshot's agent).
+    pub wait: bool,
+    /// Bytes for the random pool (a restored VM's fresh seed).
+    pub seed: Vec<u8>,
+    /// The host's real time, seconds and nanoseconds (a restored VM's clock).
+    pub clock: Option<(i64, i64)>,
 }
 
 /// Why the job files make no job.
@@ -85,13 +98,8 @@ fn nul_list(bytes: &[u8]) -> Vec<OsString> {
 impl Job {
     /// Reads the three files' contents.
     pub fn parse(argv: &[u8], env: &[u8], job: &str) -> Result<Job, JobError> {
-        let argv = nul_list(argv);
-        if argv.is_empty() {
-            return Err(JobError("no command to run".into()));
-        }
-        let mut root = None;
         let mut j = Job {
-            argv,
+            argv: nul_list(argv),
             env: nul_list(env),
             root: Root::Block(String::new()),
             read_only: false,
@@ -99,7 +107,42 @@ impl Job {
             user: String::new(),
             hostname: String::new(),
             stdio: Stdio::Console,
+            wait: false,
+            seed: Vec::new(),
+            clock: None,
         };
+        if !j.apply(job)? {
+            return Err(JobError("the job names no root".into()));
+        }
+        if j.argv.is_empty() && !j.wait {
+            return Err(JobError("no command to run".into()));
+        }
+        Ok(j)
+    }
+
+    /// The job a waiting agent got on the control port, on top of this
+    /// one (which names the root).
+    pub fn resume(&self, argv: &[u8], env: &[u8], job: &str) -> Result<Job, JobError> {
+        let mut j = Job {
+            argv: nul_list(argv),
+            env: nul_list(env),
+            stdio: Stdio::Console,
+            wait: false,
+            ..self.clone()
+        };
+        j.apply(job)?;
+        if j.argv.is_empty() {
+            return Err(JobError("no command to run".into()));
+        }
+        if j.wait {
+            return Err(JobError("a restored job cannot wait again".into()));
+        }
+        Ok(j)
+    }
+
+    /// Sets what the `key=value` lines of `job` say; whether they named a root.
+    fn apply(&mut self, job: &str) -> Result<bool, JobError> {
+        let mut root = false;
         let (mut stdio, mut stdin, mut winsize) = ("console", false, (0, 0));
         for line in job.lines().filter(|l| !l.is_empty()) {
             let (k, v) = line
@@ -107,16 +150,17 @@ impl Job {
                 .ok_or_else(|| JobError(format!("job line without '=': {line:?}")))?;
             match k {
                 "root" => {
-                    root = Some(match v.split_once(':') {
+                    root = true;
+                    self.root = match v.split_once(':') {
                         Some(("blk", dev)) => Root::Block(dev.to_string()),
                         Some(("virtiofs", tag)) => Root::VirtioFs(tag.to_string()),
                         _ => return Err(JobError(format!("bad root {v:?}"))),
-                    })
+                    }
                 }
-                "readonly" => j.read_only = v == "1",
-                "workdir" => j.workdir = v.to_string(),
-                "user" => j.user = v.to_string(),
-                "hostname" => j.hostname = v.to_string(),
+                "readonly" => self.read_only = v == "1",
+                "workdir" => self.workdir = v.to_string(),
+                "user" => self.user = v.to_string(),
+                "hostname" => self.hostname = v.to_string(),
                 "stdio" => stdio = v,
                 "stdin" => stdin = v == "1",
                 "winsize" => {
@@ -125,12 +169,20 @@ impl Job {
                         .and_then(|(r, c)| Some((r.parse().ok()?, c.parse().ok()?)))
                         .ok_or_else(|| JobError(format!("bad winsize {v:?}")))?
                 }
+                "wait" => self.wait = v == "1",
+                "seed" => self.seed = hex(v).ok_or_else(|| JobError(format!("bad seed {v:?}")))?,
+                "clock" => {
+                    let clock = v
+                        .split_once('.')
+                        .and_then(|(s, n)| Some((s.parse().ok()?, n.parse().ok()?)))
+                        .filter(|&(s, n): &(i64, i64)| s >= 0 && (0..1_000_000_000).contains(&n));
+                    self.clock = Some(clock.ok_or_else(|| JobError(format!("bad clock {v:?}")))?);
+                }
                 // Newer minivm, older agent: never, they ship together.
                 _ => return Err(JobError(format!("unknown job key {k:?}"))),
             }
         }
-        j.root = root.ok_or_else(|| JobError("the job names no root".into()))?;
-        j.stdio = match stdio {
+        self.stdio = match stdio {
             "console" => Stdio::Console,
             "ports" => Stdio::Ports { stdin },
             "tty" => Stdio::Tty {
@@ -139,8 +191,19 @@ impl Job {
             },
             _ => return Err(JobError(format!("bad stdio {stdio:?}"))),
         };
-        Ok(j)
+        Ok(root)
     }
+}
+
+/// Bytes from an even number of hex digits.
+fn hex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 || !s.is_ascii() {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
+        .collect()
 }
 
 #[cfg(test)]
@@ -179,6 +242,40 @@ mod tests {
             }
         );
         assert!(!b.read_only && b.env.is_empty() && b.workdir.is_empty());
+        assert!(!b.wait && b.seed.is_empty() && b.clock.is_none());
+    }
+
+    #[test]
+    fn a_waiting_agent_gets_its_job_later() {
+        let w = Job::parse(
+            b"",
+            b"",
+            "root=blk:/dev/vda\nreadonly=0\nhostname=minivm\nstdio=ports\nstdin=1\nwait=1\n",
+        )
+        .unwrap();
+        assert!(w.wait && w.argv.is_empty());
+        assert_eq!(w.stdio, Stdio::Ports { stdin: true });
+        let j = w
+            .resume(
+                b"sh\0-c\0exit 3\0",
+                b"PATH=/bin\0",
+                "workdir=/w\nuser=1:2\nstdio=ports\nstdin=0\nseed=00ff10\nclock=1700000000.000000123\n",
+            )
+            .unwrap();
+        assert_eq!(j.argv, ["sh", "-c", "exit 3"]);
+        assert_eq!(j.env, ["PATH=/bin"]);
+        assert_eq!(j.root, Root::Block("/dev/vda".into()), "kept from the waiting job");
+        assert_eq!(j.hostname, "minivm");
+        assert_eq!((j.workdir.as_str(), j.user.as_str()), ("/w", "1:2"));
+        assert_eq!(j.stdio, Stdio::Ports { stdin: false });
+        assert_eq!(j.seed, [0x00, 0xff, 0x10]);
+        assert_eq!(j.clock, Some((1_700_000_000, 123)));
+        assert!(!j.wait);
+        for bad in ["seed=0", "seed=zz", "clock=1", "clock=1.1000000000", "clock=-1.0", "wait=1"] {
+            assert!(w.resume(b"x\0", b"", bad).is_err(), "{bad}");
+        }
+        assert!(w.resume(b"", b"", "stdio=ports").is_err(), "no command");
+        assert!(Job::parse(b"", b"", "root=blk:/dev/vda\n").is_err(), "no command, no wait");
     }
 
     #[test]

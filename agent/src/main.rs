@@ -25,14 +25,14 @@ mod user;
 
 use std::ffi::OsStr;
 use std::fs::File;
-use std::io;
+use std::io::{self, BufReader};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::OnceLock;
 
-use job::{Job, Root};
+use job::{Job, Root, Stdio};
 
 /// The agent could not set the VM up.
 const EXIT_SETUP: u8 = 125;
@@ -101,11 +101,21 @@ fn run(outputs: &mut stdio::Outputs) -> Result<u8, Failure> {
     // A second handle on the terminal, for window size changes.
     let tty = opened.tty().map(File::try_clone).transpose();
     let tty = tty.map_err(setup("the terminal"))?;
+    // The image may have no /dev of its own: open it from the initramfs's.
+    let urandom = match job.wait {
+        true => Some(File::open("/dev/urandom").map_err(setup("/dev/urandom"))?),
+        false => None,
+    };
     switch_root(&job)?;
     mount_api_filesystems();
     if !job.hostname.is_empty() {
         sys::set_hostname(&job.hostname).map_err(setup("sethostname"))?;
     }
+    let control = control.map(BufReader::new);
+    let (job, opened, control) = match urandom {
+        Some(urandom) => wait_for_job(&job, opened, control, &urandom)?,
+        None => (job, opened, control),
+    };
     let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
     let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
     let ids = user::resolve(&job.user, &passwd, &group).map_err(|e| (EXIT_SETUP, e))?;
@@ -171,6 +181,41 @@ fn run(outputs: &mut stdio::Outputs) -> Result<u8, Failure> {
         }
     }
     Err((EXIT_SETUP, "the command vanished without a status".into()))
+}
+
+/// A snapshot's agent: says it is ready (the snapshot point), then waits
+/// on the control port for the job of the `minivm restore` that restored
+/// it, and freshens what every restored copy would otherwise share: the
+/// random pool and the clock.
+fn wait_for_job(
+    waiting: &Job,
+    opened: stdio::Opened,
+    control: Option<BufReader<File>>,
+    urandom: &File,
+) -> Result<(Job, stdio::Opened, Option<BufReader<File>>), Failure> {
+    let mut control = control.ok_or((EXIT_SETUP, "no control port to wait on".into()))?;
+    sys::signal_ready(PORT.get()).map_err(setup("minivm's ready port"))?;
+    let parts = control::read_job(&mut control).map_err(setup("the job"))?;
+    let job = waiting
+        .resume(&parts.argv, &parts.env, &parts.text)
+        .map_err(|e| (EXIT_SETUP, format!("the job: {e}")))?;
+    if !job.seed.is_empty() {
+        sys::reseed(urandom, &job.seed).map_err(setup("reseed the random pool"))?;
+    }
+    if let Some((secs, nanos)) = job.clock {
+        sys::set_clock(secs, nanos).map_err(setup("set the clock"))?;
+    }
+    let opened = match (job.stdio, opened) {
+        (Stdio::Ports { stdin }, stdio::Opened::Ports { stdout, stderr, stdin: port }) => {
+            stdio::Opened::Ports {
+                stdout,
+                stderr,
+                stdin: port.filter(|_| stdin),
+            }
+        }
+        _ => return Err((EXIT_SETUP, "a restored job's stdio must be minivm's ports".into())),
+    };
+    Ok((job, opened, Some(control)))
 }
 
 /// Mounts the image's root on /newroot and makes it `/`.

@@ -36,7 +36,20 @@ extern "C" {
     fn umount2(target: *const c_char, flags: c_int) -> c_int;
     fn setsid() -> c_int;
     fn ioctl(fd: c_int, request: c_ulong, ...) -> c_int;
+    fn clock_settime(clock: c_int, tp: *const Timespec) -> c_int;
 }
+
+#[repr(C)]
+struct Timespec {
+    secs: i64,
+    nanos: i64,
+}
+
+const CLOCK_REALTIME: c_int = 0;
+/// `RNDADDENTROPY`: `_IOW('R', 0x03, int[2])`.
+const RNDADDENTROPY: c_ulong = 0x4008_5203;
+/// `RNDRESEEDCRNG`: `_IO('R', 0x07)`.
+const RNDRESEEDCRNG: c_ulong = 0x5207;
 
 const TIOCSCTTY: c_ulong = 0x540e;
 const TIOCSWINSZ: c_ulong = 0x5414;
@@ -174,6 +187,39 @@ pub fn exit_code(status: c_int) -> u8 {
         ((status >> 8) & 0xff) as u8
     } else {
         128u8.wrapping_add((status & 0x7f) as u8)
+    }
+}
+
+/// Tells minivm that the VM is set up (its "boot finished" port, 0xf5):
+/// with `run --snapshot-to`, the snapshot point.
+pub fn signal_ready(port: Option<&std::fs::File>) -> io::Result<()> {
+    let p = port.ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+    std::os::unix::fs::FileExt::write_at(p, &[1], 0xf5).map(drop)
+}
+
+/// Steps CLOCK_REALTIME to `secs`.`nanos`.
+pub fn set_clock(secs: i64, nanos: i64) -> io::Result<()> {
+    let tp = Timespec { secs, nanos };
+    // SAFETY: clock_settime reads the struct we pass.
+    check(unsafe { clock_settime(CLOCK_REALTIME, &tp) })
+}
+
+/// Mixes `seed` into the kernel's random pool, credited as entropy, and
+/// reseeds the generator at once, so that no two VMs restored from one
+/// snapshot share their random numbers.
+pub fn reseed(urandom: &std::fs::File, seed: &[u8]) -> io::Result<()> {
+    // struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }
+    let mut info = Vec::with_capacity(8 + seed.len());
+    info.extend_from_slice(&((seed.len() * 8) as c_int).to_ne_bytes());
+    info.extend_from_slice(&(seed.len() as c_int).to_ne_bytes());
+    info.extend_from_slice(seed);
+    info.resize(info.len().next_multiple_of(4), 0);
+    let fd = urandom.as_raw_fd();
+    // SAFETY: RNDADDENTROPY reads the rand_pool_info in `info` (header plus
+    // buf_size bytes); RNDRESEEDCRNG takes no argument.
+    unsafe {
+        check(ioctl(fd, RNDADDENTROPY, info.as_ptr()))?;
+        check(ioctl(fd, RNDRESEEDCRNG))
     }
 }
 

@@ -39,6 +39,9 @@ pub enum AgentError {
     /// The memory file for the initramfs.
     #[error("cannot make the agent's initramfs: {0}")]
     Memfd(#[source] std::io::Error),
+    /// No random seed for a restored guest.
+    #[error("cannot read a random seed for the restored guest: {0}")]
+    Random(#[source] std::io::Error),
 }
 
 /// What the user asked to change of the image's process.
@@ -58,6 +61,20 @@ pub struct Overrides {
     pub interactive: bool,
     /// `-t`: the command gets a terminal (the serial console).
     pub tty: bool,
+}
+
+impl From<&crate::cli::JobArgs> for Overrides {
+    fn from(a: &crate::cli::JobArgs) -> Overrides {
+        Overrides {
+            command: a.command.clone(),
+            entrypoint: a.entrypoint.clone(),
+            env: a.env.clone(),
+            workdir: a.workdir.clone(),
+            user: a.user.clone(),
+            interactive: a.interactive,
+            tty: a.tty,
+        }
+    }
 }
 
 impl Overrides {
@@ -155,14 +172,9 @@ impl Job {
 
     /// The three job files, as `agent/src/job.rs` reads them.
     fn files(&self, root: &AgentRoot, read_only: bool) -> [(&'static str, Vec<u8>); 3] {
-        let nul_list = |l: &[String]| l.iter().flat_map(|s| s.bytes().chain([0])).collect();
-        let root = match root {
-            AgentRoot::Disk => "blk:/dev/vda".to_string(),
-            AgentRoot::Share(tag) => format!("virtiofs:{tag}"),
-        };
         let job = format!(
-            "root={root}\nreadonly={}\nworkdir={}\nuser={}\nhostname=minivm\n{}",
-            u8::from(read_only),
+            "{}workdir={}\nuser={}\n{}",
+            root_lines(root, read_only),
             self.workdir,
             self.user,
             self.stdio
@@ -173,6 +185,83 @@ impl Job {
             ("minivm/job", job.into_bytes()),
         ]
     }
+
+    /// The control-port message that hands this job to an agent waiting in
+    /// a restored snapshot (`agent/src/control.rs` reads it): the line
+    /// `job ARGV ENV TEXT` (byte counts), then the argv and env lists and
+    /// the job text with a fresh random `seed` and the host's `clock`.
+    pub fn message(&self) -> Result<Vec<u8>, AgentError> {
+        let mut seed = [0u8; 32];
+        getrandom(&mut seed).map_err(AgentError::Random)?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let hex: String = seed.iter().map(|b| format!("{b:02x}")).collect();
+        let text = format!(
+            "workdir={}\nuser={}\n{}seed={hex}\nclock={}.{:09}\n",
+            self.workdir,
+            self.user,
+            self.stdio,
+            now.as_secs(),
+            now.subsec_nanos()
+        );
+        let (argv, env) = (nul_list(&self.argv), nul_list(&self.env));
+        let mut msg = format!("job {} {} {}\n", argv.len(), env.len(), text.len()).into_bytes();
+        msg.extend(argv);
+        msg.extend(env);
+        msg.extend(text.bytes());
+        Ok(msg)
+    }
+}
+
+fn nul_list(l: &[String]) -> Vec<u8> {
+    l.iter().flat_map(|s| s.bytes().chain([0])).collect()
+}
+
+/// The job lines that say where the root is; the same for a waiting agent
+/// and the job it gets later.
+fn root_lines(root: &AgentRoot, read_only: bool) -> String {
+    let root = match root {
+        AgentRoot::Disk => "blk:/dev/vda".to_string(),
+        AgentRoot::Share(tag) => format!("virtiofs:{tag}"),
+    };
+    format!(
+        "root={root}\nreadonly={}\nhostname=minivm\n",
+        u8::from(read_only)
+    )
+}
+
+/// The job files of an agent that sets the VM up, opens every console
+/// port, signals that it is ready (the snapshot point) and waits for its
+/// job on the control port.
+fn waiting_files(root: &AgentRoot, read_only: bool) -> [(&'static str, Vec<u8>); 3] {
+    let job = format!(
+        "{}stdio=ports\nstdin=1\nwait=1\n",
+        root_lines(root, read_only)
+    );
+    [
+        ("minivm/argv", Vec::new()),
+        ("minivm/env", Vec::new()),
+        ("minivm/job", job.into_bytes()),
+    ]
+}
+
+/// Fills `buf` from the kernel's random pool.
+fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        // SAFETY: writes at most the rest of `buf`, which we own.
+        let n = unsafe { libc::getrandom(buf[done..].as_mut_ptr().cast(), buf.len() - done, 0) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+            continue;
+        }
+        done += n as usize;
+    }
+    Ok(())
 }
 
 /// The agent's initramfs, in a memory file that lives as long as this.
@@ -184,7 +273,16 @@ pub struct AgentInitrd {
 impl AgentInitrd {
     /// Writes the agent and `job` into a new initramfs.
     pub fn new(job: &Job, root: &AgentRoot, read_only: bool) -> Result<AgentInitrd, AgentError> {
-        let cpio = initramfs(&job.files(root, read_only));
+        Self::with_files(&job.files(root, read_only))
+    }
+
+    /// An initramfs whose agent waits for its job (`--snapshot-to`).
+    pub fn waiting(root: &AgentRoot, read_only: bool) -> Result<AgentInitrd, AgentError> {
+        Self::with_files(&waiting_files(root, read_only))
+    }
+
+    fn with_files(files: &[(&str, Vec<u8>)]) -> Result<AgentInitrd, AgentError> {
+        let cpio = initramfs(files);
         // SAFETY: memfd_create with a static name; the fd is checked and then owned by File.
         let fd = unsafe { libc::memfd_create(c"minivm-agent-initrd".as_ptr(), libc::MFD_CLOEXEC) };
         if fd < 0 {
@@ -319,6 +417,41 @@ mod tests {
             Job::new(&image(), &bad),
             Err(AgentError::BadValue { .. })
         ));
+    }
+
+    #[test]
+    fn a_restored_agent_gets_its_job_in_one_message() {
+        let o = Overrides {
+            command: vec!["sh".into(), "-c".into(), "exit 3".into()],
+            interactive: true,
+            ..Overrides::default()
+        };
+        let j = Job::new(&image(), &o).unwrap();
+        let (a, b) = (j.message().unwrap(), j.message().unwrap());
+        let head_end = a.iter().position(|&c| c == b'\n').unwrap();
+        let head = std::str::from_utf8(&a[..head_end]).unwrap();
+        let sizes: Vec<usize> = head
+            .strip_prefix("job ")
+            .unwrap()
+            .split(' ')
+            .map(|n| n.parse().unwrap())
+            .collect();
+        let body = &a[head_end + 1..];
+        assert_eq!(body.len(), sizes.iter().sum::<usize>());
+        assert_eq!(&body[..sizes[0]], b"/entry\0sh\0-c\0exit 3\0");
+        let text = std::str::from_utf8(&body[sizes[0] + sizes[1]..]).unwrap();
+        assert!(
+            text.starts_with("workdir=/srv\nuser=app\nstdio=ports\nstdin=1\nseed="),
+            "{text}"
+        );
+        let seed = |m: &[u8]| {
+            let t = String::from_utf8_lossy(m).into_owned();
+            t.split("seed=").nth(1).unwrap()[..64].to_string()
+        };
+        assert_ne!(seed(&a), seed(&b), "every restore gets a fresh seed");
+        let clock = text.split("clock=").nth(1).unwrap().trim_end();
+        let secs: u64 = clock.split('.').next().unwrap().parse().unwrap();
+        assert!(secs > 1_700_000_000, "{clock}");
     }
 
     #[test]

@@ -280,36 +280,8 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_rng: bool,
 
-    /// Run this command (replacing the image's Cmd) through minivm's guest
-    /// agent, and exit with its status.
-    #[arg(last = true, value_name = "CMD")]
-    pub command: Vec<String>,
-
-    /// Replace the image's Entrypoint (and drop its Cmd); "" for none.
-    #[arg(long, value_name = "PROGRAM")]
-    pub entrypoint: Option<String>,
-
-    /// Set a variable for the command: KEY=VALUE, or KEY to pass minivm's own.
-    #[arg(short = 'e', long = "env", value_name = "KEY[=VALUE]")]
-    pub env: Vec<String>,
-
-    /// The command's working directory (replaces the image's WorkingDir).
-    #[arg(long, value_name = "DIR")]
-    pub workdir: Option<String>,
-
-    /// The command's user: name or uid, optionally :group or :gid (replaces the image's User).
-    #[arg(long, value_name = "USER[:GROUP]")]
-    pub user: Option<String>,
-
-    /// Give the command minivm's stdin (EOF included).
-    #[arg(short = 'i', long)]
-    pub interactive: bool,
-
-    /// Give the command a terminal: the guest's serial console, with minivm's
-    /// terminal in raw mode and its size (Ctrl-C goes to the command; Ctrl-A x
-    /// quits). Without it, SIGINT to minivm is passed on; the third stops the VM.
-    #[arg(short = 't', long)]
-    pub tty: bool,
+    #[command(flatten)]
+    pub job: JobArgs,
 
     /// At exit, print on stderr minivm's own share of the run: from its start
     /// to the guest's first instruction, and from the guest's end to its own.
@@ -344,12 +316,52 @@ pub struct RunArgs {
     pub jail_user: Option<(u32, u32)>,
 }
 
+/// The command for the guest agent and its options (`run`, `restore`).
+#[derive(Debug, Default, Args)]
+pub struct JobArgs {
+    /// Run this command (replacing the image's Cmd) through minivm's guest
+    /// agent, and exit with its status.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+
+    /// Replace the image's Entrypoint (and drop its Cmd); "" for none.
+    #[arg(long, value_name = "PROGRAM")]
+    pub entrypoint: Option<String>,
+
+    /// Set a variable for the command: KEY=VALUE, or KEY to pass minivm's own.
+    #[arg(short = 'e', long = "env", value_name = "KEY[=VALUE]")]
+    pub env: Vec<String>,
+
+    /// The command's working directory (replaces the image's WorkingDir).
+    #[arg(long, value_name = "DIR")]
+    pub workdir: Option<String>,
+
+    /// The command's user: name or uid, optionally :group or :gid (replaces the image's User).
+    #[arg(long, value_name = "USER[:GROUP]")]
+    pub user: Option<String>,
+
+    /// Give the command minivm's stdin (EOF included).
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+
+    /// Give the command a terminal: the guest's serial console, with minivm's
+    /// terminal in raw mode and its size (Ctrl-C goes to the command; Ctrl-A x
+    /// quits). Without it, SIGINT to minivm is passed on; the third stops the VM.
+    #[arg(short = 't', long)]
+    pub tty: bool,
+}
+
 /// `minivm restore`.
 #[derive(Debug, clap::Args)]
 pub struct RestoreArgs {
     /// The snapshot directory (`run --snapshot-to DIR`).
     #[arg(value_name = "DIR")]
     pub dir: PathBuf,
+
+    /// With a snapshot of an image: the command for its waiting agent (the
+    /// image's own without `-- CMD`), as for `run`; `-t` is not supported.
+    #[command(flatten)]
+    pub job: JobArgs,
 
     /// Stop the VM after this many seconds (exit 124).
     #[arg(long, value_name = "SECONDS")]

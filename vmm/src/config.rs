@@ -70,6 +70,12 @@ pub struct VmConfig {
     pub snapshot_to: Option<PathBuf>,
     /// `minivm restore`: the snapshot to start from instead of a kernel.
     pub restore: Option<std::sync::Arc<crate::snapshot::Loaded>>,
+    /// With `--snapshot-to` and a root image: the image's process, which the
+    /// snapshot records for the agent that waits in it.
+    pub image_process: Option<imagefs::process::ImageProcess>,
+    /// What minivm writes to the agent's control port before the guest
+    /// runs: a restored agent's job (`crate::agent::Job::message`).
+    pub agent_job: Option<Vec<u8>>,
 }
 
 impl VmConfig {

@@ -22,6 +22,7 @@ mod root;
 mod session;
 mod shutdown;
 mod signals;
+mod restore;
 mod snapshot;
 mod spec;
 mod streams;
@@ -196,24 +197,7 @@ fn report_end(reason: ExitReason) {
 fn restore(args: &cli::RestoreArgs, start: Instant) -> Result<ExitCode, Error> {
     let pvm = cpuid::is_pvm_host();
     let loaded = snapshot::load(&args.dir, pvm).map_err(vm::VmError::Snapshot)?;
-    let config = config::VmConfig {
-        kernel: std::path::PathBuf::new(),
-        initrd: None,
-        disk: None,
-        shares: Vec::new(),
-        nets: Vec::new(),
-        mem_size: loaded.snapshot.mem_size,
-        cpus: u8::try_from(loaded.snapshot.vcpus.len()).unwrap_or(u8::MAX),
-        cmdline: String::new(),
-        rng: loaded.snapshot.rng,
-        shutdown_timeout: std::time::Duration::ZERO,
-        timeout: args.timeout.map(std::time::Duration::from_secs),
-        fs_stats: false,
-        seccomp: args.seccomp,
-        io: config::GuestIo::Console,
-        snapshot_to: None,
-        restore: Some(std::sync::Arc::new(loaded)),
-    };
+    let config = restore::vm_config(args, loaded)?;
     let host = HostHandles::open(&config)?;
     let end = lifecycle::run(&config, host, false, start)?;
     report_end(end.reason);

@@ -22,6 +22,8 @@ pub struct PreparedRoot {
     process: Option<ImageProcess>,
     /// The guest agent's initramfs, when the run has a command for it.
     agent: Option<AgentInitrd>,
+    /// The agent waits for its job in a snapshot (`--snapshot-to`).
+    waiting: bool,
 }
 
 impl PreparedRoot {
@@ -99,6 +101,7 @@ impl PreparedRoot {
             _upper: upper,
             process,
             agent: None,
+            waiting: false,
         })
     }
 
@@ -106,6 +109,13 @@ impl PreparedRoot {
     /// `-- CMD` or `--entrypoint`, or an image whose command is an
     /// application (not an init) when the user did not name an init.
     pub fn attach_agent(&mut self, spec: &RunSpec) -> Result<(), Error> {
+        if spec.snapshot_to.is_some() && (self.disk.is_some() || self.share.is_some()) {
+            // The snapshot's agent gets its command when it is restored.
+            let root = self.agent_root()?;
+            self.agent = Some(AgentInitrd::waiting(&root, spec.root.read_only())?);
+            self.waiting = true;
+            return Ok(());
+        }
         let image = self.process.clone().unwrap_or_default();
         let names_init = spec.own_cmdline
             || spec
@@ -126,19 +136,21 @@ impl PreparedRoot {
                 "--initrd cannot be used with a command for the guest agent (-- CMD)",
             ));
         }
-        let root = match (&self.disk, &self.share) {
-            (Some(_), _) => AgentRoot::Disk,
-            (None, Some(share)) => AgentRoot::Share(share.tag.clone()),
-            (None, None) => {
-                return Err(Error::AgentConflict(
-                    "a command (-- CMD) needs an image, a disk or a root directory to run in",
-                ))
-            }
-        };
+        let root = self.agent_root()?;
         let job = Job::new(&image, &spec.overrides)?;
         tracing::info!("the guest agent runs {:?}", job.argv);
         self.agent = Some(AgentInitrd::new(&job, &root, spec.root.read_only())?);
         Ok(())
+    }
+
+    fn agent_root(&self) -> Result<AgentRoot, Error> {
+        match (&self.disk, &self.share) {
+            (Some(_), _) => Ok(AgentRoot::Disk),
+            (None, Some(share)) => Ok(AgentRoot::Share(share.tag.clone())),
+            (None, None) => Err(Error::AgentConflict(
+                "a command (-- CMD) needs an image, a disk or a root directory to run in",
+            )),
+        }
     }
 
     /// The VM to build: `spec` with this root attached (its share first).
@@ -177,6 +189,10 @@ impl PreparedRoot {
             },
             snapshot_to: spec.snapshot_to.clone(),
             restore: None,
+            image_process: self
+                .waiting
+                .then(|| self.process.clone().unwrap_or_default()),
+            agent_job: None,
         }
     }
 }

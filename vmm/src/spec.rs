@@ -77,26 +77,45 @@ pub struct JailSpec {
     pub gid: u32,
 }
 
-/// `--snapshot-to`: a new directory, and a VM whose state can be saved
-/// (no virtio device yet: their state is not saved).
+/// `--snapshot-to`: a new directory, and a VM whose state can be saved:
+/// a kernel with its initramfs, or a root disk (an image converted to one,
+/// or `--image`) with minivm's agent waiting for the command that
+/// `minivm restore DIR -- CMD` gives it.
 fn snapshot_spec(args: &RunArgs, root: &RootSpec) -> Result<Option<PathBuf>, SpecError> {
     let Some(dir) = &args.snapshot_to else {
         return Ok(None);
     };
-    let refuse = |what: &str| {
-        Err(SpecError::Snapshot(format!(
-            "saving {what} is not supported yet (a VM to snapshot has no disk, share, network or \
-             command for now)"
-        )))
-    };
-    if !matches!(root, RootSpec::None) {
-        return refuse("a root disk or file system");
+    let refuse = |why: &str| Err(SpecError::Snapshot(why.to_string()));
+    if matches!(root, RootSpec::Dir { .. } | RootSpec::OciLayers { .. }) {
+        return refuse(
+            "a virtio-fs root (--rootfs, --virtiofs) cannot be saved: its file server's open \
+             host files are not part of a snapshot; boot the image from a disk (--oci \
+             without --virtiofs, or --image)",
+        );
     }
     if !args.share.is_empty() || !args.net.is_empty() {
-        return refuse("shares and networks");
+        return refuse(
+            "saving shares (virtio-fs) and networks (virtio-net) is not supported: \
+             their host state is not part of a snapshot",
+        );
     }
-    if !args.command.is_empty() || args.entrypoint.is_some() {
-        return refuse("the guest agent's console");
+    let job_options = !args.job.command.is_empty()
+        || args.job.entrypoint.is_some()
+        || !args.job.env.is_empty()
+        || args.job.workdir.is_some()
+        || args.job.user.is_some()
+        || args.job.interactive
+        || args.job.tty;
+    if job_options {
+        return refuse(
+            "the command and its options (-- CMD, --entrypoint, -e, --workdir, --user, -i, \
+             -t) go to `minivm restore DIR`: the snapshot's agent waits for them",
+        );
+    }
+    if !matches!(root, RootSpec::None) && args.initrd.is_some() {
+        return refuse(
+            "--initrd cannot go with a root image: the snapshot holds minivm's guest agent",
+        );
     }
     if args.restart || args.jail.is_some() {
         return Err(SpecError::Snapshot(
@@ -316,15 +335,7 @@ impl RunSpec {
             seccomp: args.seccomp,
             jail,
             snapshot_to,
-            overrides: Overrides {
-                command: args.command.clone(),
-                entrypoint: args.entrypoint.clone(),
-                env: args.env.clone(),
-                workdir: args.workdir.clone(),
-                user: args.user.clone(),
-                interactive: args.interactive,
-                tty: args.tty,
-            },
+            overrides: Overrides::from(&args.job),
         })
     }
 }
@@ -498,13 +509,7 @@ mod tests {
             seccomp: crate::cli::SeccompMode::On,
             jail: None,
             jail_user: None,
-            command: vec![],
-            entrypoint: None,
-            env: vec![],
-            workdir: None,
-            user: None,
-            interactive: false,
-            tty: false,
+            job: Default::default(),
             timings: false,
         }
     }

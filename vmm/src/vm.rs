@@ -246,7 +246,7 @@ fn setup_devices(
     let serial = match &config.restore {
         None => SerialDevice::new(serial_irq, serial_input.clone(), console.writer()),
         Some(l) => SerialDevice::from_state(
-            &(&l.snapshot.devices.serial).into(),
+            &l.snapshot.devices.serial,
             serial_irq,
             serial_input.clone(),
             console.writer(),
@@ -308,7 +308,9 @@ fn setup_devices(
         add_virtio(vm, mem, Box::new(Rng::new()), "virtio-rng", &mut slots)?;
     }
     let streams =
-        match crate::streams::console(config.io).map_err(host_err("the agent's console ports"))? {
+        match crate::streams::console(config.io, config.agent_job.as_deref())
+            .map_err(host_err("the agent's console ports"))?
+        {
             Some((console, control)) => {
                 let t = add_virtio(vm, mem, Box::new(console), "virtio-console", &mut slots)?;
                 Some((t, control))
@@ -621,7 +623,7 @@ pub fn boot(
         Ok(ExitReason::Snapshot) => snapshot(
             config,
             (&kvm, &vm, stopped, &mem),
-            (&devs.serial, &devs.transports),
+            (&devs.serial, &devs.transports, devs.kept.disk.as_ref()),
             pvm,
         ),
         other => {
@@ -708,7 +710,7 @@ fn min_wait(wait_ms: i32, until: Option<Duration>) -> i32 {
 fn snapshot(
     config: &VmConfig,
     (kvm, vm, mut vcpus, mem): (&Kvm, &VmFd, Vec<Vcpu>, &GuestMemory),
-    (serial, transports): (&Mutex<SerialDevice>, &[Transport]),
+    (serial, transports, disk): (&Mutex<SerialDevice>, &[Transport], Option<&Transport>),
     pvm: bool,
 ) -> Result<ExitReason, VmError> {
     let dir = config
@@ -727,8 +729,21 @@ fn snapshot(
     let devices =
         crate::snapshot::DeviceStates::save(serial, transports).map_err(VmError::Snapshot)?;
     let fds: Vec<&kvm_ioctls::VcpuFd> = vcpus.iter().map(Vcpu::fd).collect();
-    crate::snapshot::save(dir, kvm, vm, &fds, mem, (devices, config.rng), pvm)
-        .map_err(VmError::Snapshot)?;
+    let disk = disk.map(|t| t.lock().unwrap_or_else(|e| e.into_inner()));
+    let read_only = config.disk.as_ref().is_some_and(|d| d.read_only);
+    let parts = crate::snapshot::SaveParts {
+        devices,
+        rng: config.rng,
+        disk: disk
+            .as_ref()
+            .and_then(|t| t.device().disk_backend())
+            .map(|b| (b, read_only)),
+        agent: config
+            .image_process
+            .clone()
+            .map(|process| crate::snapshot::AgentRecord { process }),
+    };
+    crate::snapshot::save(dir, kvm, vm, &fds, mem, parts, pvm).map_err(VmError::Snapshot)?;
     eprintln!("minivm: snapshot written to {}", dir.display());
     Ok(ExitReason::GuestExit(0))
 }
@@ -796,6 +811,8 @@ mod tests {
             io: config::GuestIo::Console,
             snapshot_to: None,
             restore: None,
+            image_process: None,
+            agent_job: None,
         };
         let extra = ["virtio_mmio.device=4K@0xd0000000:5".to_string()];
         assert_eq!(

@@ -4,10 +4,24 @@
 use std::os::fd::RawFd;
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
 use virtio_queue::Queue;
 
+use super::block::backend::Backend;
+use super::console::ConsoleState;
 use super::{ActivateError, Interrupt};
 use crate::GuestMemory;
+
+/// What a device saves in a snapshot beyond its queues' positions.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeviceState {
+    /// Nothing: the queues are all its state (virtio-rng, virtio-blk, whose
+    /// disk contents are saved beside the snapshot), or it was not active.
+    #[default]
+    Queues,
+    /// A virtio-console's ports.
+    Console(ConsoleState),
+}
 
 /// What the transport asks of every device that devices answer alike:
 /// identity, queue sizes, features offered and accepted, and a
@@ -115,6 +129,26 @@ pub trait VirtioDevice: Send {
     /// snapshot with it is refused). Devices whose only state is their
     /// queues (virtio-rng) answer it.
     fn queue_states(&self) -> Option<Vec<virtio_queue::QueueState>> {
+        None
+    }
+    /// The device's own state for a snapshot, read while it is activated.
+    fn device_state(&self) -> DeviceState {
+        DeviceState::Queues
+    }
+    /// Takes back [`Self::device_state`]'s answer after the device was
+    /// activated with its saved queues; a state of another kind is refused.
+    fn restore_device_state(&mut self, state: &DeviceState) -> Result<(), String> {
+        match state {
+            DeviceState::Queues => Ok(()),
+            _ => Err(format!(
+                "{}: the saved state is another device's",
+                self.virtio_config().name
+            )),
+        }
+    }
+    /// A disk's storage, whose contents a snapshot saves; `None` for
+    /// devices without one.
+    fn disk_backend(&self) -> Option<&Backend> {
         None
     }
     /// Host fds (e.g. a tap) the event loop watches for this device,

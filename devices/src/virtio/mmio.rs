@@ -135,6 +135,11 @@ impl MmioTransport {
         }
     }
 
+    /// The device behind the transport (e.g. a disk's storage, to save it).
+    pub fn device(&self) -> &dyn VirtioDevice {
+        self.device.as_ref()
+    }
+
     /// Gives the device back, reset (its queues and guest memory released),
     /// so that a rebooted guest's next VM can attach it again.
     pub fn into_device(mut self) -> Box<dyn VirtioDevice> {

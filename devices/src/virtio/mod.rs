@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use vmm_sys_util::eventfd::EventFd;
 
-pub use device::{VirtioConfig, VirtioDevice};
+pub use device::{DeviceState, VirtioConfig, VirtioDevice};
 
 /// `VIRTIO_MMIO_INT_VRING`: the device used buffers.
 pub const INTERRUPT_STATUS_USED_RING: u32 = 0x1;

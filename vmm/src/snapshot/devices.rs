@@ -1,96 +1,41 @@
-//! The devices' state in a snapshot: the UART's registers and each
-//! virtio-mmio transport's (with its queues), as serde mirrors of
-//! vm-superio's and virtio-queue's types.
+//! The devices' state in a snapshot: the UART's registers (vm-superio's
+//! `SerialState`, through a serde remote definition) and each virtio-mmio
+//! transport's (`devices::virtio::mmio::TransportState`, with its queues
+//! and its device's own state).
 
 use std::sync::Mutex;
 
 use devices::serial::SerialDevice;
 use devices::virtio::mmio::TransportState;
 use serde::{Deserialize, Serialize};
-use virtio_queue::QueueState;
+use vm_superio::serial::SerialState;
 
 use super::{Loaded, SnapshotError};
 use crate::vm::Transport;
 
-/// The UART's registers (vm-superio's `SerialState`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SerialState {
-    regs: [u8; 9],
+/// vm-superio's `SerialState`, for serde.
+#[derive(Serialize, Deserialize)]
+#[serde(remote = "SerialState")]
+struct SerialStateDef {
+    baud_divisor_low: u8,
+    baud_divisor_high: u8,
+    interrupt_enable: u8,
+    interrupt_identification: u8,
+    line_control: u8,
+    line_status: u8,
+    modem_control: u8,
+    modem_status: u8,
+    scratch: u8,
     in_buffer: Vec<u8>,
-}
-
-impl From<vm_superio::serial::SerialState> for SerialState {
-    fn from(s: vm_superio::serial::SerialState) -> Self {
-        SerialState {
-            regs: [
-                s.baud_divisor_low,
-                s.baud_divisor_high,
-                s.interrupt_enable,
-                s.interrupt_identification,
-                s.line_control,
-                s.line_status,
-                s.modem_control,
-                s.modem_status,
-                s.scratch,
-            ],
-            in_buffer: s.in_buffer,
-        }
-    }
-}
-
-impl From<&SerialState> for vm_superio::serial::SerialState {
-    fn from(s: &SerialState) -> Self {
-        let r = s.regs;
-        vm_superio::serial::SerialState {
-            baud_divisor_low: r[0],
-            baud_divisor_high: r[1],
-            interrupt_enable: r[2],
-            interrupt_identification: r[3],
-            line_control: r[4],
-            line_status: r[5],
-            modem_control: r[6],
-            modem_status: r[7],
-            scratch: r[8],
-            in_buffer: s.in_buffer.clone(),
-        }
-    }
-}
-
-/// One queue (virtio-queue's `QueueState`).
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-struct QueueRecord {
-    max_size: u16,
-    next_avail: u16,
-    next_used: u16,
-    event_idx: bool,
-    size: u16,
-    ready: bool,
-    desc_table: u64,
-    avail_ring: u64,
-    used_ring: u64,
-}
-
-/// One virtio-mmio transport (`devices::virtio::mmio::TransportState`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct VirtioRecord {
-    device_type: u32,
-    device_features_sel: u32,
-    driver_features_sel: u32,
-    driver_features: u64,
-    queue_sel: u32,
-    status: u32,
-    config_generation: u32,
-    interrupt_status: u32,
-    activated: bool,
-    queues: Vec<QueueRecord>,
 }
 
 /// Every device's state, in slot order.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeviceStates {
     /// The serial port.
+    #[serde(with = "SerialStateDef")]
     pub serial: SerialState,
-    virtio: Vec<VirtioRecord>,
+    virtio: Vec<TransportState>,
 }
 
 impl DeviceStates {
@@ -100,45 +45,14 @@ impl DeviceStates {
         serial: &Mutex<SerialDevice>,
         transports: &[Transport],
     ) -> Result<DeviceStates, SnapshotError> {
-        let serial = serial
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .state()
-            .into();
+        let serial = serial.lock().unwrap_or_else(|e| e.into_inner()).state();
         let virtio = transports
             .iter()
             .map(|t| {
-                let s = t
-                    .lock()
+                t.lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .save_state()
-                    .map_err(SnapshotError::Device)?;
-                Ok(VirtioRecord {
-                    device_type: s.device_type,
-                    device_features_sel: s.device_features_sel,
-                    driver_features_sel: s.driver_features_sel,
-                    driver_features: s.driver_features,
-                    queue_sel: s.queue_sel,
-                    status: s.status,
-                    config_generation: s.config_generation,
-                    interrupt_status: s.interrupt_status,
-                    activated: s.activated,
-                    queues: s
-                        .queues
-                        .iter()
-                        .map(|q| QueueRecord {
-                            max_size: q.max_size,
-                            next_avail: q.next_avail,
-                            next_used: q.next_used,
-                            event_idx: q.event_idx_enabled,
-                            size: q.size,
-                            ready: q.ready,
-                            desc_table: q.desc_table,
-                            avail_ring: q.avail_ring,
-                            used_ring: q.used_ring,
-                        })
-                        .collect(),
-                })
+                    .map_err(SnapshotError::Device)
             })
             .collect::<Result<Vec<_>, SnapshotError>>()?;
         Ok(DeviceStates { serial, virtio })
@@ -157,35 +71,9 @@ pub fn restore_devices(loaded: &Loaded, transports: &[Transport]) -> Result<(), 
         )));
     }
     for (t, s) in transports.iter().zip(saved) {
-        let state = TransportState {
-            device_type: s.device_type,
-            device_features_sel: s.device_features_sel,
-            driver_features_sel: s.driver_features_sel,
-            driver_features: s.driver_features,
-            queue_sel: s.queue_sel,
-            status: s.status,
-            config_generation: s.config_generation,
-            interrupt_status: s.interrupt_status,
-            activated: s.activated,
-            queues: s
-                .queues
-                .iter()
-                .map(|q| QueueState {
-                    max_size: q.max_size,
-                    next_avail: q.next_avail,
-                    next_used: q.next_used,
-                    event_idx_enabled: q.event_idx,
-                    size: q.size,
-                    ready: q.ready,
-                    desc_table: q.desc_table,
-                    avail_ring: q.avail_ring,
-                    used_ring: q.used_ring,
-                })
-                .collect(),
-        };
         t.lock()
             .unwrap_or_else(|e| e.into_inner())
-            .restore_state(&state)
+            .restore_state(s)
             .map_err(SnapshotError::Device)?;
     }
     Ok(())

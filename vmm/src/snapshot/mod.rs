@@ -1,7 +1,7 @@
 //! Snapshots of a running VM (`run --snapshot-to DIR`) and VMs restored
 //! from them (`minivm restore DIR`).
 //!
-//! A snapshot is a directory of two files:
+//! A snapshot is a directory of two or three files:
 //! - `memory`: guest RAM, its regions back to back (`boot::layout::ram_ranges`
 //!   order), sparse where pages are zero. A restored VM maps it
 //!   `MAP_PRIVATE`: pages load on first touch, are shared in the page cache
@@ -9,12 +9,21 @@
 //! - `state`: the line `minivm-snapshot FORMAT`, the line `sha256:HEX` (of
 //!   what follows), then JSON: a [`Header`] that must match the restoring
 //!   host, and the VM's state (each vCPU's, the VM's own, the devices').
+//! - `disk`: the root disk as the guest saw it at the snapshot point (a
+//!   reflink or sparse copy of the image with the VM's writes on top), when
+//!   the VM had one. A restored VM reads it through a private copy-on-write
+//!   layer, so the snapshot never changes and restored VMs never see each
+//!   other's writes.
+//!
+//! With a root image, the saved guest is minivm's agent (`crate::agent`)
+//! waiting for its job: `minivm restore DIR -- CMD` sends it on the
+//! agent's control port. The snapshot records the image's own process for
+//! a restore without `-- CMD`.
 //!
 //! It is written into a temporary directory beside DIR and renamed into
 //! place, so a kill -9 leaves no half snapshot. Saved devices: the serial
-//! port, and virtio devices whose only state is their transport and queues
-//! (virtio-rng); the others (disks, file systems, networks, the agent's
-//! console) are refused before the VM starts.
+//! port, virtio-rng, virtio-blk and the agent's virtio-console; virtio-fs
+//! and virtio-net are refused before the VM starts (`spec.rs`).
 
 mod devices;
 mod state;
@@ -33,12 +42,16 @@ pub use state::{VcpuState, VmState};
 
 use crate::io_reason::io_reason;
 use boot::GuestMemory;
+use ::devices::virtio::block::backend::Backend;
+use imagefs::process::ImageProcess;
 
 /// Version of the snapshot format; bumped whenever what is saved changes.
-pub const FORMAT: u32 = 1;
+pub const FORMAT: u32 = 2;
 const MAGIC: &str = "minivm-snapshot";
 const STATE_FILE: &str = "state";
 const MEMORY_FILE: &str = "memory";
+/// The saved root disk in a snapshot directory.
+pub const DISK_FILE: &str = "disk";
 const PAGE: usize = 4096;
 
 /// Why a snapshot could not be written or restored.
@@ -175,8 +188,40 @@ pub struct Snapshot {
     pub vm: VmState,
     /// The devices.
     pub devices: DeviceStates,
+    /// The root disk (the `disk` file), if the VM had one.
+    pub disk: Option<DiskRecord>,
+    /// The guest agent waiting for a job, if the VM has one.
+    pub agent: Option<AgentRecord>,
 }
 
+/// The root disk saved beside the snapshot.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DiskRecord {
+    /// The VM had it read-only.
+    pub read_only: bool,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// The guest agent of a snapshot, waiting for its job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentRecord {
+    /// The image's process: what runs when `restore` gets no `-- CMD`.
+    pub process: ImageProcess,
+}
+
+/// What a snapshot saves besides the KVM state: the devices' states, the
+/// disk's storage, and what the restoring minivm must set up alike.
+pub struct SaveParts<'a> {
+    /// The devices' states.
+    pub devices: DeviceStates,
+    /// The VM has a virtio-rng.
+    pub rng: bool,
+    /// The root disk's storage and whether it is read-only.
+    pub disk: Option<(&'a Backend, bool)>,
+    /// The agent, when it waits for a job.
+    pub agent: Option<AgentRecord>,
+}
 impl std::fmt::Debug for Snapshot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Snapshot")
@@ -198,6 +243,8 @@ pub struct Loaded {
     pub dir: PathBuf,
 }
 
+
+
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError + '_ {
     move |source| SnapshotError::Io {
         path: path.to_path_buf(),
@@ -213,7 +260,7 @@ pub fn save(
     vm: &VmFd,
     vcpus: &[&VcpuFd],
     mem: &GuestMemory,
-    (devices, rng): (DeviceStates, bool),
+    parts: SaveParts<'_>,
     pvm: bool,
 ) -> Result<(), SnapshotError> {
     if dir.exists() {
@@ -231,19 +278,24 @@ pub fn save(
         })?,
         None => 0,
     };
-    let snapshot = Snapshot {
+    let mut snapshot = Snapshot {
         header: Header::here(pvm, tsc_khz),
         mem_size: mem.iter().map(|r| r.len()).sum(),
-        rng,
+        rng: parts.rng,
         vcpus: vcpu_states,
         vm: VmState::save(vm)?,
-        devices,
+        devices: parts.devices,
+        disk: None,
+        agent: parts.agent,
     };
     let name = dir.file_name().unwrap_or_default().to_string_lossy();
     let tmp = dir.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir(&tmp).map_err(io_err(&tmp))?;
-    let written = write_files(&tmp, &snapshot, mem).and_then(|()| {
+    let written = save_disk(&tmp, parts.disk)
+        .map(|disk| snapshot.disk = disk)
+        .and_then(|()| write_files(&tmp, &snapshot, mem))
+        .and_then(|()| {
         std::fs::rename(&tmp, dir).map_err(io_err(dir))?;
         if let Some(parent) = dir.parent() {
             let _ = File::open(parent).and_then(|d| d.sync_all());
@@ -254,6 +306,31 @@ pub fn save(
         let _ = std::fs::remove_dir_all(&tmp);
     }
     written
+}
+
+/// Copies the disk as the guest sees it into `tmp`: the image (a reflink
+/// where the filesystem has them, else its data regions) with this VM's
+/// private changes on top.
+fn save_disk(
+    tmp: &Path,
+    disk: Option<(&Backend, bool)>,
+) -> Result<Option<DiskRecord>, SnapshotError> {
+    let Some((backend, read_only)) = disk else {
+        return Ok(None);
+    };
+    let path = tmp.join(DISK_FILE);
+    let dst = File::create(&path).map_err(io_err(&path))?;
+    let (base, overlay) = match backend {
+        Backend::Raw(f) => (f, None),
+        Backend::Overlay(o) => (o.base(), Some(o)),
+    };
+    imagefs::sparse::clone_or_copy(base, &dst).map_err(io_err(&path))?;
+    if let Some(o) = overlay {
+        o.write_changes_onto(&dst).map_err(io_err(&path))?;
+    }
+    dst.sync_all().map_err(io_err(&path))?;
+    let size = dst.metadata().map_err(io_err(&path))?.len();
+    Ok(Some(DiskRecord { read_only, size }))
 }
 
 fn write_files(tmp: &Path, snapshot: &Snapshot, mem: &GuestMemory) -> Result<(), SnapshotError> {
@@ -335,6 +412,16 @@ pub fn load(dir: &Path, pvm: bool) -> Result<Loaded, SnapshotError> {
             path: mem_path,
             reason: format!("{len} bytes, the state says {}", snapshot.mem_size),
         });
+    }
+    if let Some(d) = &snapshot.disk {
+        let path = dir.join(DISK_FILE);
+        let len = std::fs::metadata(&path).map_err(io_err(&path))?.len();
+        if len != d.size {
+            return Err(SnapshotError::Corrupt {
+                path,
+                reason: format!("{len} bytes, the state says {}", d.size),
+            });
+        }
     }
     Ok(Loaded {
         snapshot,

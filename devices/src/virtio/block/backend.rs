@@ -90,6 +90,27 @@ impl Overlay {
         }
         Ok(())
     }
+
+    /// The shared image underneath.
+    pub fn base(&self) -> &File {
+        &self.base
+    }
+
+    /// Writes every cluster this VM changed into `dst` at its offset (on
+    /// top of a copy of [`Self::base`]: together, the disk as the guest
+    /// sees it).
+    pub fn write_changes_onto(&self, dst: &File) -> io::Result<()> {
+        let mut buf = vec![0u8; CLUSTER as usize];
+        for c in 0..self.size.div_ceil(CLUSTER) {
+            if self.is_present(c) {
+                let at = c * CLUSTER;
+                let n = CLUSTER.min(self.size - at) as usize;
+                self.upper.read_exact_at(&mut buf[..n], at)?;
+                dst.write_all_at(&buf[..n], at)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The storage behind a disk.
@@ -199,6 +220,13 @@ mod tests {
         let mut b = vec![0u8; base.len()];
         base_file.read_exact_at(&mut b, 0).unwrap();
         assert!(b == base);
+        // A copy of the base with the changes on top is the disk the guest sees.
+        let copy = temp("copy", &base);
+        o.write_changes_onto(&copy).unwrap();
+        let mut c = vec![0u8; base.len()];
+        copy.read_exact_at(&mut c, 0).unwrap();
+        assert_eq!(c.iter().zip(&want).position(|(a, b)| a != b), None);
+        assert_eq!(copy.metadata().unwrap().len(), base.len() as u64);
     }
 
     #[test]

@@ -164,6 +164,15 @@ impl VirtioDevice for Block {
         active.serve(|_, chain| request::process_chain(chain, disk).1);
     }
 
+    fn queue_states(&self) -> Option<Vec<virtio_queue::QueueState>> {
+        // Requests are served whole on the event loop: none is in flight.
+        Some(self.active.iter().map(ActiveQueue::state).collect())
+    }
+
+    fn disk_backend(&self) -> Option<&Backend> {
+        Some(self.disk.backend())
+    }
+
     fn reset(&mut self) {
         self.active = None;
         self.virtio.acked_features = 0;

@@ -54,6 +54,11 @@ impl Disk {
         self.size / SECTOR_SIZE
     }
 
+    /// The storage, for a snapshot of its contents.
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
     /// Whether writes are refused.
     pub fn read_only(&self) -> bool {
         self.read_only

@@ -25,6 +25,7 @@
 //! writable would need the sink's fd on the event loop).
 
 pub mod control;
+mod state;
 #[cfg(test)]
 mod tests;
 
@@ -44,6 +45,7 @@ use super::{ActivateError, Interrupt, VirtioConfig, VirtioDevice, INTERRUPT_STAT
 use crate::GuestMemory;
 pub use control::Control;
 use control::*;
+pub use state::{ConsoleState, PortState};
 
 /// `VIRTIO_CONSOLE_F_MULTIPORT`.
 pub const VIRTIO_CONSOLE_F_MULTIPORT: u64 = 1;
@@ -610,6 +612,18 @@ impl VirtioDevice for Console {
             QueueRole::CtrlRx => self.send_ctrl(),
             QueueRole::CtrlTx => self.serve_ctrl_tx(),
         }
+    }
+
+    fn queue_states(&self) -> Option<Vec<virtio_queue::QueueState>> {
+        self.saved_queues()
+    }
+
+    fn device_state(&self) -> super::DeviceState {
+        self.saved_state()
+    }
+
+    fn restore_device_state(&mut self, state: &super::DeviceState) -> Result<(), String> {
+        self.restore_saved(state)
     }
 
     fn reset(&mut self) {

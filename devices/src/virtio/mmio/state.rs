@@ -1,12 +1,14 @@
 //! The transport's state for a snapshot, and restoring it into a fresh
 //! transport around the same kind of device.
 
+use serde::{Deserialize, Serialize};
 use virtio_queue::{Queue, QueueState};
 
 use super::MmioTransport;
+use crate::virtio::DeviceState;
 
-/// A transport's registers and queues.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A transport's registers and queues, and its device's own state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TransportState {
     /// The device behind it (`virtio_ids::VIRTIO_ID_*`), checked on restore.
     pub device_type: u32,
@@ -28,7 +30,41 @@ pub struct TransportState {
     pub activated: bool,
     /// Each queue: the device's own positions when activated, else the
     /// driver's set-up so far.
+    #[serde(with = "queue_list")]
     pub queues: Vec<QueueState>,
+    /// What the device holds beyond its queues (when activated).
+    pub device: DeviceState,
+}
+
+/// virtio-queue's `QueueState`, for serde.
+#[derive(Serialize, Deserialize)]
+#[serde(remote = "QueueState")]
+struct QueueStateDef {
+    max_size: u16,
+    next_avail: u16,
+    next_used: u16,
+    event_idx_enabled: bool,
+    size: u16,
+    ready: bool,
+    desc_table: u64,
+    avail_ring: u64,
+    used_ring: u64,
+}
+
+mod queue_list {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use virtio_queue::QueueState;
+
+    #[derive(Serialize, Deserialize)]
+    struct Q(#[serde(with = "super::QueueStateDef")] QueueState);
+
+    pub fn serialize<S: Serializer>(v: &[QueueState], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter().map(|q| Q(*q)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<QueueState>, D::Error> {
+        Ok(Vec::<Q>::deserialize(d)?.into_iter().map(|q| q.0).collect())
+    }
 }
 
 impl MmioTransport {
@@ -36,6 +72,11 @@ impl MmioTransport {
     /// saved yet.
     pub fn save_state(&self) -> Result<TransportState, String> {
         let name = self.device.virtio_config().name;
+        let device = if self.activated {
+            self.device.device_state()
+        } else {
+            DeviceState::Queues
+        };
         let queues = if self.activated {
             let live = self
                 .device
@@ -63,12 +104,14 @@ impl MmioTransport {
             interrupt_status: self.interrupt.status(),
             activated: self.activated,
             queues,
+            device,
         })
     }
 
     /// Puts a fresh transport (same kind of device, not yet used) in the
     /// saved state; an activated device is activated again with its queues
-    /// where they were.
+    /// where they were and its own state, then served once: the guest may
+    /// have queued buffers that the saved VM's device had not seen yet.
     pub fn restore_state(&mut self, s: &TransportState) -> Result<(), String> {
         let name = self.device.virtio_config().name;
         if s.device_type != self.device.device_type() || s.queues.len() != self.queues.len() {
@@ -100,6 +143,10 @@ impl MmioTransport {
                 .activate(self.mem.clone(), build()?, self.interrupt.clone())
                 .map_err(|e| format!("{name}: {e}"))?;
             self.activated = true;
+            self.device.restore_device_state(&s.device)?;
+            for q in 0..s.queues.len() {
+                self.device.process_queue(q);
+            }
         }
         self.queues = queues;
         Ok(())
