@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# Snapshot/restore against a cold boot, in one run, on a busybox initramfs
-# guest (default kernel, virtio-rng, 256 MiB) whose init writes the
-# boot-finished port (the snapshot point) and then leaves through the exit
-# port:
-#  (a) cold boot: process start -> exit, and restore: process start -> exit,
-#      interleaved, median of N (default 20; cold boots are capped at
-#      N_COLD, default 3, as each takes ~30 s on a nested host);
+# Snapshot/restore against a cold boot, in one run, on a busybox OCI image
+# (default kernel, virtio-rng, 256 MiB) saved with minivm's guest agent
+# waiting for its command (`run IMAGE --snapshot-to DIR`):
+#  (a) `run IMAGE -- true` (cold boot, warm image cache): process start ->
+#      exit, against `restore DIR -- true`, interleaved, median of N
+#      (default 20; cold boots are capped at N_COLD, default 3, as each
+#      takes ~30 s on a nested host);
 #  (b) minivm's own share of a restore: --timings' "start to guest entry";
-#  (c) memory: 20 VMs restored side by side from a snapshot whose guest
-#      sleeps 3 s after the point: the sum of their PSS (each page counted
-#      once across them) against the RSS of one VM.
+#  (c) memory: 20 VMs restored side by side, each running `sleep 3`: the
+#      sum of their PSS (each page counted once across them) against the
+#      RSS of one VM.
 # QEMU's savevm/-incoming is not compared yet.
 #   bench/snapshot.sh [N]
 set -euo pipefail
@@ -20,61 +20,56 @@ cargo build --release -q
 work=target/bench/snapshot
 rm -rf "$work"
 mkdir -p "$work"
-exec python3 - "$kernel_dir" "$work" "${1:-20}" <<'PY'
+exec python3 - "$kernel_dir" "$(realpath "$work")" "${1:-20}" <<'PY'
 import os, statistics, subprocess, sys, time
 
 kernel_dir, work, N = sys.argv[1], sys.argv[2], int(sys.argv[3])
 N_COLD = int(os.environ.get("N_COLD", "3"))
 minivm = os.path.abspath("target/release/minivm")
 vmlinux = os.path.join(kernel_dir, "vmlinux")
+env = dict(os.environ, XDG_CACHE_HOME=os.path.join(work, "cache"))
 
-def initramfs(name, after):
-    root = os.path.join(work, name + ".root")
-    for d in ("bin", "dev", "proc"):
-        os.makedirs(os.path.join(root, d))
-    subprocess.run(["cp", "/bin/busybox", os.path.join(root, "bin/busybox")], check=True)
-    for app in ("sh", "mount", "sleep", "dd", "printf", "echo"):
-        os.symlink("busybox", os.path.join(root, "bin", app))
-    with open(os.path.join(root, "init"), "w") as f:
-        f.write("#!/bin/sh\nmount -t devtmpfs dev /dev\necho BENCH-POINT\n"
-                "printf '\\001' | dd of=/dev/port bs=1 seek=245 count=1 2>/dev/null\n"
-                f"{after}\nprintf '\\000' | dd of=/dev/port bs=1 seek=244 count=1 2>/dev/null\n")
-    os.chmod(os.path.join(root, "init"), 0o755)
-    out = os.path.join(work, name + ".cpio")
-    subprocess.run(f"cd {root} && find . | cpio -o -H newc --quiet > {os.path.abspath(out)}",
-                   shell=True, check=True)
-    return out
+def sh(*cmd):
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
 
-def args(initrd):
-    return ["--kernel", vmlinux, "--initrd", initrd, "--mem", "256M", "--append", "quiet rdinit=/init"]
+# A busybox image (umoci, as bench/run.sh).
+layout = os.path.join(work, "layout")
+ref = f"oci:{layout}:app"
+bundle = os.path.join(work, "bundle")
+sh("umoci", "init", "--layout", layout)
+sh("umoci", "new", "--image", f"{layout}:app")
+sh("umoci", "unpack", "--rootless", "--image", f"{layout}:app", bundle)
+rootfs = os.path.join(bundle, "rootfs")
+os.makedirs(os.path.join(rootfs, "bin"), exist_ok=True)
+sh("cp", "/bin/busybox", os.path.join(rootfs, "bin/busybox"))
+for app in ("sh", "true", "sleep"):
+    os.symlink("busybox", os.path.join(rootfs, "bin", app))
+sh("umoci", "repack", "--image", f"{layout}:app", bundle)
 
 def timed(cmd):
     t = time.perf_counter()
-    p = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True)
+    p = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, env=env)
     dt = time.perf_counter() - t
     if p.returncode != 0:
         sys.exit(f"{cmd[1]} failed ({p.returncode}): {p.stderr.decode()[-600:]}")
     return dt, p.stderr.decode()
 
-quick = initramfs("quick", "")
-hold = initramfs("hold", "sleep 3")
-snaps = {}
-for name, initrd in (("quick", quick), ("hold", hold)):
-    snaps[name] = os.path.join(work, name + ".snap")
-    dt, _ = timed([minivm, "run"] + args(initrd) + ["--snapshot-to", snaps[name]])
-    print(f"snapshot {name}: boot and save {dt:.1f} s", flush=True)
+vm = ["--kernel", vmlinux, "--mem", "256M"]
+snap = os.path.join(work, "snap")
+dt, _ = timed([minivm, "run", ref] + vm + ["--snapshot-to", snap])
+print(f"snapshot: convert, boot and save {dt:.1f} s", flush=True)
 
 cold, restore, entry = [], [], []
 for i in range(N):
     if i < N_COLD:
-        cold.append(timed([minivm, "run"] + args(quick))[0])
-    dt, err = timed([minivm, "restore", "--timings", snaps["quick"]])
+        cold.append(timed([minivm, "run", ref] + vm + ["--", "true"])[0])
+    dt, err = timed([minivm, "restore", "--timings", snap, "--", "true"])
     restore.append(dt)
     for line in err.splitlines():
         if "start to guest entry" in line:
             entry.append(float(line.split("start to guest entry ")[1].split(" ms")[0]))
 mc, mr = statistics.median(cold), statistics.median(restore)
-print(f"(a) start -> exit: cold boot {mc:.2f} s (median of {len(cold)}), restore {mr * 1000:.1f} ms "
+print(f"(a) start -> `true` exited: cold boot {mc:.2f} s (median of {len(cold)}), restore {mr * 1000:.1f} ms "
       f"(median of {N}), ratio restore/cold {mr / mc:.4f}")
 print(f"(b) restore, minivm's own share (start -> guest entry): median {statistics.median(entry):.2f} ms, "
       f"min {min(entry):.2f} ms, max {max(entry):.2f} ms")
@@ -88,8 +83,8 @@ def rollup(pid):
                 vals[p[0].rstrip(":")] = int(p[1])
     return vals
 
-procs = [subprocess.Popen([minivm, "restore", snaps["hold"]], stdin=subprocess.DEVNULL,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(20)]
+procs = [subprocess.Popen([minivm, "restore", snap, "--", "sleep", "3"], stdin=subprocess.DEVNULL,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env) for _ in range(20)]
 time.sleep(1.5)
 rolls = [rollup(p.pid) for p in procs]
 codes = [p.wait() for p in procs]

@@ -51,7 +51,8 @@ pub fn read_job(port: &mut impl BufRead) -> io::Result<JobParts> {
         Ok(buf)
     };
     let (argv, env) = (part(sizes[0])?, part(sizes[1])?);
-    let text = String::from_utf8(part(sizes[2])?).map_err(|_| bad("job text is not UTF-8".into()))?;
+    let text =
+        String::from_utf8(part(sizes[2])?).map_err(|_| bad("job text is not UTF-8".into()))?;
     Ok(JobParts { argv, env, text })
 }
 
@@ -107,11 +108,24 @@ mod tests {
     fn a_job_then_messages() {
         let mut input: &[u8] = b"signal 2\njob 6 4 8\nsh\0-c\0A=1\0stdin=1\nsignal 15\n";
         let j = read_job(&mut input).unwrap();
-        assert_eq!((j.argv.as_slice(), j.env.as_slice()), (&b"sh\0-c\0"[..], &b"A=1\0"[..]));
+        assert_eq!(
+            (j.argv.as_slice(), j.env.as_slice()),
+            (&b"sh\0-c\0"[..], &b"A=1\0"[..])
+        );
         assert_eq!(j.text, "stdin=1\n");
         assert_eq!(input, b"signal 15\n", "what follows stays for watch");
-        for bad in [&b"job 1 2\n"[..], b"job 1 1 x\n", b"job 0 0 5\nabc", b"", b"job 99999999 0 0\n"] {
-            assert!(read_job(&mut &bad[..]).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        for bad in [
+            &b"job 1 2\n"[..],
+            b"job 1 1 x\n",
+            b"job 0 0 5\nabc",
+            b"",
+            b"job 99999999 0 0\n",
+        ] {
+            assert!(
+                read_job(&mut &bad[..]).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 

@@ -197,7 +197,7 @@ impl Job {
 
 /// Bytes from an even number of hex digits.
 fn hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 || !s.is_ascii() {
+    if !s.len().is_multiple_of(2) || !s.is_ascii() {
         return None;
     }
     (0..s.len())
@@ -264,18 +264,32 @@ mod tests {
             .unwrap();
         assert_eq!(j.argv, ["sh", "-c", "exit 3"]);
         assert_eq!(j.env, ["PATH=/bin"]);
-        assert_eq!(j.root, Root::Block("/dev/vda".into()), "kept from the waiting job");
+        assert_eq!(
+            j.root,
+            Root::Block("/dev/vda".into()),
+            "kept from the waiting job"
+        );
         assert_eq!(j.hostname, "minivm");
         assert_eq!((j.workdir.as_str(), j.user.as_str()), ("/w", "1:2"));
         assert_eq!(j.stdio, Stdio::Ports { stdin: false });
         assert_eq!(j.seed, [0x00, 0xff, 0x10]);
         assert_eq!(j.clock, Some((1_700_000_000, 123)));
         assert!(!j.wait);
-        for bad in ["seed=0", "seed=zz", "clock=1", "clock=1.1000000000", "clock=-1.0", "wait=1"] {
+        for bad in [
+            "seed=0",
+            "seed=zz",
+            "clock=1",
+            "clock=1.1000000000",
+            "clock=-1.0",
+            "wait=1",
+        ] {
             assert!(w.resume(b"x\0", b"", bad).is_err(), "{bad}");
         }
         assert!(w.resume(b"", b"", "stdio=ports").is_err(), "no command");
-        assert!(Job::parse(b"", b"", "root=blk:/dev/vda\n").is_err(), "no command, no wait");
+        assert!(
+            Job::parse(b"", b"", "root=blk:/dev/vda\n").is_err(),
+            "no command, no wait"
+        );
     }
 
     #[test]

@@ -206,14 +206,24 @@ fn wait_for_job(
         sys::set_clock(secs, nanos).map_err(setup("set the clock"))?;
     }
     let opened = match (job.stdio, opened) {
-        (Stdio::Ports { stdin }, stdio::Opened::Ports { stdout, stderr, stdin: port }) => {
+        (
+            Stdio::Ports { stdin },
             stdio::Opened::Ports {
                 stdout,
                 stderr,
-                stdin: port.filter(|_| stdin),
-            }
+                stdin: port,
+            },
+        ) => stdio::Opened::Ports {
+            stdout,
+            stderr,
+            stdin: port.filter(|_| stdin),
+        },
+        _ => {
+            return Err((
+                EXIT_SETUP,
+                "a restored job's stdio must be minivm's ports".into(),
+            ))
         }
-        _ => return Err((EXIT_SETUP, "a restored job's stdio must be minivm's ports".into())),
     };
     Ok((job, opened, Some(control)))
 }

@@ -295,7 +295,16 @@ fn an_image_is_saved_once_and_five_parallel_restores_run_their_own_commands() {
                   time=$(busybox date +%s)\"; echo err-$N >&2; exit $N";
     let restores: Vec<_> = (1..=5)
         .map(|n| {
-            let mut c = minivm(&["restore", s, "-e", &format!("N={n}"), "--", "sh", "-c", script]);
+            let mut c = minivm(&[
+                "restore",
+                s,
+                "-e",
+                &format!("N={n}"),
+                "--",
+                "sh",
+                "-c",
+                script,
+            ]);
             std::thread::spawn(move || (n, run_minivm_with(&mut c, BOOT_TIMEOUT)))
         })
         .collect();
@@ -304,7 +313,10 @@ fn an_image_is_saved_once_and_five_parallel_restores_run_their_own_commands() {
         let (n, out) = r.join().unwrap();
         let after = unix_now();
         assert_eq!(out.code(), n, "{out:#?}");
-        assert!(!out.stdout.contains("LEAK"), "another restore's file: {out:#?}");
+        assert!(
+            !out.stdout.contains("LEAK"),
+            "another restore's file: {out:#?}"
+        );
         let line = out
             .stdout
             .lines()
@@ -312,7 +324,15 @@ fn an_image_is_saved_once_and_five_parallel_restores_run_their_own_commands() {
             .unwrap_or_else(|| panic!("no output line: {out:#?}"));
         assert!(line.starts_with(&format!("out-{n} ")), "{line}");
         assert!(out.stderr.contains(&format!("err-{n}")), "{out:#?}");
-        let field = |k: &str| line.split(k).nth(1).unwrap().split(' ').next().unwrap().to_string();
+        let field = |k: &str| {
+            line.split(k)
+                .nth(1)
+                .unwrap()
+                .split(' ')
+                .next()
+                .unwrap()
+                .to_string()
+        };
         let rand = field("rand=");
         assert_eq!(rand.len(), 32, "{line}");
         rands.push(rand);
@@ -326,7 +346,15 @@ fn an_image_is_saved_once_and_five_parallel_restores_run_their_own_commands() {
     rands.dedup();
     assert_eq!(rands.len(), 5, "each restore has its own random numbers");
 
-    let mut c = minivm(&["restore", s, "-i", "--", "sh", "-c", "cat; test -e /mark || echo clean"]);
+    let mut c = minivm(&[
+        "restore",
+        s,
+        "-i",
+        "--",
+        "sh",
+        "-c",
+        "cat; test -e /mark || echo clean",
+    ]);
     let out = run_minivm_input(&mut c, Some(b"hello from stdin\n".to_vec()), BOOT_TIMEOUT);
     assert_eq!(
         (out.code(), out.stdout.as_str()),
@@ -342,8 +370,14 @@ fn an_image_is_saved_once_and_five_parallel_restores_run_their_own_commands() {
     let to = dir.join("never");
     let to = to.to_str().unwrap();
     let cases: [(&[&str], &str); 3] = [
-        (&["run", &reference, "--virtiofs", "--snapshot-to", to], "a virtio-fs root"),
-        (&["run", &reference, "--snapshot-to", to, "--", "true"], "go to `minivm restore DIR`"),
+        (
+            &["run", &reference, "--virtiofs", "--snapshot-to", to],
+            "a virtio-fs root",
+        ),
+        (
+            &["run", &reference, "--snapshot-to", to, "--", "true"],
+            "go to `minivm restore DIR`",
+        ),
         (&["restore", s, "-t", "--", "sh"], "-t is not supported"),
     ];
     for (args, want) in cases {

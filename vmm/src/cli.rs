@@ -244,10 +244,11 @@ pub struct RunArgs {
     #[arg(long)]
     pub restart: bool,
 
-    /// Save the VM to DIR (a new directory) when the guest first writes the
-    /// boot-finished port (0xf5), then end with 0; `minivm restore DIR`
-    /// starts copies of it. For now only VMs without a disk, share,
-    /// network or command (virtio-rng is saved).
+    /// Save the VM to DIR (a new directory), then end with 0; `minivm
+    /// restore DIR [-- CMD]` starts copies of it. With a root image, the VM
+    /// is saved once minivm's guest agent has set it up and waits for the
+    /// command `restore` gives it; without one, when the guest first writes
+    /// the boot-finished port (0xf5). Not with virtio-fs, shares or networks.
     #[arg(long, value_name = "DIR")]
     pub snapshot_to: Option<PathBuf>,
 

@@ -67,7 +67,10 @@ pub fn console(io: GuestIo, job: Option<&[u8]>) -> io::Result<Option<(Console, O
         io::Write::write_all(&mut write, job).map_err(|e| {
             io::Error::new(
                 e.kind(),
-                format!("the job ({} bytes) does not fit the control port: {e}", job.len()),
+                format!(
+                    "the job ({} bytes) does not fit the control port: {e}",
+                    job.len()
+                ),
             )
         })?;
     }

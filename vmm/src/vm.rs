@@ -307,16 +307,15 @@ fn setup_devices(
     if config.rng {
         add_virtio(vm, mem, Box::new(Rng::new()), "virtio-rng", &mut slots)?;
     }
-    let streams =
-        match crate::streams::console(config.io, config.agent_job.as_deref())
-            .map_err(host_err("the agent's console ports"))?
-        {
-            Some((console, control)) => {
-                let t = add_virtio(vm, mem, Box::new(console), "virtio-console", &mut slots)?;
-                Some((t, control))
-            }
-            None => None,
-        };
+    let streams = match crate::streams::console(config.io, config.agent_job.as_deref())
+        .map_err(host_err("the agent's console ports"))?
+    {
+        Some((console, control)) => {
+            let t = add_virtio(vm, mem, Box::new(console), "virtio-console", &mut slots)?;
+            Some((t, control))
+        }
+        None => None,
+    };
     let mut transports = Vec::new();
     for (transport, base) in slots.transports {
         mmio.insert(transport.clone(), base, VIRTIO_MMIO_SIZE)?;

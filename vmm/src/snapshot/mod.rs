@@ -41,8 +41,8 @@ pub use devices::{restore_devices, DeviceStates};
 pub use state::{VcpuState, VmState};
 
 use crate::io_reason::io_reason;
-use boot::GuestMemory;
 use ::devices::virtio::block::backend::Backend;
+use boot::GuestMemory;
 use imagefs::process::ImageProcess;
 
 /// Version of the snapshot format; bumped whenever what is saved changes.
@@ -243,8 +243,6 @@ pub struct Loaded {
     pub dir: PathBuf,
 }
 
-
-
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError + '_ {
     move |source| SnapshotError::Io {
         path: path.to_path_buf(),
@@ -296,12 +294,12 @@ pub fn save(
         .map(|disk| snapshot.disk = disk)
         .and_then(|()| write_files(&tmp, &snapshot, mem))
         .and_then(|()| {
-        std::fs::rename(&tmp, dir).map_err(io_err(dir))?;
-        if let Some(parent) = dir.parent() {
-            let _ = File::open(parent).and_then(|d| d.sync_all());
-        }
-        Ok(())
-    });
+            std::fs::rename(&tmp, dir).map_err(io_err(dir))?;
+            if let Some(parent) = dir.parent() {
+                let _ = File::open(parent).and_then(|d| d.sync_all());
+            }
+            Ok(())
+        });
     if written.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
     }

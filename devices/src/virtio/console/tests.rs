@@ -378,3 +378,49 @@ fn reset_and_reactivate() {
     dev.process_queue(1);
     assert_eq!(out.bytes(), b"again");
 }
+
+#[test]
+fn a_restored_console_goes_on_with_the_saved_ports_and_queues() {
+    use crate::virtio::DeviceState;
+    let m = mem();
+    let (mut dev, ..) = three_ports();
+    let mut r = rig(&m, &mut dev);
+    handshake(&mut r, &mut dev, 3);
+    // The guest opens stdin and posts a buffer for it, then the VM is saved.
+    r.send_ctrl(&mut dev, 2, PORT_OPEN, 1);
+    r.post_rx(6, 64); // port 2 rx = 2 + 2 * 2
+    let queues = dev
+        .queue_states()
+        .expect("an active console saves its queues");
+    assert_eq!(queues.len(), 8);
+    let state = dev.device_state();
+    let DeviceState::Console(s) = &state else {
+        panic!("{state:?}")
+    };
+    let open: Vec<bool> = s.ports.iter().map(|p| p.guest_open).collect();
+    assert_eq!(open, [false, false, true]);
+
+    // A fresh console of the same ports (new host ends), restored.
+    let (mut restored, _, _, mut w) = three_ports();
+    let irq = Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap()));
+    let qs = queues
+        .iter()
+        .map(|q| virtio_queue::Queue::try_from(*q).unwrap())
+        .collect();
+    restored.activate(m.clone(), qs, irq).unwrap();
+    restored.restore_device_state(&state).unwrap();
+    assert!(restored.guest_open(2) && !restored.guest_open(0));
+    w.write_all(b"after restore").unwrap();
+    restored.process_host_event(0);
+    assert_eq!(r.take_used(6), [b"after restore".to_vec()]);
+
+    // Other ports, or another device's state, are refused.
+    let mut other = Console::new(vec![PortSpec {
+        name: "minivm.control".into(),
+        output: None,
+        input: None,
+    }]);
+    let err = other.restore_device_state(&state).unwrap_err();
+    assert!(err.contains("saved ports [minivm.stdout"), "{err}");
+    assert!(other.restore_device_state(&DeviceState::Queues).is_err());
+}

@@ -35,6 +35,10 @@ struct FakeState {
     resets: u32,
     config: Vec<(u64, Vec<u8>)>,
     fail_activate: bool,
+    /// Answer `queue_states` with the activation's queues (else: not saveable).
+    saveable: bool,
+    /// The last activation's queues, as `Queue::state` gives them.
+    live: Vec<virtio_queue::QueueState>,
 }
 
 struct Fake(Arc<Mutex<FakeState>>, VirtioConfig);
@@ -70,7 +74,12 @@ impl VirtioDevice for Fake {
             (q.size(), q.desc_table(), q.avail_ring(), q.used_ring(), idx)
         };
         s.activations.push(queues.iter().map(snap).collect());
+        s.live = queues.iter().map(Queue::state).collect();
         Ok(())
+    }
+    fn queue_states(&self) -> Option<Vec<virtio_queue::QueueState>> {
+        let s = self.0.lock().unwrap();
+        s.saveable.then(|| s.live.clone())
     }
     fn process_queue(&mut self, index: usize) {
         self.0.lock().unwrap().processed.push(index);
@@ -387,4 +396,51 @@ fn queue_events_through_event_manager() {
     t.lock().unwrap().queue_events()[0].write(3).unwrap();
     em.run_with_timeout(100).unwrap();
     assert_eq!(state.lock().unwrap().processed, vec![1, 0]);
+}
+
+#[test]
+fn saved_state_restores_into_a_fresh_transport() {
+    let (mut t, state) = transport();
+    // Before activation: the driver's set-up so far.
+    assert_eq!(negotiate(&mut t, 0b1001 | EVENT_IDX, V1), FEAT);
+    setup_queue(&mut t, 0, 16);
+    let early = t.save_state().unwrap();
+    assert!(!early.activated && early.queues[0].ready && !early.queues[1].ready);
+    setup_queue(&mut t, 1, 4);
+    w(&mut t, STATUS, LIVE);
+    let err = t.save_state().unwrap_err();
+    assert!(err.contains("fake: its state is not saved yet"), "{err}");
+    state.lock().unwrap().saveable = true;
+    t.interrupt().trigger(1);
+    let saved = t.save_state().unwrap();
+    let json = serde_json::to_string(&saved).unwrap();
+    let back: TransportState = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, saved, "the state survives its file format");
+
+    let (mut fresh, fresh_state) = transport();
+    fresh.restore_state(&back).unwrap();
+    assert!(fresh.is_activated());
+    assert_eq!(r(&mut fresh, STATUS), LIVE);
+    assert_eq!(r(&mut fresh, ISR), 1, "a pending interrupt stays pending");
+    let f = fresh_state.lock().unwrap();
+    let old = state.lock().unwrap();
+    assert_eq!(f.activations, old.activations);
+    assert_eq!(
+        (f.acked, old.acked),
+        (Some(FAKE_FEATURES), Some(FAKE_FEATURES))
+    );
+    assert_eq!(
+        f.processed,
+        [0, 1],
+        "every queue is served once after restore"
+    );
+    drop((f, old));
+
+    // Another device (queue count, type) is refused.
+    let (other, _) = fake(&[16]);
+    let err = other.unwrap().restore_state(&back).unwrap_err();
+    assert!(
+        err.contains("saved state is of device type 42 with 2 queues"),
+        "{err}"
+    );
 }
