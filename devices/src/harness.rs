@@ -106,4 +106,20 @@ mod tests {
         p.write(2, &[1]);
         assert_eq!(exit.reason(), Some(ExitReason::GuestPanic));
     }
+
+    #[test]
+    fn the_snapshot_point_is_the_first_marker_and_can_be_resumed() {
+        let exit = ExitHandle::new().unwrap();
+        let mut p = HarnessPorts::new(exit.clone(), Instant::now()).snapshot_at_marker();
+        p.write(1, &[1]);
+        assert_eq!(exit.reason(), Some(ExitReason::Snapshot));
+        assert!(exit.resume_after_snapshot());
+        assert_eq!(exit.reason(), None);
+        assert!(exit.event_fd().read().is_err(), "the wake-up was drained");
+        p.write(1, &[1]);
+        assert_eq!(exit.reason(), None, "only the first marker is the point");
+        p.write(0, &[5]);
+        assert!(!exit.resume_after_snapshot(), "other reasons stay");
+        assert_eq!(exit.reason(), Some(ExitReason::GuestExit(5)));
+    }
 }

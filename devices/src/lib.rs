@@ -91,6 +91,20 @@ impl ExitHandle {
         *self.inner.reason.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Takes back a [`ExitReason::Snapshot`] request once the snapshot is
+    /// saved, so that the VM can go on (`--snapshot-and-continue`); whether
+    /// there was one. Other reasons stay.
+    pub fn resume_after_snapshot(&self) -> bool {
+        let mut r = self.inner.reason.lock().unwrap_or_else(|e| e.into_inner());
+        if !matches!(*r, Some((ExitReason::Snapshot, _))) {
+            return false;
+        }
+        *r = None;
+        // Drain the wake-up so the event loop waits again.
+        let _ = self.inner.evt.read();
+        true
+    }
+
     /// The event fd that becomes readable on the first request.
     pub fn event_fd(&self) -> &vmm_sys_util::eventfd::EventFd {
         &self.inner.evt

@@ -366,10 +366,44 @@ fn an_image_is_saved_once_and_five_parallel_restores_run_their_own_commands() {
     assert_eq!(out.stdout, "image default\n");
     assert!(contents(&snap) == saved, "restoring changed the snapshot");
 
+    // --snapshot-and-continue: the run goes on with its own command, which
+    // the snapshot does not hold.
+    let snap2 = dir.join("snap2");
+    let s2 = snap2.to_str().unwrap();
+    let mut c = minivm(&[
+        "run",
+        &reference,
+        "--mem",
+        "256M",
+        "--snapshot-to",
+        s2,
+        "--snapshot-and-continue",
+        "--",
+        "sh",
+        "-c",
+        "echo continued; exit 6",
+    ]);
+    let out = run_minivm_with(&mut c, BOOT_TIMEOUT);
+    assert_eq!(
+        (out.code(), out.stdout.as_str()),
+        (6, "continued\n"),
+        "{out:#?}"
+    );
+    assert!(out.stderr.contains("snapshot written to"), "{out:#?}");
+    let out = run_minivm_with(
+        &mut minivm(&["restore", s2, "--", "sh", "-c", "echo restored; exit 7"]),
+        BOOT_TIMEOUT,
+    );
+    assert_eq!(
+        (out.code(), out.stdout.as_str()),
+        (7, "restored\n"),
+        "{out:#?}"
+    );
+
     // Refused before anything starts.
     let to = dir.join("never");
     let to = to.to_str().unwrap();
-    let cases: [(&[&str], &str); 3] = [
+    let cases: [(&[&str], &str); 4] = [
         (
             &["run", &reference, "--virtiofs", "--snapshot-to", to],
             "a virtio-fs root",
@@ -379,6 +413,17 @@ fn an_image_is_saved_once_and_five_parallel_restores_run_their_own_commands() {
             "go to `minivm restore DIR`",
         ),
         (&["restore", s, "-t", "--", "sh"], "-t is not supported"),
+        (
+            &[
+                "run",
+                &reference,
+                "--snapshot-to",
+                to,
+                "--snapshot-and-continue",
+                "-i",
+            ],
+            "-i and -t cannot go with it",
+        ),
     ];
     for (args, want) in cases {
         let out = run_minivm_with(&mut minivm(args), T);

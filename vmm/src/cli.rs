@@ -252,6 +252,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR")]
     pub snapshot_to: Option<PathBuf>,
 
+    /// With --snapshot-to: once the VM is saved, go on running it (with a
+    /// root image: its command, given here as for a plain run; not -i).
+    #[arg(long, requires = "snapshot_to")]
+    pub snapshot_and_continue: bool,
+
     /// Attach the root (disk or --rootfs directory) read-only: guest writes fail and nothing changes.
     #[arg(long)]
     pub readonly: bool,

@@ -73,9 +73,12 @@ pub struct VmConfig {
     /// With `--snapshot-to` and a root image: the image's process, which the
     /// snapshot records for the agent that waits in it.
     pub image_process: Option<imagefs::process::ImageProcess>,
-    /// What minivm writes to the agent's control port before the guest
-    /// runs: a restored agent's job (`crate::agent::Job::message`).
-    pub agent_job: Option<Vec<u8>>,
+    /// `--snapshot-and-continue`: the VM goes on once it is saved.
+    pub snapshot_continue: bool,
+    /// The job for an agent that waits for it on its control port: a
+    /// restored one's (sent before the guest runs), or with
+    /// `--snapshot-and-continue` this run's (sent once the VM is saved).
+    pub agent_job: Option<crate::agent::Job>,
 }
 
 impl VmConfig {

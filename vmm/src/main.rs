@@ -20,6 +20,7 @@ mod lifecycle;
 mod paths;
 mod restore;
 mod root;
+mod running;
 mod session;
 mod shutdown;
 mod signals;
@@ -73,13 +74,12 @@ fn init_logging(verbose: u8) {
 
 fn exit_code(reason: ExitReason) -> u8 {
     match reason {
-        ExitReason::Reset | ExitReason::PowerOff | ExitReason::UserQuit => 0,
+        // Snapshot: saved (`--snapshot-to`), and the run ends there.
+        ExitReason::Reset | ExitReason::PowerOff | ExitReason::UserQuit | ExitReason::Snapshot => 0,
         ExitReason::GuestExit(status) => status,
         ExitReason::GuestPanic | ExitReason::Crash => EXIT_GUEST_CRASH,
         ExitReason::HostSignal(sig) => 128u8.saturating_add(sig as u8),
         ExitReason::Timeout => EXIT_TIMEOUT,
-        // Only seen if the snapshot could not be written (an error then).
-        ExitReason::Snapshot => EXIT_ERROR,
     }
 }
 

@@ -28,7 +28,7 @@ pub fn vm_config(args: &RestoreArgs, loaded: Loaded) -> Result<VmConfig, Error> 
             let io = GuestIo::Streams {
                 stdin: overrides.interactive,
             };
-            (io, Some(job.message()?))
+            (io, Some(job))
         }
         None if overrides.any() || overrides.interactive || overrides.tty => {
             return Err(Error::AgentConflict(
@@ -61,6 +61,7 @@ pub fn vm_config(args: &RestoreArgs, loaded: Loaded) -> Result<VmConfig, Error> 
         snapshot_to: None,
         restore: Some(Arc::new(loaded)),
         image_process: None,
+        snapshot_continue: false,
         agent_job,
     })
 }

@@ -24,6 +24,8 @@ pub struct PreparedRoot {
     agent: Option<AgentInitrd>,
     /// The agent waits for its job in a snapshot (`--snapshot-to`).
     waiting: bool,
+    /// Its job for this run, sent once the VM is saved (`--snapshot-and-continue`).
+    continue_job: Option<Job>,
 }
 
 impl PreparedRoot {
@@ -102,6 +104,7 @@ impl PreparedRoot {
             process,
             agent: None,
             waiting: false,
+            continue_job: None,
         })
     }
 
@@ -114,6 +117,10 @@ impl PreparedRoot {
             let root = self.agent_root()?;
             self.agent = Some(AgentInitrd::waiting(&root, spec.root.read_only())?);
             self.waiting = true;
+            if spec.snapshot_continue {
+                let image = self.process.clone().unwrap_or_default();
+                self.continue_job = Some(Job::new(&image, &spec.overrides)?);
+            }
             return Ok(());
         }
         let image = self.process.clone().unwrap_or_default();
@@ -192,7 +199,8 @@ impl PreparedRoot {
             image_process: self
                 .waiting
                 .then(|| self.process.clone().unwrap_or_default()),
-            agent_job: None,
+            snapshot_continue: spec.snapshot_continue,
+            agent_job: self.continue_job.clone(),
         }
     }
 }
@@ -248,6 +256,7 @@ mod tests {
             seccomp: crate::cli::SeccompMode::On,
             jail: None,
             snapshot_to: None,
+            snapshot_continue: false,
             overrides: Default::default(),
         }
     }

@@ -103,13 +103,17 @@ fn snapshot_spec(args: &RunArgs, root: &RootSpec) -> Result<Option<PathBuf>, Spe
         || args.job.entrypoint.is_some()
         || !args.job.env.is_empty()
         || args.job.workdir.is_some()
-        || args.job.user.is_some()
-        || args.job.interactive
-        || args.job.tty;
-    if job_options {
+        || args.job.user.is_some();
+    if args.job.tty || args.job.interactive {
         return refuse(
-            "the command and its options (-- CMD, --entrypoint, -e, --workdir, --user, -i, \
-             -t) go to `minivm restore DIR`: the snapshot's agent waits for them",
+            "-i and -t cannot go with it: the saved agent has the command's ports, and input \
+             read before the snapshot point would be in it (give -i to `minivm restore`)",
+        );
+    }
+    if job_options && !args.snapshot_and_continue {
+        return refuse(
+            "the command and its options (-- CMD, --entrypoint, -e, --workdir, --user) go to \
+             `minivm restore DIR`, whose agent waits for them (or add --snapshot-and-continue)",
         );
     }
     if !matches!(root, RootSpec::None) && args.initrd.is_some() {
@@ -271,6 +275,8 @@ pub struct RunSpec {
     pub jail: Option<JailSpec>,
     /// `--snapshot-to`.
     pub snapshot_to: Option<PathBuf>,
+    /// `--snapshot-and-continue`.
+    pub snapshot_continue: bool,
     /// `-- CMD`, `--entrypoint`, `-e`, `--workdir`, `--user`.
     pub overrides: Overrides,
 }
@@ -335,6 +341,7 @@ impl RunSpec {
             seccomp: args.seccomp,
             jail,
             snapshot_to,
+            snapshot_continue: args.snapshot_and_continue,
             overrides: Overrides::from(&args.job),
         })
     }
@@ -504,6 +511,7 @@ mod tests {
             shutdown_timeout: 0,
             restart: false,
             snapshot_to: None,
+            snapshot_and_continue: false,
             timeout: None,
             fs_stats: false,
             seccomp: crate::cli::SeccompMode::On,

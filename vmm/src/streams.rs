@@ -26,9 +26,8 @@ fn dup(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<OwnedFd> {
 
 /// The agent's console for one boot, and the write end of its control
 /// port (non-blocking: signal handlers write it), or `None` when `io` is a
-/// whole system's console. `job` is written to the control port first (a
-/// restored agent's job, `crate::agent::Job::message`).
-pub fn console(io: GuestIo, job: Option<&[u8]>) -> io::Result<Option<(Console, OwnedFd)>> {
+/// whole system's console.
+pub fn console(io: GuestIo) -> io::Result<Option<(Console, OwnedFd)>> {
     let out = |fd: OwnedFd| -> Option<Box<dyn io::Write + Send>> { Some(Box::new(File::from(fd))) };
     let mut ports = Vec::new();
     match io {
@@ -54,25 +53,10 @@ pub fn console(io: GuestIo, job: Option<&[u8]>) -> io::Result<Option<(Console, O
             });
         }
     }
-    let (read, mut write) = io::pipe()?;
+    let (read, write) = io::pipe()?;
     // SAFETY: F_SETFL on a pipe end this function owns.
     if unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) } != 0 {
         return Err(io::Error::last_os_error());
-    }
-    if let Some(job) = job {
-        // The pipe must hold the whole job: nothing reads it before the guest runs.
-        let want = libc::c_int::try_from(job.len() + 4096).unwrap_or(libc::c_int::MAX);
-        // SAFETY: F_SETPIPE_SZ on a pipe end this function owns.
-        unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, want) };
-        io::Write::write_all(&mut write, job).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!(
-                    "the job ({} bytes) does not fit the control port: {e}",
-                    job.len()
-                ),
-            )
-        })?;
     }
     ports.push(PortSpec {
         name: CONTROL_PORT.into(),
@@ -80,4 +64,23 @@ pub fn console(io: GuestIo, job: Option<&[u8]>) -> io::Result<Option<(Console, O
         input: Some(read.into()),
     });
     Ok(Some((Console::new(ports), write.into())))
+}
+
+/// Hands a waiting agent its job (`crate::agent::Job::message`) through the
+/// control port's write end `control`: all at once, as the pipe is grown
+/// to hold it (the agent reads it only once the guest runs).
+pub fn send_job(control: &OwnedFd, job: &crate::agent::Job) -> io::Result<()> {
+    let msg = job.message().map_err(|e| io::Error::other(e.to_string()))?;
+    let want = libc::c_int::try_from(msg.len() + 4096).unwrap_or(libc::c_int::MAX);
+    // SAFETY: F_SETPIPE_SZ on a pipe end the caller owns; failing leaves it as it was.
+    unsafe { libc::fcntl(control.as_raw_fd(), libc::F_SETPIPE_SZ, want) };
+    io::Write::write_all(&mut File::from(control.try_clone()?), &msg).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "the job ({} bytes) does not fit the control port: {e}",
+                msg.len()
+            ),
+        )
+    })
 }

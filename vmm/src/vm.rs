@@ -3,9 +3,7 @@
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use devices::acpi::AcpiPmDevice;
@@ -23,7 +21,6 @@ use kvm_ioctls::{Cap, IoEventAddress, Kvm, VmFd};
 use sandbox::ThreadKind;
 use vm_memory::{Address, GuestAddress, GuestMemory as _, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
-use vmm_sys_util::signal::{Killable, SIGRTMIN};
 
 use crate::config::{self, ShareSource, VmConfig};
 use crate::io_reason::io_reason;
@@ -31,7 +28,7 @@ use crate::session::{DiskError, KeptDevices, Session};
 use crate::shutdown::ShutdownRequest;
 use crate::signals;
 use crate::terminal::{ExitWatcher, StdinForwarder};
-use crate::vcpu::{Buses, StartGate, Vcpu, VcpuError};
+use crate::vcpu::{Buses, Vcpu, VcpuError};
 use boot::layout::{VIRTIO_FIRST_IRQ, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE};
 use boot::ports::{self, PortRange};
 use boot::GuestMemory;
@@ -307,15 +304,18 @@ fn setup_devices(
     if config.rng {
         add_virtio(vm, mem, Box::new(Rng::new()), "virtio-rng", &mut slots)?;
     }
-    let streams = match crate::streams::console(config.io, config.agent_job.as_deref())
-        .map_err(host_err("the agent's console ports"))?
-    {
-        Some((console, control)) => {
-            let t = add_virtio(vm, mem, Box::new(console), "virtio-console", &mut slots)?;
-            Some((t, control))
-        }
-        None => None,
-    };
+    let streams =
+        match crate::streams::console(config.io).map_err(host_err("the agent's console ports"))? {
+            Some((console, control)) => {
+                let t = add_virtio(vm, mem, Box::new(console), "virtio-console", &mut slots)?;
+                // A restored agent reads its job first thing.
+                if let (Some(job), Some(_)) = (&config.agent_job, &config.restore) {
+                    crate::streams::send_job(&control, job).map_err(host_err("the agent's job"))?;
+                }
+                Some((t, control))
+            }
+            None => None,
+        };
     let mut transports = Vec::new();
     for (transport, base) in slots.transports {
         mmio.insert(transport.clone(), base, VIRTIO_MMIO_SIZE)?;
@@ -558,77 +558,42 @@ pub fn boot(
         ))));
     }
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut threads: Vec<JoinHandle<Option<Vcpu>>> = Vec::new();
-    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let gate = Arc::new(StartGate::default());
     let entered = Arc::new(std::sync::OnceLock::new());
-    let mut spawned = Ok(());
-    for (id, vcpu) in vcpus.into_iter().enumerate() {
-        let stop = stop.clone();
-        let done = done_tx.clone();
-        let ready = ready_tx.clone();
-        let gate = gate.clone();
-        let entered = entered.clone();
-        let filter = session.seccomp().filter(ThreadKind::Vcpu);
-        let t = std::thread::Builder::new()
-            .name(format!("vcpu{id}"))
-            .spawn(move || {
-                let mut kept = None;
-                if filter.apply_and_report(&ready) && gate.wait() {
-                    entered.get_or_init(Instant::now);
-                    kept = Some(vcpu.run(stop));
-                }
-                let _ = done.send(());
-                kept
-            });
-        match t {
-            Ok(t) => threads.push(t),
-            Err(e) => {
-                spawned = Err(host_err("vCPU thread")(e));
-                break;
-            }
+    let mut running = crate::running::start_vcpus(vcpus, session, &entered)?;
+    let (result, shutdown_requested) = loop {
+        let result = run_event_loop(&mut em, &exit, shutdown.as_ref(), deadline);
+        signals::withdraw();
+        let shutdown_requested = shutdown
+            .as_ref()
+            .is_some_and(|s| s.lock().unwrap().requested());
+        let mut stopped = running.stop();
+        let result = match result {
+            Ok(ExitReason::Snapshot) => snapshot(
+                config,
+                (&kvm, &vm, &mut stopped, &mem),
+                (&devs.serial, &devs.transports, devs.kept.disk.as_ref()),
+                pvm,
+            ),
+            other => other,
+        };
+        if !(config.snapshot_continue && result.is_ok() && exit.resume_after_snapshot()) {
+            break (result, shutdown_requested);
         }
-    }
-    drop((done_tx, ready_tx));
-    // The guest runs only once every vCPU and the main thread are confined.
-    let confined = spawned.and_then(|()| {
-        for _ in 0..threads.len() {
-            ready_rx
-                .recv()
-                .map_err(|_| VmError::Host {
-                    what: "vCPU thread",
-                    source: std::io::Error::other("ended before it started"),
-                })?
-                .map_err(VmError::Seccomp)?;
+        // --snapshot-and-continue: the same vCPUs go on, and the agent gets
+        // this run's job only now, so that no copy of the snapshot has it.
+        if let (Some(job), Some((_, control))) = (&config.agent_job, &devs.streams) {
+            crate::streams::send_job(control, job).map_err(host_err("the agent's job"))?;
         }
-        session.confine_main().map_err(VmError::Seccomp)
-    });
-    gate.open(confined.is_ok());
-    if let Err(e) = confined {
-        drop(stop_vcpus(threads, &done_rx));
-        return Err(e);
-    }
-
-    let result = run_event_loop(&mut em, &exit, shutdown.as_ref(), deadline);
-    signals::withdraw();
-    let shutdown_requested = shutdown
-        .as_ref()
-        .is_some_and(|s| s.lock().unwrap().requested());
-    stop.store(true, Ordering::Release);
-    let stopped = stop_vcpus(threads, &done_rx);
-    let result = match result {
-        Ok(ExitReason::Snapshot) => snapshot(
-            config,
-            (&kvm, &vm, stopped, &mem),
-            (&devs.serial, &devs.transports, devs.kept.disk.as_ref()),
-            pvm,
-        ),
-        other => {
-            drop(stopped);
-            other
+        signals::install(
+            &exit,
+            shutdown
+                .as_ref()
+                .map(|s| s.lock().unwrap().request_fd().as_raw_fd()),
+        );
+        if let Some((_, control)) = &devs.streams {
+            signals::set_control(control.as_raw_fd());
         }
+        running = crate::running::start_vcpus(stopped, session, &entered)?;
     };
     if let Some((t, _)) = &devs.streams {
         t.lock().unwrap().vcpus_stopped();
@@ -708,7 +673,7 @@ fn min_wait(wait_ms: i32, until: Option<Duration>) -> i32 {
 /// ends as if the guest had exited with 0.
 fn snapshot(
     config: &VmConfig,
-    (kvm, vm, mut vcpus, mem): (&Kvm, &VmFd, Vec<Vcpu>, &GuestMemory),
+    (kvm, vm, vcpus, mem): (&Kvm, &VmFd, &mut [Vcpu], &GuestMemory),
     (serial, transports, disk): (&Mutex<SerialDevice>, &[Transport], Option<&Transport>),
     pvm: bool,
 ) -> Result<ExitReason, VmError> {
@@ -721,7 +686,7 @@ fn snapshot(
             what: "a vCPU thread did not stop".into(),
         }));
     }
-    for v in &mut vcpus {
+    for v in vcpus.iter_mut() {
         v.settle()
             .map_err(kvm_err("complete the vCPU's last exit"))?;
     }
@@ -744,36 +709,8 @@ fn snapshot(
     };
     crate::snapshot::save(dir, kvm, vm, &fds, mem, parts, pvm).map_err(VmError::Snapshot)?;
     eprintln!("minivm: snapshot written to {}", dir.display());
-    Ok(ExitReason::GuestExit(0))
-}
-
-/// Stops the vCPU threads and gives back the vCPUs of those that ran.
-fn stop_vcpus(
-    threads: Vec<JoinHandle<Option<Vcpu>>>,
-    done: &std::sync::mpsc::Receiver<()>,
-) -> Vec<Vcpu> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut running = threads.len();
-    while running > 0 && Instant::now() < deadline {
-        for t in threads.iter().filter(|t| !t.is_finished()) {
-            let _ = t.kill(SIGRTMIN());
-        }
-        match done.recv_timeout(Duration::from_millis(2)) {
-            Ok(()) => running -= 1,
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => running = 0,
-        }
-    }
-    if running == 0 {
-        // Every thread has left its run loop; joining only waits for its last instructions.
-        threads
-            .into_iter()
-            .filter_map(|t| t.join().ok().flatten())
-            .collect()
-    } else {
-        tracing::warn!("{running} vCPU thread(s) did not stop");
-        Vec::new()
-    }
+    // Ends the run unless it goes on (--snapshot-and-continue).
+    Ok(ExitReason::Snapshot)
 }
 
 #[cfg(test)]
@@ -811,6 +748,7 @@ mod tests {
             snapshot_to: None,
             restore: None,
             image_process: None,
+            snapshot_continue: false,
             agent_job: None,
         };
         let extra = ["virtio_mmio.device=4K@0xd0000000:5".to_string()];
