@@ -273,11 +273,22 @@ fn an_image_is_saved_once_and_five_parallel_restores_run_their_own_commands() {
         c.env("XDG_CACHE_HOME", &cache).args(args);
         c
     };
+    let kernel = default_kernel();
+    let kernel = kernel.to_str().unwrap();
     let snap = dir.join("snap");
     let s = snap.to_str().unwrap();
 
     let out = run_minivm_with(
-        &mut minivm(&["run", &reference, "--mem", "256M", "--snapshot-to", s]),
+        &mut minivm(&[
+            "run",
+            &reference,
+            "--kernel",
+            kernel,
+            "--mem",
+            "256M",
+            "--snapshot-to",
+            s,
+        ]),
         BOOT_TIMEOUT,
     );
     assert_eq!(out.code(), 0, "{out:#?}");
@@ -373,6 +384,8 @@ fn an_image_is_saved_once_and_five_parallel_restores_run_their_own_commands() {
     let mut c = minivm(&[
         "run",
         &reference,
+        "--kernel",
+        kernel,
         "--mem",
         "256M",
         "--snapshot-to",
@@ -405,11 +418,28 @@ fn an_image_is_saved_once_and_five_parallel_restores_run_their_own_commands() {
     let to = to.to_str().unwrap();
     let cases: [(&[&str], &str); 4] = [
         (
-            &["run", &reference, "--virtiofs", "--snapshot-to", to],
+            &[
+                "run",
+                &reference,
+                "--kernel",
+                kernel,
+                "--virtiofs",
+                "--snapshot-to",
+                to,
+            ],
             "a virtio-fs root",
         ),
         (
-            &["run", &reference, "--snapshot-to", to, "--", "true"],
+            &[
+                "run",
+                &reference,
+                "--kernel",
+                kernel,
+                "--snapshot-to",
+                to,
+                "--",
+                "true",
+            ],
             "go to `minivm restore DIR`",
         ),
         (&["restore", s, "-t", "--", "sh"], "-t is not supported"),
@@ -417,6 +447,8 @@ fn an_image_is_saved_once_and_five_parallel_restores_run_their_own_commands() {
             &[
                 "run",
                 &reference,
+                "--kernel",
+                kernel,
                 "--snapshot-to",
                 to,
                 "--snapshot-and-continue",
