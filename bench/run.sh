@@ -13,7 +13,9 @@ cargo build --release -q
 work=target/bench/run
 mkdir -p "$work"
 exec python3 - "$kernel_dir" "$work" <<'PY'
-import glob, os, re, statistics, subprocess, sys, time
+import os, re, statistics, subprocess, sys, time
+sys.path.insert(0, "bench")
+import agentinitrd
 
 kernel_dir, work = sys.argv[1], os.path.abspath(sys.argv[2])
 minivm = os.path.abspath("target/release/minivm")
@@ -52,26 +54,10 @@ if " quiet loglevel=1" not in cmdline:
     cmdline += " quiet loglevel=1"
 
 # The same agent and job in an initramfs of the same layout (vmm/src/agent.rs) for QEMU.
-agents = glob.glob("target/release/build/vmm-*/out/minivm-agent")
-agent = max(agents, key=os.path.getmtime)
-def newc(entries):
-    out = bytearray()
-    for ino, (name, mode, rdev, data) in enumerate(entries + [("TRAILER!!!", 0, (0, 0), b"")], 1):
-        fields = [ino, mode, 0, 0, 1, 0, len(data), 0, 0, rdev[0], rdev[1], len(name) + 1, 0]
-        out += b"070701" + b"".join(b"%08x" % f for f in fields) + name.encode() + b"\0"
-        out += bytes(-len(out) % 4) + data
-        out += bytes(-len(out) % 4)
-    return bytes(out)
 job = ("root=blk:/dev/vda\nreadonly=0\nworkdir=\nuser=\nhostname=minivm\n"
        "stdio=ports\nstdin=0\n").encode()
 initrd = os.path.join(work, "agent.cpio")
-with open(initrd, "wb") as f:
-    f.write(newc([("dev", 0o40755, (0, 0), b""), ("dev/console", 0o20600, (5, 1), b""),
-                  ("minivm", 0o40755, (0, 0), b""), ("minivm/argv", 0o100644, (0, 0), b"true\0"),
-                  ("minivm/env", 0o100644, (0, 0),
-                   b"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\0"),
-                  ("minivm/job", 0o100644, (0, 0), job),
-                  ("init", 0o100755, (0, 0), open(agent, "rb").read())]))
+agentinitrd.write(initrd, job, argv=b"true\0", env=agentinitrd.PATH)
 
 qemu = ["qemu-system-x86_64", "-M", "microvm", "-enable-kvm", "-cpu", "host,-arch-capabilities",
         "-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio", "-m", "512M",

@@ -27,7 +27,9 @@ work=target/bench/snapshot
 rm -rf "$work"
 mkdir -p "$work"
 exec python3 - "$kernel_dir" "$(realpath "$work")" "${1:-20}" <<'PY'
-import glob, json, os, re, socket, statistics, subprocess, sys, time
+import json, os, re, socket, statistics, subprocess, sys, time
+sys.path.insert(0, "bench")
+import agentinitrd
 
 kernel_dir, work, N = sys.argv[1], sys.argv[2], int(sys.argv[3])
 N_COLD = int(os.environ.get("N_COLD", "3"))
@@ -71,27 +73,12 @@ disk = subprocess.run([minivm, "pull", ref], env=env, check=True, stdout=subproc
                       text=True).stdout.split()[1]
 
 # QEMU: the same agent waiting for its job, in an initramfs of the same layout.
-agent = max(glob.glob("target/release/build/vmm-*/out/minivm-agent"), key=os.path.getmtime)
-def newc(entries):
-    out = bytearray()
-    for ino, (name, mode, rdev, data) in enumerate(entries + [("TRAILER!!!", 0, (0, 0), b"")], 1):
-        fields = [ino, mode, 0, 0, 1, 0, len(data), 0, 0, rdev[0], rdev[1], len(name) + 1, 0]
-        out += b"070701" + b"".join(b"%08x" % f for f in fields) + name.encode() + b"\0"
-        out += bytes(-len(out) % 4) + data
-        out += bytes(-len(out) % 4)
-    return bytes(out)
 initrd = os.path.join(work, "agent.cpio")
-with open(initrd, "wb") as f:
-    f.write(newc([("dev", 0o40755, (0, 0), b""), ("dev/console", 0o20600, (5, 1), b""),
-                  ("minivm", 0o40755, (0, 0), b""), ("minivm/argv", 0o100644, (0, 0), b""),
-                  ("minivm/env", 0o100644, (0, 0), b""),
-                  ("minivm/job", 0o100644, (0, 0),
-                   b"root=blk:/dev/vda\nreadonly=0\nhostname=minivm\nstdio=ports\nstdin=1\nwait=1\n"),
-                  ("init", 0o100755, (0, 0), open(agent, "rb").read())]))
+agentinitrd.write(initrd, b"root=blk:/dev/vda\nreadonly=0\nhostname=minivm\nstdio=ports\nstdin=1\nwait=1\n")
 
 def job_message(argv):
     a = b"".join(x.encode() + b"\0" for x in argv)
-    e = b"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\0"
+    e = agentinitrd.PATH
     t = f"workdir=\nuser=\nstdio=ports\nstdin=0\nclock={time.time():.9f}\n".encode()
     return f"job {len(a)} {len(e)} {len(t)}\n".encode() + a + e + t
 

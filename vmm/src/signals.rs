@@ -83,8 +83,10 @@ extern "C" fn on_host_signal(sig: libc::c_int) {
 
 /// Installs the handlers of SIGTERM, SIGINT and SIGHUP for one boot: they
 /// stop the VM through `exit`, except SIGTERM, which writes `shutdown` when
-/// given. The fds must stay open until [`withdraw`].
-pub fn install(exit: &ExitHandle, shutdown: Option<RawFd>) {
+/// given. The fds must stay open while the returned guard lives: dropping it
+/// calls [`withdraw`], on every way out of the boot.
+#[must_use = "dropping the guard withdraws the handlers' fds at once"]
+pub fn install(exit: &ExitHandle, shutdown: Option<RawFd>) -> Armed {
     EXIT_EVENT_FD.store(exit.event_fd().as_raw_fd(), Ordering::SeqCst);
     SHUTDOWN_EVENT_FD.store(shutdown.unwrap_or(-1), Ordering::SeqCst);
     for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
@@ -94,6 +96,16 @@ pub fn install(exit: &ExitHandle, shutdown: Option<RawFd>) {
     // The kick signal only needs to interrupt KVM_RUN.
     if let Err(e) = register_signal_handler(SIGRTMIN(), crate::vcpu::kick_handler) {
         tracing::warn!("cannot install the vCPU kick handler: {e}");
+    }
+    Armed(())
+}
+
+/// The boot's fds are in the handlers' hands until this is dropped.
+pub struct Armed(());
+
+impl Drop for Armed {
+    fn drop(&mut self) {
+        withdraw();
     }
 }
 

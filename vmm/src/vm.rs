@@ -484,7 +484,7 @@ pub fn boot(
 
     let exit = ExitHandle::new().map_err(host_err("exit event"))?;
     let shutdown = power_button(&vm, &exit, config.shutdown_timeout)?;
-    signals::install(
+    let armed = signals::install(
         &exit,
         shutdown
             .as_ref()
@@ -562,7 +562,6 @@ pub fn boot(
     let mut running = crate::running::start_vcpus(vcpus, session, &entered)?;
     let (result, shutdown_requested) = loop {
         let result = run_event_loop(&mut em, &exit, shutdown.as_ref(), deadline);
-        signals::withdraw();
         let shutdown_requested = shutdown
             .as_ref()
             .is_some_and(|s| s.lock().unwrap().requested());
@@ -584,17 +583,11 @@ pub fn boot(
         if let (Some(job), Some((_, control))) = (&config.agent_job, &devs.streams) {
             crate::streams::send_job(control, job).map_err(host_err("the agent's job"))?;
         }
-        signals::install(
-            &exit,
-            shutdown
-                .as_ref()
-                .map(|s| s.lock().unwrap().request_fd().as_raw_fd()),
-        );
-        if let Some((_, control)) = &devs.streams {
-            signals::set_control(control.as_raw_fd());
-        }
         running = crate::running::start_vcpus(stopped, session, &entered)?;
     };
+    // Armed through a snapshot too: a signal during the save is acted on
+    // when the VM goes on, or is left pending for the run's end.
+    drop(armed);
     if let Some((t, _)) = &devs.streams {
         t.lock().unwrap().vcpus_stopped();
     }
