@@ -8,7 +8,13 @@ kernel/build.sh >/dev/null
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo build --workspace
-cargo test --workspace -- --test-threads="${TEST_THREADS:-2}"
-# Every fuzz target briefly (nightly + cargo-fuzz): a smoke test that the
-# targets build and the stored corpus still runs clean under ASan.
-fuzz/run.sh "${FUZZ_SECONDS:-60}"
+# cargo-nextest (on the machine or from crates.io) runs the tests of every
+# binary side by side; .config/nextest.toml orders the long boots first.
+if ! cargo nextest --version >/dev/null 2>&1; then
+    cargo install cargo-nextest --locked
+fi
+cargo nextest run --workspace --test-threads="${TEST_THREADS:-2}"
+cargo test --workspace --doc
+# Every fuzz target briefly, 20 s each (nightly + cargo-fuzz): a smoke test
+# that the targets build and the stored corpus still runs clean under ASan.
+fuzz/run.sh "${FUZZ_SECONDS:-20}"

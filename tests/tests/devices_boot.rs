@@ -8,6 +8,8 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs dev /dev 2>/dev/null
 echo "MARKER devices init running"
+echo "cmdline=$(cat /proc/cmdline)"
+grep MemTotal /proc/meminfo
 echo "cpus_online=$(cat /sys/devices/system/cpu/online)"
 echo "rng_available=$(cat /sys/class/misc/hw_random/rng_available)"
 echo "rng_current=$(cat /sys/class/misc/hw_random/rng_current)"
@@ -25,22 +27,35 @@ echo "MARKER devices done"
 EXIT
 "#;
 
-/// The guest finds virtio-rng (device id 4) as its current hardware RNG and
-/// reads two different, non-zero 4 KiB blocks from /dev/hwrng; with
-/// `--cpus 2` both vCPUs are online.
+/// An initramfs boot with a replaced command line: the guest finds
+/// virtio-rng (device id 4) as its current hardware RNG and reads two
+/// different, non-zero 4 KiB blocks from /dev/hwrng; with `--cpus 2` both
+/// vCPUs are online, and `--mem 256M` is the memory it sees.
 #[test]
 fn virtio_rng_gives_the_guest_random_bytes() {
     if !kvm_available() {
         return;
     }
     let dir = scratch_dir("devices-boot");
-    let mut args = vec!["-v".to_string()];
-    args.extend(initramfs_boot_args(
-        &dir,
-        &INIT.replace("EXIT", &exit_port_cmd(7)),
-    ));
-    args.extend(["--mem", "256M", "--cpus", "2"].map(String::from));
-    let out = run_minivm(&args, BOOT_TIMEOUT);
+    let initrd = busybox_initramfs(&dir, &INIT.replace("EXIT", &exit_port_cmd(7)));
+    let kernel = default_kernel();
+    let out = run_minivm(
+        [
+            "-v",
+            "run",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--initrd",
+            initrd.to_str().unwrap(),
+            "--mem",
+            "256M",
+            "--cpus",
+            "2",
+            "--cmdline",
+            "console=ttyS0 reboot=k panic=-1 pci=off quiet rdinit=/init custom.flag=1",
+        ],
+        BOOT_TIMEOUT,
+    );
     println!("guest output:\n{}", out.stdout);
     assert_eq!(out.code(), 7, "{out:#?}");
     let current = out
@@ -70,6 +85,26 @@ fn virtio_rng_gives_the_guest_random_bytes() {
             "guest output lacks {want:?}: {out:#?}"
         );
     }
+    // --cmdline replaces the default command line (no root disk), and
+    // --mem sizes the guest.
+    let cmdline = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("cmdline="))
+        .expect("cmdline line");
+    assert!(cmdline.contains("custom.flag=1"), "{cmdline}");
+    assert!(!cmdline.contains("root=/dev/vda"), "{cmdline}");
+    let kb: u64 = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .expect("MemTotal line");
+    assert!(
+        kb > 180 * 1024 && kb <= 256 * 1024,
+        "MemTotal {kb} kB for --mem 256M"
+    );
     // minivm counts what it served: at least the two reads.
     let served: u64 = out
         .stderr

@@ -145,19 +145,9 @@ fn an_application_image_runs_its_command_and_returns_its_status() {
         ["RUN G=bye E=1 P=/tmp U=0"]
     );
 
-    // `--timeout` stops a command that does not end, with 124; counted from
-    // minivm's start, so it leaves room for this host's slow boot.
-    let mut c = minivm(&cache);
-    c.args(["run", "--kernel", kernel, "--mem", "256M", &reference])
-        .args(["--virtiofs", "--timeout", "200", "--"])
-        .args(["sh", "-c", "echo started; exec sleep 1000"]);
-    let out = run_minivm_with(&mut c, BOOT_TIMEOUT);
-    assert_eq!(out.code(), 124, "{out:#?}");
-    assert!(
-        out.stdout.lines().any(|x| x.trim_end() == "started"),
-        "the command never started: {}",
-        out.stdout
-    );
+    // (`--timeout` ends the VM from the host whatever runs in it: the tiny
+    // guest's `timeout_stops_a_spinning_guest_with_124` covers it without a
+    // boot, and this host's slow boot would make the wait long here.)
     // -t: the command gets a terminal; Ctrl-C stops what runs in it, not
     // minivm; the window size is the host terminal's, and follows it.
     let mut c = minivm(&cache);
