@@ -205,6 +205,9 @@ fn wait_for_job(
     if let Some((secs, nanos)) = job.clock {
         sys::set_clock(secs, nanos).map_err(setup("set the clock"))?;
     }
+    if !job.hostname.is_empty() && job.hostname != waiting.hostname {
+        sys::set_hostname(&job.hostname).map_err(setup("sethostname"))?;
+    }
     let opened = match (job.stdio, opened) {
         (
             Stdio::Ports { stdin },

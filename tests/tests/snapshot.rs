@@ -252,8 +252,8 @@ fn unix_now() -> u64 {
 /// in parallel, each running its own `sh -c '... exit N'` over its own
 /// copy-on-write view of the saved disk: each returns its N and prints its
 /// own line, no restore sees another's file, each gets its own random
-/// numbers (a fresh seed) and the host's time (the clock is stepped, not
-/// left at the snapshot's). A sixth restore with -i reads stdin and finds
+/// numbers (a fresh seed), its own hostname and the host's time (the clock
+/// is stepped, not left at the snapshot's). A sixth restore with -i reads stdin and finds
 /// the saved disk clean; the snapshot directory is byte-identical after all
 /// of them. What cannot be saved or restored is refused with exit 2.
 #[test]
@@ -290,10 +290,12 @@ fn an_image_is_saved_once_and_five_parallel_restores_run_their_own_commands() {
             "--snapshot-to",
             s,
             "--snapshot-and-continue",
+            "--hostname",
+            "saver",
             "--",
             "sh",
             "-c",
-            "echo continued; exit 6",
+            "echo continued on $(busybox hostname); exit 6",
         ]),
         BOOT_TIMEOUT,
     );
@@ -301,7 +303,7 @@ fn an_image_is_saved_once_and_five_parallel_restores_run_their_own_commands() {
     // the snapshot does not hold.
     assert_eq!(
         (out.code(), out.stdout.as_str()),
-        (6, "continued\n"),
+        (6, "continued on saver\n"),
         "{out:#?}"
     );
     assert!(out.stderr.contains("snapshot written to"), "{out:#?}");
@@ -315,7 +317,7 @@ fn an_image_is_saved_once_and_five_parallel_restores_run_their_own_commands() {
     let before = unix_now();
     let script = "test -e /mark && echo LEAK; echo $N > /mark; sync; \
                   echo \"out-$(cat /mark) rand=$(busybox head -c 16 /dev/urandom | busybox od -An -tx1 | busybox tr -d ' \\n') \
-                  time=$(busybox date +%s)\"; echo err-$N >&2; exit $N";
+                  time=$(busybox date +%s) host=$(busybox hostname)\"; echo err-$N >&2; exit $N";
     let restores: Vec<_> = (1..=5)
         .map(|n| {
             let mut c = minivm(&[
@@ -331,7 +333,7 @@ fn an_image_is_saved_once_and_five_parallel_restores_run_their_own_commands() {
             std::thread::spawn(move || (n, run_minivm_with(&mut c, BOOT_TIMEOUT)))
         })
         .collect();
-    let mut rands = Vec::new();
+    let (mut rands, mut hosts) = (Vec::new(), Vec::new());
     for r in restores {
         let (n, out) = r.join().unwrap();
         let after = unix_now();
@@ -359,6 +361,9 @@ fn an_image_is_saved_once_and_five_parallel_restores_run_their_own_commands() {
         let rand = field("rand=");
         assert_eq!(rand.len(), 32, "{line}");
         rands.push(rand);
+        let host = field("host=");
+        assert!(host.starts_with("minivm-"), "{line}");
+        hosts.push(host);
         let time: u64 = field("time=").parse().unwrap();
         assert!(
             (before - 1..=after + 1).contains(&time),
@@ -368,6 +373,9 @@ fn an_image_is_saved_once_and_five_parallel_restores_run_their_own_commands() {
     rands.sort();
     rands.dedup();
     assert_eq!(rands.len(), 5, "each restore has its own random numbers");
+    hosts.sort();
+    hosts.dedup();
+    assert_eq!(hosts.len(), 5, "each restore has its own hostname");
 
     let mut c = minivm(&[
         "restore",

@@ -27,6 +27,9 @@ pub enum AgentError {
     /// Nothing to run.
     #[error("the image has no command (Entrypoint/Cmd): give one after --")]
     NoCommand,
+    /// A hostname the guest would refuse or the job cannot carry.
+    #[error("--hostname {0:?}: want 1-64 letters, digits, '-' or '.'")]
+    BadHostname(String),
     /// A value the job format cannot carry.
     #[error("{what} {value:?} contains a newline or NUL")]
     BadValue { what: &'static str, value: String },
@@ -61,6 +64,8 @@ pub struct Overrides {
     pub interactive: bool,
     /// `-t`: the command gets a terminal (the serial console).
     pub tty: bool,
+    /// `--hostname`.
+    pub hostname: Option<String>,
 }
 
 impl From<&crate::cli::JobArgs> for Overrides {
@@ -73,6 +78,7 @@ impl From<&crate::cli::JobArgs> for Overrides {
             user: a.user.clone(),
             interactive: a.interactive,
             tty: a.tty,
+            hostname: a.hostname.clone(),
         }
     }
 }
@@ -102,6 +108,33 @@ pub struct Job {
     pub user: String,
     /// The `stdio`, `stdin` and `winsize` lines of the job file.
     pub stdio: String,
+    pub hostname: String,
+}
+
+/// The guest's hostname unless `--hostname` says otherwise.
+pub const DEFAULT_HOSTNAME: &str = "minivm";
+
+/// A hostname for a restored VM: each restore gets its own, so copies of
+/// one snapshot can tell themselves apart.
+pub fn fresh_hostname() -> Result<String, AgentError> {
+    let mut id = [0u8; 4];
+    getrandom(&mut id).map_err(AgentError::Random)?;
+    Ok(format!(
+        "{DEFAULT_HOSTNAME}-{}",
+        id.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    ))
+}
+
+fn check_hostname(name: &str) -> Result<(), AgentError> {
+    let ok = (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(AgentError::BadHostname(name.to_string()))
+    }
 }
 
 impl Job {
@@ -161,20 +194,27 @@ impl Job {
         } else {
             format!("stdio=ports\nstdin={}\n", u8::from(o.interactive))
         };
+        let hostname = o
+            .hostname
+            .clone()
+            .unwrap_or_else(|| DEFAULT_HOSTNAME.to_string());
+        check_hostname(&hostname)?;
         Ok(Job {
             argv,
             env,
             workdir,
             user,
             stdio,
+            hostname,
         })
     }
 
     /// The three job files, as `agent/src/job.rs` reads them.
     fn files(&self, root: &AgentRoot, read_only: bool) -> [(&'static str, Vec<u8>); 3] {
         let job = format!(
-            "{}workdir={}\nuser={}\n{}",
+            "{}hostname={}\nworkdir={}\nuser={}\n{}",
             root_lines(root, read_only),
+            self.hostname,
             self.workdir,
             self.user,
             self.stdio
@@ -198,7 +238,8 @@ impl Job {
             .unwrap_or_default();
         let hex: String = seed.iter().map(|b| format!("{b:02x}")).collect();
         let text = format!(
-            "workdir={}\nuser={}\n{}seed={hex}\nclock={}.{:09}\n",
+            "hostname={}\nworkdir={}\nuser={}\n{}seed={hex}\nclock={}.{:09}\n",
+            self.hostname,
             self.workdir,
             self.user,
             self.stdio,
@@ -225,10 +266,7 @@ fn root_lines(root: &AgentRoot, read_only: bool) -> String {
         AgentRoot::Disk => "blk:/dev/vda".to_string(),
         AgentRoot::Share(tag) => format!("virtiofs:{tag}"),
     };
-    format!(
-        "root={root}\nreadonly={}\nhostname=minivm\n",
-        u8::from(read_only)
-    )
+    format!("root={root}\nreadonly={}\n", u8::from(read_only))
 }
 
 /// The job files of an agent that sets the VM up, opens every console
@@ -236,7 +274,7 @@ fn root_lines(root: &AgentRoot, read_only: bool) -> String {
 /// job on the control port.
 fn waiting_files(root: &AgentRoot, read_only: bool) -> [(&'static str, Vec<u8>); 3] {
     let job = format!(
-        "{}stdio=ports\nstdin=1\nwait=1\n",
+        "{}hostname={DEFAULT_HOSTNAME}\nstdio=ports\nstdin=1\nwait=1\n",
         root_lines(root, read_only)
     );
     [
@@ -417,6 +455,26 @@ mod tests {
             Job::new(&image(), &bad),
             Err(AgentError::BadValue { .. })
         ));
+        assert_eq!(j.hostname, DEFAULT_HOSTNAME);
+        for (name, ok) in [
+            ("web-1.test", true),
+            ("", false),
+            ("a\nroot=blk:x", false),
+            ("under_score", false),
+            (&"x".repeat(65), false),
+        ] {
+            let o = Overrides {
+                hostname: Some(name.to_string()),
+                ..Overrides::default()
+            };
+            match Job::new(&image(), &o) {
+                Ok(j) => assert!(ok && j.hostname == name, "{name:?}"),
+                Err(e) => assert!(!ok && matches!(e, AgentError::BadHostname(_)), "{name:?}"),
+            }
+        }
+        let (a, b) = (fresh_hostname().unwrap(), fresh_hostname().unwrap());
+        assert!(a.starts_with("minivm-") && a.len() == 15 && check_hostname(&a).is_ok());
+        assert_ne!(a, b, "each restore gets its own hostname");
     }
 
     #[test]
@@ -441,7 +499,9 @@ mod tests {
         assert_eq!(&body[..sizes[0]], b"/entry\0sh\0-c\0exit 3\0");
         let text = std::str::from_utf8(&body[sizes[0] + sizes[1]..]).unwrap();
         assert!(
-            text.starts_with("workdir=/srv\nuser=app\nstdio=ports\nstdin=1\nseed="),
+            text.starts_with(
+                "hostname=minivm\nworkdir=/srv\nuser=app\nstdio=ports\nstdin=1\nseed="
+            ),
             "{text}"
         );
         let seed = |m: &[u8]| {

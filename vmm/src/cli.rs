@@ -355,6 +355,11 @@ pub struct JobArgs {
     /// quits). Without it, SIGINT to minivm is passed on; the third stops the VM.
     #[arg(short = 't', long)]
     pub tty: bool,
+
+    /// The guest's hostname (default: minivm; each restored VM gets a fresh
+    /// minivm-XXXXXXXX).
+    #[arg(long, value_name = "NAME")]
+    pub hostname: Option<String>,
 }
 
 /// `minivm restore`.

@@ -15,13 +15,16 @@ use crate::snapshot::Loaded;
 
 /// The VM to start from `loaded`, with `args`' command for its agent.
 pub fn vm_config(args: &RestoreArgs, loaded: Loaded) -> Result<VmConfig, Error> {
-    let overrides = Overrides::from(&args.job);
+    let mut overrides = Overrides::from(&args.job);
     let (io, agent_job) = match &loaded.snapshot.agent {
         Some(agent) => {
             if overrides.tty {
                 return Err(Error::AgentConflict(
                     "restore: -t is not supported (the snapshot's agent has its ports, not a terminal)",
                 ));
+            }
+            if overrides.hostname.is_none() {
+                overrides.hostname = Some(crate::agent::fresh_hostname()?);
             }
             let job = Job::new(&agent.process, &overrides)?;
             tracing::info!("the restored agent runs {:?}", job.argv);
