@@ -17,6 +17,7 @@ mod images;
 mod io_reason;
 mod jail;
 mod lifecycle;
+mod machine;
 mod paths;
 mod restore;
 mod root;

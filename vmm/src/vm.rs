@@ -16,14 +16,13 @@ use devices::virtio::rng::Rng;
 use devices::virtio::{Interrupt, VirtioDevice};
 use devices::{ExitHandle, ExitReason};
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::{Cap, IoEventAddress, Kvm, VmFd};
+use kvm_ioctls::{IoEventAddress, Kvm, VmFd};
 use sandbox::ThreadKind;
-use vm_memory::{Address, GuestAddress, GuestMemory as _, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::config::{self, ShareSource, VmConfig};
 use crate::io_reason::io_reason;
+use crate::machine;
 use crate::session::{DiskError, KeptDevices, Session};
 use crate::shutdown::ShutdownRequest;
 use crate::signals;
@@ -37,8 +36,6 @@ use boot::GuestMemory;
 const KVM_DEV: &str = "/dev/kvm";
 /// virtio-mmio QueueNotify register offset (routed through ioeventfds).
 const MMIO_QUEUE_NOTIFY: u64 = 0x50;
-/// Address of the TSS KVM needs on Intel (three pages just below the BIOS area).
-const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
 
 /// Errors while building or running a VM.
 #[derive(Debug, thiserror::Error)]
@@ -138,63 +135,12 @@ fn power_button(
     Ok(Some(Arc::new(Mutex::new(s))))
 }
 
-fn host_err(what: &'static str) -> impl FnOnce(std::io::Error) -> VmError {
+pub(crate) fn host_err(what: &'static str) -> impl FnOnce(std::io::Error) -> VmError {
     move |source| VmError::Host { what, source }
 }
 
-fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+pub(crate) fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
     move |source| VmError::Kvm { what, source }
-}
-
-fn create_vm(kvm: &Kvm) -> Result<VmFd, VmError> {
-    for (cap, name) in [
-        (Cap::Irqchip, "in-kernel irqchip"),
-        (Cap::Ioeventfd, "ioeventfd"),
-        (Cap::Irqfd, "irqfd"),
-        (Cap::UserMemory, "user memory"),
-        (Cap::ImmediateExit, "immediate exit"),
-    ] {
-        if !kvm.check_extension(cap) {
-            return Err(VmError::KvmCapability(name));
-        }
-    }
-    let vm = kvm.create_vm().map_err(kvm_err("create VM"))?;
-    vm.set_tss_address(KVM_TSS_ADDRESS)
-        .map_err(kvm_err("set TSS address"))?;
-    vm.create_irq_chip().map_err(kvm_err("create irqchip"))?;
-    let pit = kvm_pit_config {
-        flags: KVM_PIT_SPEAKER_DUMMY,
-        ..Default::default()
-    };
-    vm.create_pit2(pit).map_err(kvm_err("create PIT"))?;
-    Ok(vm)
-}
-
-fn create_memory(vm: &VmFd, config: &VmConfig) -> Result<Arc<GuestMemory>, VmError> {
-    let size = config.mem_size;
-    let mem = match &config.restore {
-        Some(l) => crate::snapshot::map_memory(l).map_err(VmError::Snapshot)?,
-        None => {
-            let ranges: Vec<(GuestAddress, usize)> = boot::layout::ram_ranges(size)
-                .into_iter()
-                .map(|(s, l)| (GuestAddress(s), l as usize))
-                .collect();
-            GuestMemory::from_ranges(&ranges).map_err(|source| VmError::Memory { size, source })?
-        }
-    };
-    for (slot, region) in mem.iter().enumerate() {
-        let r = kvm_userspace_memory_region {
-            slot: slot as u32,
-            flags: 0,
-            guest_phys_addr: region.start_addr().raw_value(),
-            memory_size: region.len(),
-            userspace_addr: region.as_ptr() as u64,
-        };
-        // SAFETY: the region is a live mapping owned by `mem`, which the VM
-        // keeps alive (Arc) for as long as any vCPU can run.
-        unsafe { vm.set_user_memory_region(r) }.map_err(kvm_err("register guest memory"))?;
-    }
-    Ok(Arc::new(mem))
 }
 
 /// A running VM's pieces that must outlive the vCPU threads.
@@ -465,8 +411,9 @@ pub fn boot(
     deadline: Option<Instant>,
 ) -> Result<BootEnd, VmError> {
     let kvm = session.kvm();
-    let vm = create_vm(&kvm)?;
-    let mem = create_memory(&vm, config)?;
+    let vm = machine::create_vm(&kvm)?;
+    let mem = machine::create_memory(&vm, config)?;
+    let pit_setup = machine::create_irqchip(&vm)?;
     let pvm = session.pvm();
     if pvm {
         tracing::info!("kvm-pvm host: hiding unsupported CPU features and enabling the guest kernel's work-arounds");
@@ -558,6 +505,7 @@ pub fn boot(
         ))));
     }
 
+    pit_setup.finish()?;
     let entered = Arc::new(std::sync::OnceLock::new());
     let mut running = crate::running::start_vcpus(vcpus, session, &entered)?;
     let (result, shutdown_requested) = loop {
