@@ -221,10 +221,14 @@ fn wait_for_job(
             stderr,
             stdin: port.filter(|_| stdin),
         },
+        // (-t: the stream ports, opened before the snapshot, go unused.)
+        (Stdio::Tty { rows, cols }, stdio::Opened::Ports { .. }) => {
+            stdio::open_tty(rows, cols).map_err(setup("the terminal"))?
+        }
         _ => {
             return Err((
                 EXIT_SETUP,
-                "a restored job's stdio must be minivm's ports".into(),
+                "a restored job's stdio must be minivm's ports or its terminal".into(),
             ))
         }
     };

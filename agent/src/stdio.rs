@@ -78,13 +78,18 @@ pub fn open(stdio: Stdio) -> io::Result<(Opened, Option<File>)> {
         }
         Stdio::Tty { rows, cols } => {
             let control = File::open(&find_ports(&["minivm.control"])?[0])?;
-            let tty = File::options().read(true).write(true).open(TTY)?;
-            if rows > 0 && cols > 0 {
-                sys::set_window_size(&tty, rows, cols)?;
-            }
-            Ok((Opened::Tty(tty), Some(control)))
+            Ok((open_tty(rows, cols)?, Some(control)))
         }
     }
+}
+
+/// The serial console as the command's terminal, `rows` x `cols` where known.
+pub fn open_tty(rows: u16, cols: u16) -> io::Result<Opened> {
+    let tty = File::options().read(true).write(true).open(TTY)?;
+    if rows > 0 && cols > 0 {
+        sys::set_window_size(&tty, rows, cols)?;
+    }
+    Ok(Opened::Tty(tty))
 }
 
 /// The device files of the ports `names`, in order, once all are there

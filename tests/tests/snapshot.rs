@@ -254,7 +254,8 @@ fn unix_now() -> u64 {
 /// own line, no restore sees another's file, each gets its own random
 /// numbers (a fresh seed), its own hostname and the host's time (the clock
 /// is stepped, not left at the snapshot's). A sixth restore with -i reads stdin and finds
-/// the saved disk clean; the snapshot directory is byte-identical after all
+/// the saved disk clean, one with -t gets a terminal in a pseudo-terminal;
+/// the snapshot directory is byte-identical after all
 /// of them. What cannot be saved or restored is refused with exit 2.
 #[test]
 fn an_image_is_saved_once_and_five_parallel_restores_run_their_own_commands() {
@@ -395,12 +396,22 @@ fn an_image_is_saved_once_and_five_parallel_restores_run_their_own_commands() {
     let out = run_minivm_with(&mut minivm(&["restore", s]), BOOT_TIMEOUT);
     assert_eq!(out.code(), 4, "the image's own command: {out:#?}");
     assert_eq!(out.stdout, "image default\n");
+    // -t: the restored command gets the serial console as its terminal,
+    // with the host terminal's size.
+    let mut pty = PtySession::spawn(minivm(&["restore", s, "-t", "--", "sh"]));
+    assert_eq!(
+        pty.shell("stty size; tty; echo $((6*7))", BOOT_TIMEOUT),
+        "50 250\n/dev/ttyS0\n42"
+    );
+    pty.send("exit 7\r");
+    let st = pty.wait(BOOT_TIMEOUT).expect("minivm ends with the shell");
+    assert_eq!(st.code(), Some(7), "{}", pty.screen());
     assert!(contents(&snap) == saved, "restoring changed the snapshot");
 
     // Refused before anything starts.
     let to = dir.join("never");
     let to = to.to_str().unwrap();
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 3] = [
         (
             &[
                 "run",
@@ -426,7 +437,6 @@ fn an_image_is_saved_once_and_five_parallel_restores_run_their_own_commands() {
             ],
             "go to `minivm restore DIR`",
         ),
-        (&["restore", s, "-t", "--", "sh"], "-t is not supported"),
         (
             &[
                 "run",

@@ -142,7 +142,11 @@ pub enum GuestIo {
     /// `run -t -- CMD`: [`GuestIo::Console`] as the command's terminal, and
     /// a control port that tells the agent of window size changes and of
     /// signals to pass on.
-    Terminal,
+    Terminal {
+        /// Whether the console also has the [`GuestIo::Streams`] ports
+        /// (unused): a restored agent opened them when it was saved.
+        stream_ports: bool,
+    },
     /// `run -- CMD`: the command's stdout and stderr on minivm's own, over
     /// virtio-console ports, and with `stdin` (`-i`) minivm's stdin to the
     /// command; the serial console (kernel and agent messages) on stderr.
@@ -156,7 +160,7 @@ impl GuestIo {
     /// Whether the serial console is minivm's stdin and stdout (a terminal
     /// in raw mode, when it is one).
     pub fn serial_on_stdio(self) -> bool {
-        matches!(self, GuestIo::Console | GuestIo::Terminal)
+        matches!(self, GuestIo::Console | GuestIo::Terminal { .. })
     }
 }
 

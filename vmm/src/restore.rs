@@ -1,8 +1,9 @@
 //! `minivm restore DIR [-- CMD]`: the VM a snapshot describes, set up as
 //! the saved one was (same devices in the same slots) around this run's
 //! host ends: the saved disk behind a private copy-on-write layer, this
-//! minivm's stdin, stdout and stderr on the agent's ports, and the job for
-//! the agent that waits in the snapshot.
+//! minivm's stdin, stdout and stderr on the agent's ports (or with -t its
+//! terminal on the serial console), and the job for the agent that waits in
+//! the snapshot.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,18 +19,19 @@ pub fn vm_config(args: &RestoreArgs, loaded: Loaded) -> Result<VmConfig, Error> 
     let mut overrides = Overrides::from(&args.job);
     let (io, agent_job) = match &loaded.snapshot.agent {
         Some(agent) => {
-            if overrides.tty {
-                return Err(Error::AgentConflict(
-                    "restore: -t is not supported (the snapshot's agent has its ports, not a terminal)",
-                ));
-            }
             if overrides.hostname.is_none() {
                 overrides.hostname = Some(crate::agent::fresh_hostname()?);
             }
             let job = Job::new(&agent.process, &overrides)?;
             tracing::info!("the restored agent runs {:?}", job.argv);
-            let io = GuestIo::Streams {
-                stdin: overrides.interactive,
+            // The saved agent has the stream ports open: they stay, and
+            // with -t go unused.
+            let io = if overrides.tty {
+                GuestIo::Terminal { stream_ports: true }
+            } else {
+                GuestIo::Streams {
+                    stdin: overrides.interactive,
+                }
             };
             (io, Some(job))
         }

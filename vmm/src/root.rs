@@ -188,7 +188,9 @@ impl PreparedRoot {
             fs_stats: spec.fs_stats,
             seccomp: spec.seccomp,
             io: match &self.agent {
-                Some(_) if spec.overrides.tty => GuestIo::Terminal,
+                Some(_) if spec.overrides.tty => GuestIo::Terminal {
+                    stream_ports: false,
+                },
                 Some(_) => GuestIo::Streams {
                     stdin: spec.overrides.interactive,
                 },

@@ -30,28 +30,33 @@ fn dup(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<OwnedFd> {
 pub fn console(io: GuestIo) -> io::Result<Option<(Console, OwnedFd)>> {
     let out = |fd: OwnedFd| -> Option<Box<dyn io::Write + Send>> { Some(Box::new(File::from(fd))) };
     let mut ports = Vec::new();
-    match io {
+    // Some(whether minivm's stdin goes in) where there are stream ports.
+    let stdin = match io {
         GuestIo::Console => return Ok(None),
-        GuestIo::Terminal => {}
-        GuestIo::Streams { stdin } => {
-            ports.push(PortSpec {
-                name: STDOUT_PORT.into(),
-                output: out(dup(io::stdout().as_fd())?),
-                input: None,
-            });
-            ports.push(PortSpec {
-                name: STDERR_PORT.into(),
-                output: out(dup(io::stderr().as_fd())?),
-                input: None,
-            });
-            // Always there, so that a snapshot's agent, which opens every
-            // port, can be given stdin or not when it is restored.
-            ports.push(PortSpec {
-                name: STDIN_PORT.into(),
-                output: None,
-                input: stdin.then(|| dup(io::stdin().as_fd())).transpose()?,
-            });
-        }
+        GuestIo::Terminal {
+            stream_ports: false,
+        } => None,
+        GuestIo::Terminal { stream_ports: true } => Some(false),
+        GuestIo::Streams { stdin } => Some(stdin),
+    };
+    if let Some(stdin) = stdin {
+        ports.push(PortSpec {
+            name: STDOUT_PORT.into(),
+            output: out(dup(io::stdout().as_fd())?),
+            input: None,
+        });
+        ports.push(PortSpec {
+            name: STDERR_PORT.into(),
+            output: out(dup(io::stderr().as_fd())?),
+            input: None,
+        });
+        // Always there, so that a snapshot's agent, which opens every
+        // port, can be given stdin or not when it is restored.
+        ports.push(PortSpec {
+            name: STDIN_PORT.into(),
+            output: None,
+            input: stdin.then(|| dup(io::stdin().as_fd())).transpose()?,
+        });
     }
     let (read, write) = io::pipe()?;
     // SAFETY: F_SETFL on a pipe end this function owns.
