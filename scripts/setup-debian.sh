@@ -2,7 +2,7 @@
 # Installs the Debian 12 packages minivm's build, demo and tests need.
 # Rust comes from rustup (https://rustup.rs) and is not installed here.
 set -euo pipefail
-pkgs=(busybox-static e2fsprogs cpio qemu-system-x86 build-essential python3 skopeo umoci docker-registry)
+pkgs=(busybox-static e2fsprogs cpio qemu-system-x86 build-essential python3 skopeo umoci docker-registry containerd)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

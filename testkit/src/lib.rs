@@ -13,7 +13,8 @@
 //!   the `minivm` binary with a timeout ([`run_minivm`]), interactively
 //!   ([`RunningVm`]: wait for console lines, send signals) or on a
 //!   pseudo-terminal ([`PtySession`]);
-//! - network tests in a private namespace with a tap ([`in_private_netns`]).
+//! - network tests in a private namespace with a tap ([`in_private_netns`]);
+//! - a private containerd driven with `ctr` ([`Containerd`]).
 //!
 //! ```no_run
 //! use testkit::{Compression, TempDir, TestEntry, TestImage};
@@ -32,6 +33,7 @@
 
 #![warn(missing_docs)]
 
+mod containerd;
 mod custom;
 mod docker;
 mod entry;
@@ -53,6 +55,7 @@ mod tempdir;
 #[cfg(test)]
 mod tests;
 
+pub use containerd::Containerd;
 pub use custom::{custom_layout, index_blob};
 pub use docker::{write_docker_archive_images, DockerFormat};
 pub use entry::{Meta, RawEntry, TestEntry, DEFAULT_MTIME};
