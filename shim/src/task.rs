@@ -153,12 +153,6 @@ impl containerd_shim::Task for TaskService {
                 "this shim already serves a container (one VM per container)",
             ));
         }
-        if req.terminal {
-            return Err(error(
-                Code::UNIMPLEMENTED,
-                "minivm's shim does not give containers a terminal yet (run without -t)",
-            ));
-        }
         let bundle = PathBuf::from(&req.bundle);
         let spec = spec::load(&bundle).map_err(|e| error(Code::INVALID_ARGUMENT, e.to_string()))?;
         let rootfs = mount_rootfs(&bundle, &spec, &req)?;
@@ -176,6 +170,7 @@ impl containerd_shim::Task for TaskService {
                 stdin: req.stdin.clone(),
                 stdout: req.stdout.clone(),
                 stderr: req.stderr.clone(),
+                terminal: req.terminal,
             },
             args,
             vm: Arc::default(),
@@ -345,6 +340,18 @@ impl containerd_shim::Task for TaskService {
                 processes,
                 ..Default::default()
             })
+        })
+    }
+
+    fn resize_pty(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ResizePtyRequest,
+    ) -> TtrpcResult<api::Empty> {
+        self.with(&req.id, &req.exec_id, |c| {
+            c.vm.resize(req.width, req.height)
+                .map_err(|e| error(Code::FAILED_PRECONDITION, e.to_string()))?;
+            Ok(api::Empty::new())
         })
     }
 

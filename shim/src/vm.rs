@@ -5,7 +5,9 @@
 use std::ffi::OsString;
 use std::fs::File;
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -47,6 +49,12 @@ pub enum VmError {
         /// Why.
         source: io::Error,
     },
+    /// No pseudo-terminal for a container's terminal.
+    #[error("cannot set up the container's terminal: {source}")]
+    Pty {
+        /// Why.
+        source: io::Error,
+    },
     /// The shim's process monitor refused a subscription.
     #[error("cannot watch the VM's exit: {0}")]
     Monitor(containerd_shim::Error),
@@ -59,8 +67,12 @@ pub struct StdioPaths {
     pub stdin: String,
     /// A FIFO or `file://` log for the command's stdout.
     pub stdout: String,
-    /// The same for stderr.
+    /// The same for stderr (none with a terminal).
     pub stderr: String,
+    /// Whether the command gets a terminal: minivm runs with `-t` on a
+    /// pseudo-terminal whose other side the shim copies to and from the
+    /// FIFOs.
+    pub terminal: bool,
 }
 
 /// How a process ended: its status (128+N for a death by signal N) and when.
@@ -79,6 +91,8 @@ pub struct Vm {
     pid: AtomicU32,
     exit: Mutex<Option<Exit>>,
     exited: Condvar,
+    /// The pseudo-terminal's master side, with a terminal.
+    pty: Mutex<Option<File>>,
 }
 
 impl Vm {
@@ -118,6 +132,26 @@ impl Vm {
         true
     }
 
+    /// Resizes the terminal (the kernel tells minivm with SIGWINCH, and
+    /// minivm the command).
+    pub fn resize(&self, cols: u32, rows: u32) -> io::Result<()> {
+        let pty = self.pty.lock().unwrap();
+        let pty = pty
+            .as_ref()
+            .ok_or_else(|| io::Error::other("the container has no terminal"))?;
+        let size = libc::winsize {
+            ws_row: u16::try_from(rows).unwrap_or(u16::MAX),
+            ws_col: u16::try_from(cols).unwrap_or(u16::MAX),
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads one winsize from a valid pointer.
+        if unsafe { libc::ioctl(pty.as_raw_fd(), libc::TIOCSWINSZ, &size) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// Sends `signal` to minivm, which passes SIGTERM (through the guest's
     /// power button), SIGINT and SIGHUP on to the command; SIGKILL stops
     /// the VM at once. ESRCH once it has ended.
@@ -148,7 +182,8 @@ pub fn minivm_binary() -> PathBuf {
 }
 
 /// Starts `vm` as `minivm args` in `bundle` with the container's `stdio`;
-/// `on_exit` runs once when it has ended.
+/// `on_exit` runs once when it has ended (and its terminal output has been
+/// copied out).
 pub fn start(
     vm: &Arc<Vm>,
     bundle: &Path,
@@ -156,19 +191,50 @@ pub fn start(
     stdio: &StdioPaths,
     on_exit: impl FnOnce(&Vm) + Send + 'static,
 ) -> Result<u32, VmError> {
-    let stdout = output(&stdio.stdout, "stdout")?;
-    let stderr = output(&stdio.stderr, "stderr")?;
     let path = minivm_binary();
     let mut cmd = Command::new(&path);
-    cmd.args(args)
-        .current_dir(bundle)
-        .stdout(stdout)
-        .stderr(stderr)
-        .stdin(if stdio.stdin.is_empty() {
-            Stdio::null()
-        } else {
-            Stdio::piped()
-        });
+    cmd.args(args).current_dir(bundle);
+    let mut output_copy = None;
+    if stdio.terminal {
+        let (master, slave) = open_pty().map_err(|source| VmError::Pty { source })?;
+        let dup = |f: &File| {
+            f.try_clone()
+                .map_err(|source| VmError::Pty { source })
+                .map(Stdio::from)
+        };
+        cmd.stdin(dup(&slave)?).stdout(dup(&slave)?).stderr(slave);
+        // SAFETY: only async-signal-safe calls (setsid, ioctl) between fork
+        // and exec: minivm gets the terminal as its controlling one, so
+        // that a resize signals it.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            })
+        };
+        let out = output_file(&stdio.stdout, "stdout")?;
+        let reader = master
+            .try_clone()
+            .map_err(|source| VmError::Pty { source })?;
+        output_copy = Some(std::thread::spawn(move || copy(reader, out)));
+        if !stdio.stdin.is_empty() {
+            let writer = master
+                .try_clone()
+                .map_err(|source| VmError::Pty { source })?;
+            copy_stdin(stdio.stdin.clone(), writer);
+        }
+        *vm.pty.lock().unwrap() = Some(master);
+    } else {
+        cmd.stdout(Stdio::from(output_file(&stdio.stdout, "stdout")?))
+            .stderr(Stdio::from(output_file(&stdio.stderr, "stderr")?))
+            .stdin(if stdio.stdin.is_empty() {
+                Stdio::null()
+            } else {
+                Stdio::piped()
+            });
+    }
     // The shim's reaper collects every child: subscribe before the spawn
     // so that an early exit is not missed.
     let exits = monitor_subscribe(Topic::Pid).map_err(VmError::Monitor)?;
@@ -176,6 +242,9 @@ pub fn start(
         path: path.clone(),
         source,
     })?;
+    // The slave's copies went with `cmd`: the master reads EIO (the end)
+    // once minivm has exited.
+    drop(cmd);
     if let Some(pipe) = child.stdin.take() {
         copy_stdin(stdio.stdin.clone(), pipe);
     }
@@ -185,6 +254,9 @@ pub fn start(
     let watched = vm.clone();
     std::thread::spawn(move || {
         let code = wait_pid(pid as i32, exits);
+        if let Some(t) = output_copy {
+            let _ = t.join();
+        }
         if watched.set_exit(code as u32) {
             on_exit(&watched);
         }
@@ -192,14 +264,38 @@ pub fn start(
     Ok(pid)
 }
 
+/// A new pseudo-terminal: (master, slave).
+fn open_pty() -> io::Result<(File, File)> {
+    let (mut master, mut slave) = (-1, -1);
+    // SAFETY: openpty writes two descriptors into valid pointers; the name,
+    // termios and window size arguments may be null.
+    let r = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: openpty returned two fresh descriptors that nothing else owns.
+    unsafe { Ok((File::from_raw_fd(master), File::from_raw_fd(slave))) }
+}
+
+/// Copies until EOF or an error (EIO: the terminal's other side closed).
+fn copy(mut from: File, mut to: File) {
+    let _ = io::copy(&mut from, &mut to);
+}
+
 /// stdout or stderr: a FIFO opened read-write (so the open does not wait
 /// for a reader; the reader sees EOF once minivm has exited, as the shim
-/// keeps no copy), a `file://` log appended to, or nothing.
-fn output(uri: &str, which: &'static str) -> Result<Stdio, VmError> {
-    if uri.is_empty() {
-        return Ok(Stdio::null());
-    }
+/// keeps no copy), a `file://` log appended to, or /dev/null.
+fn output_file(uri: &str, which: &'static str) -> Result<File, VmError> {
     let (path, append) = match uri.split_once("://") {
+        _ if uri.is_empty() => ("/dev/null", false),
         None => (uri, false),
         Some(("file", p)) => (p, true),
         Some(_) => {
@@ -215,21 +311,20 @@ fn output(uri: &str, which: &'static str) -> Result<Stdio, VmError> {
     } else {
         o.read(true).write(true);
     }
-    let f = o.open(path).map_err(|source| VmError::Stdio {
+    o.open(path).map_err(|source| VmError::Stdio {
         which,
         path: path.to_string(),
         source,
-    })?;
-    Ok(f.into())
+    })
 }
 
-/// Copies the stdin FIFO into minivm's stdin pipe on a thread of its own:
-/// opening a FIFO for reading waits for its writer, and the pipe's close
-/// at the FIFO's EOF is the command's EOF.
-fn copy_stdin(fifo: String, mut pipe: std::process::ChildStdin) {
+/// Copies the stdin FIFO into minivm's stdin (a pipe, or the terminal) on
+/// a thread of its own: opening a FIFO for reading waits for its writer,
+/// and with a pipe its close at the FIFO's EOF is the command's EOF.
+fn copy_stdin(fifo: String, mut to: impl io::Write + Send + 'static) {
     std::thread::spawn(move || match File::open(&fifo) {
         Ok(mut f) => {
-            let _ = io::copy(&mut f, &mut pipe);
+            let _ = io::copy(&mut f, &mut to);
         }
         Err(e) => log::warn!("cannot open the container's stdin {fifo}: {e}"),
     });

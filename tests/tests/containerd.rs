@@ -5,7 +5,8 @@
 //! the same exit status as runc does; `ctr task kill` of a running VM ends
 //! its command with 128+15; after `ctr task delete` no minivm, shim, mount
 //! or bundle is left. What a VM cannot give (the host's network, an empty
-//! root) comes back as a clear error through ctr, leaving nothing. Two boots.
+//! root) comes back as a clear error through ctr, leaving nothing. `ctr run -t` gives the command a terminal of ctr's
+//! terminal's size. Three boots, in two tests.
 
 use std::path::PathBuf;
 use std::process::Output;
@@ -78,12 +79,10 @@ fn assert_gone(ctd: &Containerd, id: &str) {
     );
 }
 
-#[test]
-fn ctr_runs_an_image_as_a_vm_like_runc() {
-    if !kvm_available() {
-        return;
-    }
-    let dir = scratch_dir("containerd");
+/// A private containerd under a scratch directory named `name`, with the
+/// busybox test image imported as [`IMAGE`].
+fn containerd_with_image(name: &str) -> (PathBuf, Containerd) {
+    let dir = scratch_dir(name);
     let archive = dir.join("image.tar");
     TestImage::new(vec![busybox_layer()])
         .write_oci_archive(&archive, "latest", Compression::Gzip)
@@ -97,6 +96,15 @@ fn ctr_runs_an_image_as_a_vm_like_runc() {
         archive.to_str().unwrap(),
     ]);
     assert!(import.status.success(), "{}", show(&import));
+    (dir, ctd)
+}
+
+#[test]
+fn ctr_runs_an_image_as_a_vm_like_runc() {
+    if !kvm_available() {
+        return;
+    }
+    let (dir, ctd) = containerd_with_image("containerd");
     let shim = shim();
     let shim = shim.to_str().unwrap();
 
@@ -199,6 +207,40 @@ fn ctr_runs_an_image_as_a_vm_like_runc() {
     assert!(rm.status.success(), "{}", show(&rm));
     assert_gone(&ctd, "vm2");
 
+    assert_eq!(processes_with(shim), Vec::<String>::new(), "a shim is left");
+    drop(ctd);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `ctr run -t`: the command gets a terminal of ctr's terminal's size (ctr
+/// passes the size on as a resize), and its status comes back.
+#[test]
+fn ctr_run_t_gives_the_command_a_terminal() {
+    if !kvm_available() {
+        return;
+    }
+    let (dir, ctd) = containerd_with_image("containerd-tty");
+    let shim = shim();
+    let shim = shim.to_str().unwrap();
+    let mut pty = PtySession::spawn(ctd.ctr_command(&[
+        "run",
+        "--rm",
+        "-t",
+        "--runtime",
+        shim,
+        IMAGE,
+        "vm5",
+        "sh",
+    ]));
+    // (What is typed before the shell runs may be lost to the terminal's
+    // set-up in the guest.)
+    pty.expect("/ # ", BOOT_TIMEOUT);
+    let size = "until [ \"$(busybox stty size)\" = '50 250' ]; do sleep 1; done; busybox tty";
+    assert_eq!(pty.shell(size, BOOT_TIMEOUT), "/dev/ttyS0");
+    pty.send("exit 7\r");
+    let st = pty.wait(BOOT_TIMEOUT).expect("ctr ends with the shell");
+    assert_eq!(st.code(), Some(7), "{}", pty.screen());
+    assert_gone(&ctd, "vm5");
     assert_eq!(processes_with(shim), Vec::<String>::new(), "a shim is left");
     drop(ctd);
     let _ = std::fs::remove_dir_all(&dir);
