@@ -329,3 +329,41 @@ fn copy_stdin(fifo: String, mut to: impl io::Write + Send + 'static) {
         Err(e) => log::warn!("cannot open the container's stdin {fifo}: {e}"),
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stdio_uris_are_fifos_logs_or_nothing() {
+        let dir = std::env::temp_dir().join(format!("shim-stdio-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // Nothing: /dev/null.
+        assert!(output_file("", "stdout").is_ok());
+        // A file:// log is created and appended to.
+        let log = dir.join("out.log");
+        std::fs::write(&log, "before\n").unwrap();
+        let mut f = output_file(&format!("file://{}", log.display()), "stdout").unwrap();
+        io::Write::write_all(&mut f, b"after\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "before\nafter\n");
+        // A FIFO opens at once, with no reader yet.
+        let fifo = dir.join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo reads a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        assert!(output_file(fifo.to_str().unwrap(), "stderr").is_ok());
+        // Other schemes (containerd's binary:// loggers) and missing paths
+        // are refused, naming the stream.
+        let e = output_file("binary:///usr/bin/logger", "stdout").unwrap_err();
+        assert!(
+            e.to_string().contains("stdout binary:///usr/bin/logger"),
+            "{e}"
+        );
+        let e = output_file("/nonexistent/dir/fifo", "stderr").unwrap_err();
+        assert!(
+            e.to_string().contains("stderr /nonexistent/dir/fifo"),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
