@@ -21,6 +21,8 @@ rm -rf "$work"
 mkdir -p "$work"
 exec python3 - "$(realpath "$work")" "${1:-3}" <<'PY'
 import datetime, os, statistics, subprocess, sys, time
+sys.path.insert(0, "bench")
+import busyboximage
 
 work, N = sys.argv[1], int(sys.argv[2])
 shim = os.path.abspath("target/release/containerd-shim-minivm-v2")
@@ -29,16 +31,8 @@ sock = os.path.join(work, "containerd.sock")
 def sh(*cmd):
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
 
-layout, bundle = os.path.join(work, "layout"), os.path.join(work, "bundle")
-sh("umoci", "init", "--layout", layout)
-sh("umoci", "new", "--image", f"{layout}:app")
-sh("umoci", "unpack", "--rootless", "--image", f"{layout}:app", bundle)
-rootfs = os.path.join(bundle, "rootfs")
-os.makedirs(os.path.join(rootfs, "bin"), exist_ok=True)
-sh("cp", "/bin/busybox", os.path.join(rootfs, "bin/busybox"))
-for app in ("sh", "true"):
-    os.symlink("busybox", os.path.join(rootfs, "bin", app))
-sh("umoci", "repack", "--image", f"{layout}:app", bundle)
+layout = os.path.join(work, "layout")
+busyboximage.write(layout, os.path.join(work, "bundle"), ("sh", "true"))
 archive = os.path.join(work, "image.tar")
 sh("tar", "-C", layout, "-cf", archive, ".")
 

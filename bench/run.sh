@@ -15,7 +15,7 @@ mkdir -p "$work"
 exec python3 - "$kernel_dir" "$work" <<'PY'
 import os, re, statistics, subprocess, sys, time
 sys.path.insert(0, "bench")
-import agentinitrd
+import agentinitrd, busyboximage
 
 kernel_dir, work = sys.argv[1], os.path.abspath(sys.argv[2])
 minivm = os.path.abspath("target/release/minivm")
@@ -30,18 +30,7 @@ def sh(*cmd, **kw):
 layout = os.path.join(work, "layout")
 ref = f"oci:{layout}:app"
 if not os.path.exists(os.path.join(layout, "index.json")):
-    sh("rm", "-rf", layout, os.path.join(work, "bundle"))
-    sh("umoci", "init", "--layout", layout)
-    sh("umoci", "new", "--image", f"{layout}:app")
-    bundle = os.path.join(work, "bundle")
-    sh("umoci", "unpack", "--rootless", "--image", f"{layout}:app", bundle)
-    rootfs = os.path.join(bundle, "rootfs")
-    os.makedirs(os.path.join(rootfs, "bin"), exist_ok=True)
-    sh("cp", "/bin/busybox", os.path.join(rootfs, "bin/busybox"))
-    for app in ("sh", "true"):
-        os.symlink("busybox", os.path.join(rootfs, "bin", app))
-    sh("umoci", "repack", "--image", f"{layout}:app", bundle)
-    sh("umoci", "config", "--image", f"{layout}:app", "--config.cmd", "true")
+    busyboximage.write(layout, os.path.join(work, "bundle"), ("sh", "true"), cmd="true")
 
 # Warm the cache; the disk QEMU boots is the one minivm runs (QEMU writes a snapshot of it).
 key, disk = sh(minivm, "pull", ref, env=env, stdout=subprocess.PIPE, text=True).stdout.split()[:2]

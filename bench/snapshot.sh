@@ -29,7 +29,7 @@ mkdir -p "$work"
 exec python3 - "$kernel_dir" "$(realpath "$work")" "${1:-20}" <<'PY'
 import json, os, re, socket, statistics, subprocess, sys, time
 sys.path.insert(0, "bench")
-import agentinitrd
+import agentinitrd, busyboximage
 
 kernel_dir, work, N = sys.argv[1], sys.argv[2], int(sys.argv[3])
 N_COLD = int(os.environ.get("N_COLD", "3"))
@@ -43,16 +43,7 @@ def sh(*cmd):
 # A busybox image (umoci, as bench/run.sh).
 layout = os.path.join(work, "layout")
 ref = f"oci:{layout}:app"
-bundle = os.path.join(work, "bundle")
-sh("umoci", "init", "--layout", layout)
-sh("umoci", "new", "--image", f"{layout}:app")
-sh("umoci", "unpack", "--rootless", "--image", f"{layout}:app", bundle)
-rootfs = os.path.join(bundle, "rootfs")
-os.makedirs(os.path.join(rootfs, "bin"), exist_ok=True)
-sh("cp", "/bin/busybox", os.path.join(rootfs, "bin/busybox"))
-for app in ("sh", "true", "sleep"):
-    os.symlink("busybox", os.path.join(rootfs, "bin", app))
-sh("umoci", "repack", "--image", f"{layout}:app", bundle)
+busyboximage.write(layout, os.path.join(work, "bundle"), ("sh", "true", "sleep"))
 
 def timed(cmd):
     t = time.perf_counter()

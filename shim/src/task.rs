@@ -295,7 +295,7 @@ impl containerd_shim::Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::DeleteRequest,
     ) -> TtrpcResult<api::DeleteResponse> {
-        let c = self.with(&req.id, &req.exec_id, |c| {
+        self.with(&req.id, &req.exec_id, |c| {
             if c.vm.pid() != 0 && c.vm.exited().is_none() {
                 return Err(error(
                     Code::FAILED_PRECONDITION,
@@ -303,8 +303,7 @@ impl containerd_shim::Task for TaskService {
                 ));
             }
             Ok(())
-        });
-        c?;
+        })?;
         let c = self.container.lock().unwrap().take().expect("checked");
         // A container deleted before it started ends here.
         c.vm.set_exit(0);
