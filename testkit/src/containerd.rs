@@ -67,11 +67,16 @@ impl Containerd {
         self.ctr_command(args).output().expect("run ctr")
     }
 
+    /// The gRPC socket containerd listens on (and passes to its shims).
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("containerd.sock")
+    }
+
     /// The same, to run as the caller likes.
     pub fn ctr_command(&self, args: &[&str]) -> Command {
         let mut c = Command::new("ctr");
         c.arg("--address")
-            .arg(self.dir.join("containerd.sock"))
+            .arg(self.socket())
             .args(args)
             .stdin(Stdio::null());
         c
