@@ -9,6 +9,7 @@ use kvm_bindings::{
     kvm_pit_config, kvm_reinject_control, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Cap, Kvm, VmFd};
+use sandbox::ThreadFilter;
 use vm_memory::{Address, GuestAddress, GuestMemory as _, GuestMemoryRegion};
 use vmm_sys_util::ioctl::ioctl_with_ref;
 
@@ -73,7 +74,7 @@ pub fn create_memory(vm: &VmFd, config: &VmConfig) -> Result<Arc<GuestMemory>, V
 /// memory is registered: registering memory once an irqchip exists costs
 /// KVM a slow memslot update (6 ms for 16 MiB on a kvm-pvm host, 0.03 ms
 /// before it), an order Firecracker keeps too.
-pub fn create_irqchip(vm: &VmFd) -> Result<PitSetup, VmError> {
+pub fn create_irqchip(vm: &VmFd, filter: ThreadFilter) -> Result<PitSetup, VmError> {
     vm.set_tss_address(KVM_TSS_ADDRESS)
         .map_err(kvm_err("set TSS address"))?;
     vm.create_irq_chip().map_err(kvm_err("create irqchip"))?;
@@ -82,20 +83,20 @@ pub fn create_irqchip(vm: &VmFd) -> Result<PitSetup, VmError> {
         ..Default::default()
     };
     vm.create_pit2(pit).map_err(kvm_err("create PIT"))?;
-    PitSetup::start(vm)
+    PitSetup::start(vm, filter)
 }
 
 /// Turning off the re-injection of missed PIT ticks (QEMU's
 /// `lost_tick_policy=discard`; Linux keeps time by the TSC or kvmclock, not
-/// by counting ticks), on a thread of its own. It makes KVM drop the PIT's
-/// IRQ-ack notifier now rather than in the VM's teardown, where waiting
-/// out that interrupt-SRCU grace period cost up to 16 ms of minivm's exit
-/// on a kvm-pvm host; now it sometimes costs as much, but beside the
-/// kernel load instead of in line.
+/// by counting ticks), on a thread of its own under its own seccomp filter.
+/// It makes KVM drop the PIT's IRQ-ack notifier now rather than in the VM's
+/// teardown, where waiting out that interrupt-SRCU grace period cost up to
+/// 16 ms of minivm's exit on a kvm-pvm host; here it sometimes costs as
+/// much, but beside the guest instead of in line.
 pub struct PitSetup(JoinHandle<Result<(), VmError>>);
 
 impl PitSetup {
-    fn start(vm: &VmFd) -> Result<Self, VmError> {
+    fn start(vm: &VmFd, filter: ThreadFilter) -> Result<Self, VmError> {
         // The thread holds its own reference to the VM, so it stays valid
         // however the boot goes on.
         // SAFETY: `vm` owns this fd and keeps it open during the call.
@@ -105,6 +106,7 @@ impl PitSetup {
         let thread = std::thread::Builder::new()
             .name("pit-setup".into())
             .spawn(move || {
+                filter.apply().map_err(VmError::Seccomp)?;
                 let control = kvm_reinject_control {
                     pit_reinject: 0,
                     ..Default::default()
@@ -123,8 +125,8 @@ impl PitSetup {
         Ok(Self(thread))
     }
 
-    /// Waits for the set-up; before the vCPUs start, so that every thread
-    /// that lives on is under its seccomp filter.
+    /// Waits for the set-up to end (the guest may be running already); an
+    /// error leaves re-injection on, which costs only a slower teardown.
     pub fn finish(self) -> Result<(), VmError> {
         self.0.join().unwrap_or_else(|_| {
             Err(host_err("PIT set-up thread")(std::io::Error::other(

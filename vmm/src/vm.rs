@@ -413,7 +413,7 @@ pub fn boot(
     let kvm = session.kvm();
     let vm = machine::create_vm(&kvm)?;
     let mem = machine::create_memory(&vm, config)?;
-    let pit_setup = machine::create_irqchip(&vm)?;
+    let pit_setup = machine::create_irqchip(&vm, session.seccomp().filter(ThreadKind::KvmSetup))?;
     let pvm = session.pvm();
     if pvm {
         tracing::info!("kvm-pvm host: hiding unsupported CPU features and enabling the guest kernel's work-arounds");
@@ -505,9 +505,13 @@ pub fn boot(
         ))));
     }
 
-    pit_setup.finish()?;
     let entered = Arc::new(std::sync::OnceLock::new());
     let mut running = crate::running::start_vcpus(vcpus, session, &entered)?;
+    // The guest runs meanwhile: a slow grace period is not in its way. A
+    // failure costs only the slower teardown.
+    if let Err(e) = pit_setup.finish() {
+        tracing::warn!("{e}");
+    }
     let (result, shutdown_requested) = loop {
         let result = run_event_loop(&mut em, &exit, shutdown.as_ref(), deadline);
         let shutdown_requested = shutdown

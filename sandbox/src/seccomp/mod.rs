@@ -65,15 +65,18 @@ pub enum ThreadKind {
     Console,
     /// A virtio-fs server thread (the FUSE requests of one share).
     FsWorker,
+    /// A VM set-up step that may run on beside the guest: KVM_REINJECT_CONTROL.
+    KvmSetup,
 }
 
 impl ThreadKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [ThreadKind; 4] = [
+    pub const ALL: [ThreadKind; 5] = [
         ThreadKind::Main,
         ThreadKind::Vcpu,
         ThreadKind::Console,
         ThreadKind::FsWorker,
+        ThreadKind::KvmSetup,
     ];
 
     /// The short name used in messages.
@@ -83,6 +86,7 @@ impl ThreadKind {
             ThreadKind::Vcpu => "vcpu",
             ThreadKind::Console => "console",
             ThreadKind::FsWorker => "virtio-fs",
+            ThreadKind::KvmSetup => "kvm-setup",
         }
     }
 }
