@@ -8,9 +8,14 @@
 //!   `stdio` (`console`, the default; `ports`: minivm's virtio-console ports
 //!   `minivm.stdout`, `minivm.stderr` and, with `stdin=1`, `minivm.stdin`;
 //!   `tty`: the serial console as the command's terminal), `stdin`
-//!   (`0`/`1`), `winsize` (`ROWSxCOLS`, for `tty`) and `wait` (`1`: the
+//!   (`0`/`1`), `winsize` (`ROWSxCOLS`, for `tty`), `wait` (`1`: the
 //!   argv and env are empty; set the VM up, open every port, signal that
-//!   it is ready and wait for the job on the control port).
+//!   it is ready and wait for the job on the control port) and `exec`
+//!   (`1`: serve `minivm exec` on the port `minivm.exec`, `exec.rs`).
+//!
+//! An extra process's job (`minivm exec`) comes in a START frame: the same
+//! three parts; its env entries override the command's, and its workdir
+//! and user default to the command's.
 //!
 //! A waiting agent's job comes from a restored snapshot (`control.rs`):
 //! the same three parts, whose text may leave out the root lines and adds
@@ -21,7 +26,7 @@
 //! are bytes.
 
 use std::ffi::OsString;
-use std::os::unix::ffi::OsStringExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 /// Where the image's root filesystem comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,6 +80,8 @@ pub struct Job {
     pub seed: Vec<u8>,
     /// The host's real time, seconds and nanoseconds (a restored VM's clock).
     pub clock: Option<(i64, i64)>,
+    /// Serve `minivm exec` on the exec port.
+    pub exec: bool,
 }
 
 /// Why the job files make no job.
@@ -110,6 +117,7 @@ impl Job {
             wait: false,
             seed: Vec::new(),
             clock: None,
+            exec: false,
         };
         if !j.apply(job)? {
             return Err(JobError("the job names no root".into()));
@@ -138,6 +146,36 @@ impl Job {
             return Err(JobError("a restored job cannot wait again".into()));
         }
         Ok(j)
+    }
+
+    /// An extra process's job in the VM this job runs (`minivm exec`).
+    pub fn exec(&self, argv: &[u8], env: &[u8], job: &str) -> Result<Job, JobError> {
+        let base = Job {
+            exec: false,
+            seed: Vec::new(),
+            clock: None,
+            ..self.clone()
+        };
+        let given = base.resume(argv, env, job)?;
+        let key = |kv: &OsString| {
+            let b = kv.as_bytes();
+            b[..b.iter().position(|c| *c == b'=').unwrap_or(b.len())].to_vec()
+        };
+        let mut env: Vec<OsString> = self
+            .env
+            .iter()
+            .filter(|kv| !given.env.iter().any(|g| key(g) == key(kv)))
+            .cloned()
+            .collect();
+        env.extend(given.env.iter().cloned());
+        if given.exec
+            || given.hostname != self.hostname
+            || given.clock.is_some()
+            || !given.seed.is_empty()
+        {
+            return Err(JobError("an exec job sets only its process".into()));
+        }
+        Ok(Job { env, ..given })
     }
 
     /// Sets what the `key=value` lines of `job` say; whether they named a root.
@@ -170,6 +208,7 @@ impl Job {
                         .ok_or_else(|| JobError(format!("bad winsize {v:?}")))?
                 }
                 "wait" => self.wait = v == "1",
+                "exec" => self.exec = v == "1",
                 "seed" => self.seed = hex(v).ok_or_else(|| JobError(format!("bad seed {v:?}")))?,
                 "clock" => {
                     let clock = v
@@ -290,6 +329,41 @@ mod tests {
             Job::parse(b"", b"", "root=blk:/dev/vda\n").is_err(),
             "no command, no wait"
         );
+    }
+
+    #[test]
+    fn an_exec_job_runs_beside_the_command() {
+        let main = Job::parse(
+            b"sleep\0inf\0",
+            b"PATH=/bin\0A=1\0",
+            "root=blk:/dev/vda\nworkdir=/srv\nuser=app\nhostname=h\nstdio=ports\nexec=1\n",
+        )
+        .unwrap();
+        assert!(main.exec);
+        let e = main
+            .exec(b"sh\0", b"A=2\0B=3\0", "stdio=tty\nwinsize=50x250\n")
+            .unwrap();
+        assert_eq!(e.argv, ["sh"]);
+        assert_eq!(
+            e.env,
+            ["PATH=/bin", "A=2", "B=3"],
+            "overrides the command's"
+        );
+        assert_eq!((e.workdir.as_str(), e.user.as_str()), ("/srv", "app"));
+        assert_eq!(
+            e.stdio,
+            Stdio::Tty {
+                rows: 50,
+                cols: 250
+            }
+        );
+        let e = main.exec(b"id\0", b"", "user=0\nworkdir=/\n").unwrap();
+        assert_eq!((e.workdir.as_str(), e.user.as_str()), ("/", "0"));
+        assert_eq!(e.env, main.env);
+        for bad in ["exec=1", "hostname=other", "wait=1", "clock=1.0", "x=1"] {
+            assert!(main.exec(b"x\0", b"", bad).is_err(), "{bad}");
+        }
+        assert!(main.exec(b"", b"", "").is_err(), "no command");
     }
 
     #[test]

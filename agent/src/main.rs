@@ -18,6 +18,8 @@
 
 mod button;
 mod control;
+mod exec;
+mod frame;
 mod job;
 mod stdio;
 mod sys;
@@ -98,6 +100,11 @@ fn run(outputs: &mut stdio::Outputs) -> Result<u8, Failure> {
     let button = button::open();
     let (opened, control) =
         stdio::open(job.stdio).map_err(setup("the command's stdin/stdout/stderr"))?;
+    let exec_port = job
+        .exec
+        .then(stdio::open_exec_port)
+        .transpose()
+        .map_err(setup("the exec port"))?;
     // A second handle on the terminal, for window size changes.
     let tty = opened.tty().map(File::try_clone).transpose();
     let tty = tty.map_err(setup("the terminal"))?;
@@ -116,10 +123,44 @@ fn run(outputs: &mut stdio::Outputs) -> Result<u8, Failure> {
         Some(urandom) => wait_for_job(&job, opened, control, &urandom)?,
         None => (job, opened, control),
     };
+    let (mut cmd, ids) = command(&job)?;
+    for sig in [sys::SIGTERM, sys::SIGINT, sys::SIGHUP] {
+        sys::on_signal(sig, forward);
+    }
+    *outputs = opened
+        .attach(&mut cmd, ids.uid, ids.gid)
+        .map_err(setup("the command's stdin/stdout/stderr"))?;
+    let spawned = cmd.spawn();
+    // The agent's ends of the command's pipes close with `cmd`, so the
+    // output copies see EOF when the command's processes are gone.
+    drop(cmd);
+    let child = spawned.map_err(|e| spawn_failure(&job, e))?;
+    let main_pid = child.id() as i32;
+    CHILD.store(main_pid, Ordering::SeqCst);
+    if let Some(b) = button {
+        button::watch(b, power_pressed);
+    }
+    if let Some(c) = control {
+        control::watch(c, tty, |sig| forward(sig));
+    }
+    if let Some(port) = exec_port {
+        exec::serve(port, job);
+    }
+    // Reap everything; the command's own end decides the status.
+    while let Some((pid, status)) = exec::reap() {
+        if pid == main_pid {
+            return Ok(sys::exit_code(status));
+        }
+    }
+    Err((EXIT_SETUP, "the command vanished without a status".into()))
+}
+
+/// The command of `job`, as the user it names, in its environment and
+/// working directory; the user's ids.
+fn command(job: &Job) -> Result<(Command, user::Ids), Failure> {
     let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
     let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
     let ids = user::resolve(&job.user, &passwd, &group).map_err(|e| (EXIT_SETUP, e))?;
-
     let mut cmd = Command::new(&job.argv[0]);
     cmd.args(&job.argv[1..]).env_clear();
     let mut keys = Vec::new();
@@ -141,46 +182,29 @@ fn run(outputs: &mut stdio::Outputs) -> Result<u8, Failure> {
     ) {
         cmd.env("GLIBC_TUNABLES", t);
     }
-    let workdir = if job.workdir.is_empty() {
-        "/"
-    } else {
-        &job.workdir
-    };
     // std drops the supplementary groups itself when it changes the uid.
-    cmd.current_dir(workdir).uid(ids.uid).gid(ids.gid);
-    for sig in [sys::SIGTERM, sys::SIGINT, sys::SIGHUP] {
-        sys::on_signal(sig, forward);
+    cmd.current_dir(workdir(job)).uid(ids.uid).gid(ids.gid);
+    Ok((cmd, ids))
+}
+
+fn workdir(job: &Job) -> &str {
+    match job.workdir.as_str() {
+        "" => "/",
+        w => w,
     }
-    *outputs = opened
-        .attach(&mut cmd, ids.uid, ids.gid)
-        .map_err(setup("the command's stdin/stdout/stderr"))?;
-    let spawned = cmd.spawn();
-    // The agent's ends of the command's pipes close with `cmd`, so the
-    // output copies see EOF when the command's processes are gone.
-    drop(cmd);
-    let child = spawned.map_err(|e| {
-        let code = match e.kind() {
-            io::ErrorKind::NotFound => EXIT_NOT_FOUND,
-            _ => EXIT_CANNOT_RUN,
-        };
-        let prog = job.argv[0].to_string_lossy();
-        (code, format!("cannot run {prog} (in {workdir}): {e}"))
-    })?;
-    let main_pid = child.id() as i32;
-    CHILD.store(main_pid, Ordering::SeqCst);
-    if let Some(b) = button {
-        button::watch(b, power_pressed);
-    }
-    if let Some(c) = control {
-        control::watch(c, tty, |sig| forward(sig));
-    }
-    // Reap everything; the command's own end decides the status.
-    while let Some((pid, status)) = sys::wait_any() {
-        if pid == main_pid {
-            return Ok(sys::exit_code(status));
-        }
-    }
-    Err((EXIT_SETUP, "the command vanished without a status".into()))
+}
+
+/// Why `job`'s command did not start, and the status that says so.
+fn spawn_failure(job: &Job, e: io::Error) -> Failure {
+    let code = match e.kind() {
+        io::ErrorKind::NotFound => EXIT_NOT_FOUND,
+        _ => EXIT_CANNOT_RUN,
+    };
+    let prog = job.argv[0].to_string_lossy();
+    (
+        code,
+        format!("cannot run {prog} (in {}): {e}", workdir(job)),
+    )
 }
 
 /// A snapshot's agent: says it is ready (the snapshot point), then waits

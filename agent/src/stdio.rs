@@ -83,6 +83,12 @@ pub fn open(stdio: Stdio) -> io::Result<(Opened, Option<File>)> {
     }
 }
 
+/// The port `minivm exec` is served on (`exec.rs`), for reading and writing.
+pub fn open_exec_port() -> io::Result<File> {
+    let path = &find_ports(&["minivm.exec"])?[0];
+    File::options().read(true).write(true).open(path)
+}
+
 /// The serial console as the command's terminal, `rows` x `cols` where known.
 pub fn open_tty(rows: u16, cols: u16) -> io::Result<Opened> {
     let tty = File::options().read(true).write(true).open(TTY)?;

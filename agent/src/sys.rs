@@ -37,7 +37,28 @@ extern "C" {
     fn setsid() -> c_int;
     fn ioctl(fd: c_int, request: c_ulong, ...) -> c_int;
     fn clock_settime(clock: c_int, tp: *const Timespec) -> c_int;
+    fn waitid(idtype: c_int, id: u32, info: *mut SigInfo, options: c_int) -> c_int;
 }
+
+/// The start of Linux's 128-byte `siginfo_t` as waitid fills it for a child.
+#[repr(C)]
+struct SigInfo {
+    signo: c_int,
+    errno: c_int,
+    code: c_int,
+    _pad: c_int,
+    pid: c_int,
+    uid: u32,
+    status: c_int,
+    _rest: [u8; 100],
+}
+
+const P_ALL: c_int = 0;
+const WEXITED: c_int = 4;
+const WNOWAIT: c_int = 0x0100_0000;
+const WNOHANG: c_int = 1;
+const TIOCSPTLCK: c_ulong = 0x4004_5431;
+const TIOCGPTN: c_ulong = 0x8004_5430;
 
 #[repr(C)]
 struct Timespec {
@@ -173,6 +194,57 @@ pub fn wait_any() -> Option<(i32, c_int)> {
             return None;
         }
     }
+}
+
+/// Waits until a child has ended and says which, leaving it to be reaped
+/// (`reap`); `None` when there are no children.
+pub fn peek_child() -> Option<i32> {
+    loop {
+        // SAFETY: zeroed is a valid SigInfo (plain integers).
+        let mut info: SigInfo = unsafe { std::mem::zeroed() };
+        // SAFETY: `info` is a writable siginfo_t-sized buffer.
+        let r = unsafe { waitid(P_ALL, 0, &mut info, WEXITED | WNOWAIT) };
+        if r == 0 {
+            return Some(info.pid);
+        }
+        if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return None;
+        }
+    }
+}
+
+/// Reaps the ended child `pid`: its raw wait status, or `None` when
+/// someone else reaped it.
+pub fn reap(pid: i32) -> Option<c_int> {
+    let mut status = 0;
+    // SAFETY: status is a valid out pointer for the call.
+    (unsafe { waitpid(pid, &mut status, WNOHANG) } == pid).then_some(status)
+}
+
+/// A new pseudo-terminal: its master and slave sides (devpts on /dev/pts).
+pub fn open_pty() -> io::Result<(std::fs::File, std::fs::File)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    const O_NOCTTY: c_int = 0o400;
+    let open = |p: &str| {
+        std::fs::File::options()
+            .read(true)
+            .write(true)
+            .custom_flags(O_NOCTTY)
+            .open(p)
+    };
+    let master = open("/dev/pts/ptmx").or_else(|_| open("/dev/ptmx"))?;
+    let (unlock, mut n): (c_int, c_int) = (0, 0);
+    // SAFETY: TIOCSPTLCK reads an int, TIOCGPTN writes one; both pointers are valid.
+    unsafe {
+        check(ioctl(
+            master.as_raw_fd(),
+            TIOCSPTLCK,
+            &unlock as *const c_int,
+        ))?;
+        check(ioctl(master.as_raw_fd(), TIOCGPTN, &mut n as *mut c_int))?;
+    }
+    let slave = open(&format!("/dev/pts/{n}"))?;
+    Ok((master, slave))
 }
 
 /// Installs `handler` for `sig`.

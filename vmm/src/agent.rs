@@ -109,6 +109,8 @@ pub struct Job {
     /// The `stdio`, `stdin` and `winsize` lines of the job file.
     pub stdio: String,
     pub hostname: String,
+    /// Serve `minivm exec` (`run --exec-socket`).
+    pub exec: bool,
 }
 
 /// The guest's hostname unless `--hostname` says otherwise.
@@ -156,13 +158,7 @@ impl Job {
         }
         let mut env: Vec<String> = image.env.clone();
         for e in &o.env {
-            let kv = match e.split_once('=') {
-                Some(_) => e.clone(),
-                None => {
-                    let v = std::env::var(e).map_err(|_| AgentError::NoHostVar(e.clone()))?;
-                    format!("{e}={v}")
-                }
-            };
+            let kv = env_entry(e)?;
             let key = kv.split('=').next().unwrap_or_default().to_string();
             env.retain(|old| old.split('=').next() != Some(key.as_str()));
             env.push(kv);
@@ -170,30 +166,13 @@ impl Job {
         if !env.iter().any(|kv| kv.starts_with("PATH=")) {
             env.insert(0, DEFAULT_PATH.to_string());
         }
-        for (what, list) in [("an argument", &argv), ("a variable", &env)] {
-            if list.iter().any(|s| s.contains('\0')) {
-                return Err(AgentError::Nul { what });
-            }
-        }
         let workdir = o
             .workdir
             .clone()
             .unwrap_or_else(|| image.working_dir.clone());
         let user = o.user.clone().unwrap_or_else(|| image.user.clone());
-        for (what, value) in [("--workdir", &workdir), ("--user", &user)] {
-            if value.contains(['\n', '\0']) {
-                return Err(AgentError::BadValue {
-                    what,
-                    value: value.clone(),
-                });
-            }
-        }
-        let stdio = if o.tty {
-            let (rows, cols) = crate::terminal::window_size().unwrap_or((0, 0));
-            format!("stdio=tty\nwinsize={rows}x{cols}\n")
-        } else {
-            format!("stdio=ports\nstdin={}\n", u8::from(o.interactive))
-        };
+        check_values(&argv, &env, &workdir, &user)?;
+        let stdio = stdio_lines(o.tty, o.interactive);
         let hostname = o
             .hostname
             .clone()
@@ -206,18 +185,20 @@ impl Job {
             user,
             stdio,
             hostname,
+            exec: false,
         })
     }
 
     /// The three job files, as `agent/src/job.rs` reads them.
     fn files(&self, root: &AgentRoot, read_only: bool) -> [(&'static str, Vec<u8>); 3] {
         let job = format!(
-            "{}hostname={}\nworkdir={}\nuser={}\n{}",
+            "{}hostname={}\nworkdir={}\nuser={}\n{}exec={}\n",
             root_lines(root, read_only),
             self.hostname,
             self.workdir,
             self.user,
-            self.stdio
+            self.stdio,
+            u8::from(self.exec)
         );
         [
             ("minivm/argv", nul_list(&self.argv)),
@@ -246,13 +227,64 @@ impl Job {
             now.as_secs(),
             now.subsec_nanos()
         );
-        let (argv, env) = (nul_list(&self.argv), nul_list(&self.env));
-        let mut msg = format!("job {} {} {}\n", argv.len(), env.len(), text.len()).into_bytes();
-        msg.extend(argv);
-        msg.extend(env);
-        msg.extend(text.bytes());
-        Ok(msg)
+        Ok(job_message(&self.argv, &self.env, &text))
     }
+}
+
+/// `KEY=VALUE` as it is, `KEY` with minivm's own value (`-e`).
+pub fn env_entry(e: &str) -> Result<String, AgentError> {
+    match e.split_once('=') {
+        Some(_) => Ok(e.to_string()),
+        None => {
+            let v = std::env::var(e).map_err(|_| AgentError::NoHostVar(e.to_string()))?;
+            Ok(format!("{e}={v}"))
+        }
+    }
+}
+
+/// Refuses what the job format cannot carry.
+pub fn check_values(
+    argv: &[String],
+    env: &[String],
+    workdir: &str,
+    user: &str,
+) -> Result<(), AgentError> {
+    for (what, list) in [("an argument", argv), ("a variable", env)] {
+        if list.iter().any(|s| s.contains('\0')) {
+            return Err(AgentError::Nul { what });
+        }
+    }
+    for (what, value) in [("--workdir", workdir), ("--user", user)] {
+        if value.contains(['\n', '\0']) {
+            return Err(AgentError::BadValue {
+                what,
+                value: value.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The job's `stdio` lines: the serial console as a terminal of this
+/// terminal's size (`-t`), or the stream ports with or without stdin.
+pub fn stdio_lines(tty: bool, interactive: bool) -> String {
+    if tty {
+        let (rows, cols) = crate::terminal::window_size().unwrap_or((0, 0));
+        format!("stdio=tty\nwinsize={rows}x{cols}\n")
+    } else {
+        format!("stdio=ports\nstdin={}\n", u8::from(interactive))
+    }
+}
+
+/// A job as one message (`agent/src/control.rs` reads it): the line `job
+/// ARGV ENV TEXT` (byte counts), then the argv and env lists and the text.
+pub fn job_message(argv: &[String], env: &[String], text: &str) -> Vec<u8> {
+    let (argv, env) = (nul_list(argv), nul_list(env));
+    let mut msg = format!("job {} {} {}\n", argv.len(), env.len(), text.len()).into_bytes();
+    msg.extend(argv);
+    msg.extend(env);
+    msg.extend(text.bytes());
+    msg
 }
 
 fn nul_list(l: &[String]) -> Vec<u8> {

@@ -40,6 +40,9 @@ pub enum Command {
     Convert(ConvertArgs),
     /// Start a VM from a snapshot made with `run --snapshot-to DIR`.
     Restore(RestoreArgs),
+    /// Run one more process in a VM that `run --exec-socket SOCKET` runs
+    /// (exit status: the process's; 255 when the VM ended first).
+    Exec(crate::exec::client::ExecArgs),
     /// Fetch and convert an OCI image into the cache, ready for `run --oci`.
     #[command(after_long_help = REF_HELP)]
     Pull(PullArgs),
@@ -288,6 +291,11 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub job: JobArgs,
+
+    /// Listen on this Unix socket (a new path, this user only) for `minivm
+    /// exec SOCKET -- CMD`, which runs more processes beside the command.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["restart", "snapshot_to", "jail"])]
+    pub exec_socket: Option<PathBuf>,
 
     /// At exit, print on stderr minivm's own share of the run: from its start
     /// to the guest's first instruction, and from the guest's end to its own.

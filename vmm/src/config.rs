@@ -66,6 +66,9 @@ pub struct VmConfig {
     pub seccomp: crate::cli::SeccompMode,
     /// How the guest meets minivm's stdin, stdout and stderr.
     pub io: GuestIo,
+    /// `--exec-socket`: where `minivm exec` reaches the agent (which then
+    /// has the exec port).
+    pub exec_socket: Option<PathBuf>,
     /// `--snapshot-to`: where to save the VM at its snapshot point.
     pub snapshot_to: Option<PathBuf>,
     /// `minivm restore`: the snapshot to start from instead of a kernel.
@@ -171,6 +174,8 @@ pub const STDOUT_PORT: &str = "minivm.stdout";
 pub const STDERR_PORT: &str = "minivm.stderr";
 /// See [`STDOUT_PORT`].
 pub const STDIN_PORT: &str = "minivm.stdin";
+/// The port of `minivm exec`'s frames (`crate::exec`), with `--exec-socket`.
+pub const EXEC_PORT: &str = "minivm.exec";
 /// The port of minivm's messages to the agent (`crate::control`), with the
 /// command's streams and with `-t`.
 pub const CONTROL_PORT: &str = "minivm.control";

@@ -29,6 +29,9 @@ pub enum Error {
     /// `--jail` could not be set up.
     #[error(transparent)]
     Jail(#[from] sandbox::jail::JailError),
+    /// `minivm exec` could not start its process.
+    #[error(transparent)]
+    Exec(#[from] crate::exec::client::ExecError),
     /// The run asks for the agent and for something it excludes.
     #[error("{0}")]
     AgentConflict(&'static str),

@@ -13,6 +13,7 @@ mod config;
 mod control;
 mod cpuid;
 mod error;
+mod exec;
 mod images;
 mod io_reason;
 mod jail;
@@ -135,6 +136,7 @@ fn dispatch(command: Command, start: Instant) -> Result<ExitCode, Error> {
     match command {
         Command::Run(args) => return run(&args, start),
         Command::Restore(args) => return restore(&args, start),
+        Command::Exec(args) => return Ok(exec::client::run(&args)?),
         Command::Convert(a) => images::convert_cmd(&a.reference, &a.output, &a.image)?,
         Command::Pull(a) => images::pull_cmd(&a.reference, &a.image)?,
         Command::Images => images::images_cmd(),

@@ -63,6 +63,7 @@ pub fn vm_config(args: &RestoreArgs, loaded: Loaded) -> Result<VmConfig, Error> 
         fs_stats: false,
         seccomp: args.seccomp,
         io,
+        exec_socket: None,
         snapshot_to: None,
         restore: Some(Arc::new(loaded)),
         image_process: None,

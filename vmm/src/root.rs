@@ -136,6 +136,12 @@ impl PreparedRoot {
                     "-i and -t are for a command (-- CMD, or an application image's own)",
                 ));
             }
+            if spec.exec_socket.is_some() {
+                return Err(Error::AgentConflict(
+                    "--exec-socket is for a command (-- CMD, or an application image's own): \
+                     minivm's guest agent runs what `minivm exec` asks",
+                ));
+            }
             return Ok(());
         }
         if spec.initrd.is_some() {
@@ -144,7 +150,8 @@ impl PreparedRoot {
             ));
         }
         let root = self.agent_root()?;
-        let job = Job::new(&image, &spec.overrides)?;
+        let mut job = Job::new(&image, &spec.overrides)?;
+        job.exec = spec.exec_socket.is_some();
         tracing::info!("the guest agent runs {:?}", job.argv);
         self.agent = Some(AgentInitrd::new(&job, &root, spec.root.read_only())?);
         Ok(())
@@ -196,6 +203,7 @@ impl PreparedRoot {
                 },
                 None => GuestIo::Console,
             },
+            exec_socket: spec.exec_socket.clone(),
             snapshot_to: spec.snapshot_to.clone(),
             restore: None,
             image_process: self
@@ -260,6 +268,7 @@ mod tests {
             snapshot_to: None,
             snapshot_continue: false,
             overrides: Default::default(),
+            exec_socket: None,
         }
     }
 

@@ -279,6 +279,8 @@ pub struct RunSpec {
     pub snapshot_continue: bool,
     /// `-- CMD`, `--entrypoint`, `-e`, `--workdir`, `--user`.
     pub overrides: Overrides,
+    /// `--exec-socket`.
+    pub exec_socket: Option<PathBuf>,
 }
 
 impl RunSpec {
@@ -343,6 +345,7 @@ impl RunSpec {
             snapshot_to,
             snapshot_continue: args.snapshot_and_continue,
             overrides: Overrides::from(&args.job),
+            exec_socket: args.exec_socket.clone(),
         })
     }
 }
@@ -511,6 +514,7 @@ mod tests {
             shutdown_timeout: 0,
             restart: false,
             snapshot_to: None,
+            exec_socket: None,
             snapshot_and_continue: false,
             timeout: None,
             fs_stats: false,

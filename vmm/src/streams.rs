@@ -17,17 +17,28 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use devices::virtio::console::{Console, PortSpec};
 
-use crate::config::{GuestIo, CONTROL_PORT, STDERR_PORT, STDIN_PORT, STDOUT_PORT};
+use crate::config::{GuestIo, CONTROL_PORT, EXEC_PORT, STDERR_PORT, STDIN_PORT, STDOUT_PORT};
 
 /// minivm's `fd` (0, 1 or 2), duplicated for a port.
 fn dup(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<OwnedFd> {
     fd.try_clone_to_owned()
 }
 
+/// The host ends of the exec port (`crate::exec::relay`).
+pub struct ExecPort {
+    /// The write end of the port's input.
+    pub to_guest: OwnedFd,
+    /// The read end of the port's output.
+    pub from_guest: OwnedFd,
+}
+
 /// The agent's console for one boot, and the write end of its control
 /// port (non-blocking: signal handlers write it), or `None` when `io` is a
-/// whole system's console.
-pub fn console(io: GuestIo) -> io::Result<Option<(Console, OwnedFd)>> {
+/// whole system's console; with `exec`, also the exec port's host ends.
+pub fn console(
+    io: GuestIo,
+    exec: bool,
+) -> io::Result<Option<(Console, OwnedFd, Option<ExecPort>)>> {
     let out = |fd: OwnedFd| -> Option<Box<dyn io::Write + Send>> { Some(Box::new(File::from(fd))) };
     let mut ports = Vec::new();
     // Some(whether minivm's stdin goes in) where there are stream ports.
@@ -68,7 +79,23 @@ pub fn console(io: GuestIo) -> io::Result<Option<(Console, OwnedFd)>> {
         output: None,
         input: Some(read.into()),
     });
-    Ok(Some((Console::new(ports), write.into())))
+    let exec = match exec {
+        false => None,
+        true => {
+            let (input, to_guest) = io::pipe()?;
+            let (from_guest, output) = io::pipe()?;
+            ports.push(PortSpec {
+                name: EXEC_PORT.into(),
+                output: out(output.into()),
+                input: Some(input.into()),
+            });
+            Some(ExecPort {
+                to_guest: to_guest.into(),
+                from_guest: from_guest.into(),
+            })
+        }
+    };
+    Ok(Some((Console::new(ports), write.into(), exec)))
 }
 
 /// Hands a waiting agent its job (`crate::agent::Job::message`) through the

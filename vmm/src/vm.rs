@@ -46,6 +46,9 @@ pub enum VmError {
     /// Writing or restoring a snapshot failed.
     #[error(transparent)]
     Snapshot(#[from] crate::snapshot::SnapshotError),
+    /// `--exec-socket` could not be set up.
+    #[error(transparent)]
+    Exec(#[from] crate::exec::relay::RelayError),
     /// The host's KVM lacks something minivm needs.
     #[error("KVM lacks a required capability: {0}")]
     KvmCapability(&'static str),
@@ -162,6 +165,8 @@ struct Devices {
     /// The agent's console (`crate::streams`) and the write end of its
     /// control port.
     streams: Option<(Transport, OwnedFd)>,
+    /// `--exec-socket`'s relay, stopped when the VM's devices go.
+    _exec: Option<crate::exec::relay::Relay>,
 }
 
 fn setup_devices(
@@ -250,18 +255,28 @@ fn setup_devices(
     if config.rng {
         add_virtio(vm, mem, Box::new(Rng::new()), "virtio-rng", &mut slots)?;
     }
-    let streams =
-        match crate::streams::console(config.io).map_err(host_err("the agent's console ports"))? {
-            Some((console, control)) => {
-                let t = add_virtio(vm, mem, Box::new(console), "virtio-console", &mut slots)?;
-                // A restored agent reads its job first thing.
-                if let (Some(job), Some(_)) = (&config.agent_job, &config.restore) {
-                    crate::streams::send_job(&control, job).map_err(host_err("the agent's job"))?;
-                }
-                Some((t, control))
+    let mut exec = None;
+    let console = crate::streams::console(config.io, config.exec_socket.is_some())
+        .map_err(host_err("the agent's console ports"))?;
+    let streams = match console {
+        Some((console, control, exec_port)) => {
+            if let (Some(path), Some(port)) = (&config.exec_socket, exec_port) {
+                exec = Some(crate::exec::relay::Relay::start(
+                    path,
+                    port.to_guest,
+                    port.from_guest,
+                    policy.filter(ThreadKind::Exec),
+                )?);
             }
-            None => None,
-        };
+            let t = add_virtio(vm, mem, Box::new(console), "virtio-console", &mut slots)?;
+            // A restored agent reads its job first thing.
+            if let (Some(job), Some(_)) = (&config.agent_job, &config.restore) {
+                crate::streams::send_job(&control, job).map_err(host_err("the agent's job"))?;
+            }
+            Some((t, control))
+        }
+        None => None,
+    };
     let mut transports = Vec::new();
     for (transport, base) in slots.transports {
         mmio.insert(transport.clone(), base, VIRTIO_MMIO_SIZE)?;
@@ -287,6 +302,7 @@ fn setup_devices(
         virtio_mmio,
         fs_stats,
         streams,
+        _exec: exec,
     })
 }
 
@@ -690,6 +706,7 @@ mod tests {
             fs_stats: false,
             seccomp: crate::cli::SeccompMode::Off,
             io: config::GuestIo::Console,
+            exec_socket: None,
             snapshot_to: None,
             restore: None,
             image_process: None,

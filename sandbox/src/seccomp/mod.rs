@@ -67,16 +67,19 @@ pub enum ThreadKind {
     FsWorker,
     /// A VM set-up step that may run on beside the guest: KVM_REINJECT_CONTROL.
     KvmSetup,
+    /// `minivm exec`'s relay between the exec socket and the agent's port.
+    Exec,
 }
 
 impl ThreadKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [ThreadKind; 5] = [
+    pub const ALL: [ThreadKind; 6] = [
         ThreadKind::Main,
         ThreadKind::Vcpu,
         ThreadKind::Console,
         ThreadKind::FsWorker,
         ThreadKind::KvmSetup,
+        ThreadKind::Exec,
     ];
 
     /// The short name used in messages.
@@ -87,6 +90,7 @@ impl ThreadKind {
             ThreadKind::Console => "console",
             ThreadKind::FsWorker => "virtio-fs",
             ThreadKind::KvmSetup => "kvm-setup",
+            ThreadKind::Exec => "exec-relay",
         }
     }
 }

@@ -83,6 +83,8 @@ const MAIN: &[i64] = &[
     libc::SYS_readlinkat,
     libc::SYS_readv,
     libc::SYS_statx,
+    // `--exec-socket`'s socket, removed when the VM ends.
+    libc::SYS_unlink,
     libc::SYS_unlinkat,
 ];
 
@@ -176,6 +178,19 @@ const FS_WORKER: &[i64] = &[
     libc::SYS_umask,
     libc::SYS_unlinkat,
     libc::SYS_utimensat,
+];
+
+/// `minivm exec`'s relay: polls its socket, its clients and the exec
+/// port's pipes, and checks each client's user.
+const EXEC: &[i64] = &[
+    libc::SYS_accept4,
+    libc::SYS_geteuid,
+    libc::SYS_getsockopt,
+    libc::SYS_poll,
+    libc::SYS_ppoll,
+    libc::SYS_read,
+    libc::SYS_recvfrom,
+    libc::SYS_sendto,
 ];
 
 /// A syscall table under construction: `None` allows the call outright,
@@ -285,6 +300,7 @@ pub(super) fn rules(
         ThreadKind::Console => {}
         ThreadKind::FsWorker => t.allow(FS_WORKER),
         ThreadKind::KvmSetup => t.allow_ioctls(&[KVM_REINJECT_CONTROL()]),
+        ThreadKind::Exec => t.allow(EXEC),
     }
     t.into_rules()
 }

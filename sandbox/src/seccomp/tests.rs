@@ -220,3 +220,36 @@ fn a_rebuilding_main_thread_cannot_make_namespaces() {
     assert_eq!(status, DENIED_EXIT_STATUS);
     assert!(err.contains("outside its filter: clone (56)"), "{err}");
 }
+
+#[test]
+fn an_exec_relay_thread_polls_and_relays_but_opens_nothing() {
+    // What the relay calls passes (on bad fds: failing harmlessly).
+    let (status, err) = in_child(ThreadKind::Exec, || {
+        // SAFETY: every call gets fd -1 or no fds and null or valid pointers.
+        unsafe {
+            assert_eq!(libc::poll(std::ptr::null_mut(), 0, 0), 0);
+            let mut b = [0u8; 1];
+            assert_eq!(libc::recv(-1, b.as_mut_ptr().cast(), 1, 0), -1);
+            assert_eq!(libc::send(-1, b.as_ptr().cast(), 1, 0), -1);
+            assert_eq!(
+                libc::accept4(-1, std::ptr::null_mut(), std::ptr::null_mut(), 0),
+                -1
+            );
+            let mut len = 0;
+            assert_eq!(
+                libc::getsockopt(-1, 1, 17, b.as_mut_ptr().cast(), &mut len),
+                -1
+            );
+            libc::geteuid();
+        }
+    });
+    assert_eq!((status, err.as_str()), (0, ""));
+    let (status, err) = in_child(ThreadKind::Exec, || {
+        let _ = std::fs::File::open("/etc/hostname");
+    });
+    assert_eq!(status, DENIED_EXIT_STATUS);
+    assert!(
+        err.contains("exec-relay thread") && err.contains("openat"),
+        "{err}"
+    );
+}
