@@ -7,7 +7,7 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
 
 /// The smallest VM the shim starts: a memory limit below it still gets
 /// this much, as the guest kernel needs its share.
@@ -28,6 +28,11 @@ const AGENT_MOUNTS: &[(&str, &str)] = &[
     ("cgroup2", "/sys/fs/cgroup"),
 ];
 
+/// The VM's exec socket (`minivm run --exec-socket`), relative to the
+/// bundle, where both minivm processes run: a bundle's absolute path can
+/// pass the 108 bytes a socket's path may have.
+pub const EXEC_SOCKET: &str = "minivm-exec.sock";
+
 /// Errors reading or honouring a runtime spec.
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
@@ -42,6 +47,9 @@ pub enum SpecError {
     /// The spec has no process, or one without args.
     #[error("the runtime spec has no process args to run")]
     NoProcess,
+    /// An exec's process spec is not one.
+    #[error("the exec's process spec: {0}")]
+    ExecSpec(String),
     /// The spec asks for something a VM cannot give its container.
     #[error("minivm cannot give a container {0}")]
     Unsupported(String),
@@ -80,6 +88,35 @@ pub fn minivm_args(
     let (mem_mib, cpus) = vm_size(spec, host_cpus);
     opt("--mem", format!("{mem_mib}M"));
     opt("--cpus", cpus.to_string());
+    opt("--exec-socket", EXEC_SOCKET.into());
+    // A root directory has no image config: the args are the whole command.
+    // (With a terminal, minivm run's stdin is the terminal's already.)
+    let terminal = process.terminal().unwrap_or(false);
+    process_args(&mut args, process, argv, stdin && !terminal);
+    Ok(args)
+}
+
+/// The `minivm exec` arguments that run an exec's process (`spec`, a
+/// runtime spec's process as JSON) in the container's VM.
+pub fn exec_args(spec: &[u8], stdin: bool) -> Result<Vec<OsString>, SpecError> {
+    let process: Process =
+        serde_json::from_slice(spec).map_err(|e| SpecError::ExecSpec(e.to_string()))?;
+    let argv = process
+        .args()
+        .as_ref()
+        .filter(|a| !a.is_empty())
+        .ok_or(SpecError::NoProcess)?;
+    let mut args: Vec<OsString> = vec!["exec".into(), EXEC_SOCKET.into()];
+    process_args(&mut args, &process, argv, stdin);
+    Ok(args)
+}
+
+/// `process`'s env, cwd, user and terminal as options, then `-- argv`.
+fn process_args(args: &mut Vec<OsString>, process: &Process, argv: &[String], stdin: bool) {
+    let mut opt = |k: &str, v: String| {
+        args.push(k.into());
+        args.push(v.into());
+    };
     for e in process.env().iter().flatten() {
         opt("-e", e.clone());
     }
@@ -88,13 +125,12 @@ pub fn minivm_args(
     opt("--user", format!("{}:{}", user.uid(), user.gid()));
     if process.terminal().unwrap_or(false) {
         args.push("-t".into());
-    } else if stdin {
+    }
+    if stdin {
         args.push("-i".into());
     }
-    // A root directory has no image config: the args are the whole command.
     args.push("--".into());
     args.extend(argv.iter().map(OsString::from));
-    Ok(args)
 }
 
 /// Memory (MiB) and vCPUs from the spec's limits: the memory limit rounded
@@ -213,7 +249,8 @@ mod tests {
     fn the_process_becomes_the_agent_s_command() {
         assert_eq!(
             args(&spec(serde_json::json!({})), false).join(" "),
-            "run --quiet /b/rootfs --hostname box --mem 512M --cpus 1 -e PATH=/bin -e A=b c \
+            "run --quiet /b/rootfs --hostname box --mem 512M --cpus 1 \
+             --exec-socket minivm-exec.sock -e PATH=/bin -e A=b c \
              --workdir /srv --user 1000:100 -- sh -c echo hi"
         );
         let with_stdin = args(&spec(serde_json::json!({})), true);
@@ -223,6 +260,25 @@ mod tests {
             true,
         );
         assert!(tty.contains(&"-t".to_string()) && !tty.contains(&"-i".to_string()));
+    }
+
+    #[test]
+    fn an_exec_s_process_becomes_minivm_exec() {
+        let process = serde_json::json!({
+            "args": ["sh", "-c", "id"], "env": ["PATH=/bin"], "cwd": "/tmp",
+            "user": {"uid": 5, "gid": 6}, "terminal": true
+        });
+        let a = exec_args(process.to_string().as_bytes(), true).unwrap();
+        let a: Vec<String> = a.into_iter().map(|a| a.into_string().unwrap()).collect();
+        assert_eq!(
+            a.join(" "),
+            "exec minivm-exec.sock -e PATH=/bin --workdir /tmp --user 5:6 -t -i -- sh -c id"
+        );
+        let no_args = serde_json::json!({"args": [], "cwd": "/", "user": {"uid": 0, "gid": 0}});
+        let e = exec_args(no_args.to_string().as_bytes(), false).unwrap_err();
+        assert!(e.to_string().contains("no process args"), "{e}");
+        let e = exec_args(b"{not json", false).unwrap_err();
+        assert!(e.to_string().contains("the exec's process spec"), "{e}");
     }
 
     #[test]

@@ -1,15 +1,20 @@
 //! containerd's task API for one container, served by one VM: create
 //! mounts the rootfs containerd prepared and checks the runtime spec, start
 //! boots `minivm run ROOTFS -- ARGS`, wait/kill/state/pids follow that
-//! process, delete unmounts and reports how it ended. Exit events go back
-//! to containerd through its publisher.
+//! process, delete unmounts and reports how it ended. exec adds a process
+//! run in the VM by `minivm exec` (through the VM's exec socket), which the
+//! same calls with its exec id follow. Exit events go back to containerd
+//! through its publisher.
 
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use containerd_shim::event::Event;
-use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskStart};
+use containerd_shim::protos::events::task::{
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskStart,
+};
 use containerd_shim::protos::protobuf::MessageField;
 use containerd_shim::protos::ttrpc::{self, Code};
 use containerd_shim::protos::types::task::ProcessInfo;
@@ -19,14 +24,42 @@ use containerd_shim::{api, Context, ExitSignal, TtrpcContext, TtrpcResult};
 use crate::spec;
 use crate::vm::{self, StdioPaths, Vm};
 
+/// One of the container's processes: its command (the VM) or an exec.
+struct Process {
+    stdio: StdioPaths,
+    /// The `minivm` arguments, worked out (and checked) at create or exec.
+    args: Vec<OsString>,
+    vm: Arc<Vm>,
+}
+
 /// The container this shim serves.
 struct Container {
     id: String,
     bundle: PathBuf,
-    stdio: StdioPaths,
-    /// The `minivm` arguments, worked out (and checked) at create.
-    args: Vec<OsString>,
-    vm: Arc<Vm>,
+    init: Process,
+    /// The execs, by exec id.
+    execs: HashMap<String, Process>,
+}
+
+impl Container {
+    /// The process `exec_id` names ("": the container's command).
+    fn process(&self, exec_id: &str) -> TtrpcResult<&Process> {
+        match exec_id {
+            "" => Ok(&self.init),
+            id => self
+                .execs
+                .get(id)
+                .ok_or_else(|| error(Code::NOT_FOUND, format!("no process {id}"))),
+        }
+    }
+
+    /// The task id containerd's events give the process.
+    fn event_id(&self, exec_id: &str) -> String {
+        match exec_id {
+            "" => self.id.clone(),
+            id => id.to_string(),
+        }
+    }
 }
 
 /// The task service: at most one container (one VM) per shim.
@@ -107,24 +140,26 @@ impl TaskService {
         publish(&self.publisher, &self.namespace, event);
     }
 
-    /// Runs `f` on the container `id` (the init process only: exec is not
-    /// supported).
+    /// Runs `f` on the container `id`.
     fn with<T>(
         &self,
         id: &str,
-        exec_id: &str,
         f: impl FnOnce(&mut Container) -> TtrpcResult<T>,
     ) -> TtrpcResult<T> {
-        if !exec_id.is_empty() {
-            return Err(error(
-                Code::NOT_FOUND,
-                format!("no process {exec_id} (exec is not supported yet)"),
-            ));
-        }
         match self.container.lock().unwrap().as_mut() {
             Some(c) if c.id == id => f(c),
             _ => Err(error(Code::NOT_FOUND, format!("no container {id}"))),
         }
+    }
+
+    /// Runs `f` on the container `id` and its process `exec_id`.
+    fn with_process<T>(
+        &self,
+        id: &str,
+        exec_id: &str,
+        f: impl FnOnce(&Container, &Process) -> TtrpcResult<T>,
+    ) -> TtrpcResult<T> {
+        self.with(id, |c| f(c, c.process(exec_id)?))
     }
 }
 
@@ -166,14 +201,17 @@ impl containerd_shim::Task for TaskService {
         *slot = Some(Container {
             id: req.id.clone(),
             bundle,
-            stdio: StdioPaths {
-                stdin: req.stdin.clone(),
-                stdout: req.stdout.clone(),
-                stderr: req.stderr.clone(),
-                terminal: req.terminal,
+            init: Process {
+                stdio: StdioPaths {
+                    stdin: req.stdin.clone(),
+                    stdout: req.stdout.clone(),
+                    stderr: req.stderr.clone(),
+                    terminal: req.terminal,
+                },
+                args,
+                vm: Arc::default(),
             },
-            args,
-            vm: Arc::default(),
+            execs: HashMap::new(),
         });
         drop(slot);
         self.publish(TaskCreate {
@@ -191,18 +229,26 @@ impl containerd_shim::Task for TaskService {
         req: api::StartRequest,
     ) -> TtrpcResult<api::StartResponse> {
         let (publisher, namespace) = (self.publisher.clone(), self.namespace.clone());
-        let pid = self.with(&req.id, &req.exec_id, |c| {
-            if c.vm.pid() != 0 || c.vm.exited().is_some() {
+        let pid = self.with_process(&req.id, &req.exec_id, |c, p| {
+            if p.vm.pid() != 0 || p.vm.exited().is_some() {
                 return Err(error(Code::FAILED_PRECONDITION, "already started"));
             }
-            let id = c.id.clone();
-            vm::start(&c.vm, &c.bundle, &c.args, &c.stdio, move |vm| {
+            let is_exec = !req.exec_id.is_empty();
+            if is_exec && (c.init.vm.pid() == 0 || c.init.vm.exited().is_some()) {
+                return Err(error(
+                    Code::FAILED_PRECONDITION,
+                    "the container's VM is not running",
+                ));
+            }
+            let (container_id, id) = (c.id.clone(), c.event_id(&req.exec_id));
+            let pid_file = (!is_exec).then_some(vm::PID_FILE);
+            vm::start(&p.vm, &c.bundle, &p.args, &p.stdio, pid_file, move |vm| {
                 let exit = vm.exited().expect("ended");
                 publish(
                     &publisher,
                     &namespace,
                     TaskExit {
-                        container_id: id.clone(),
+                        container_id,
                         id,
                         pid: vm.pid(),
                         exit_status: exit.status,
@@ -213,15 +259,64 @@ impl containerd_shim::Task for TaskService {
             })
             .map_err(|e| error(Code::INTERNAL, e.to_string()))
         })?;
-        self.publish(TaskStart {
-            container_id: req.id.clone(),
-            pid,
-            ..Default::default()
-        });
+        if req.exec_id.is_empty() {
+            self.publish(TaskStart {
+                container_id: req.id.clone(),
+                pid,
+                ..Default::default()
+            });
+        } else {
+            self.publish(TaskExecStarted {
+                container_id: req.id.clone(),
+                exec_id: req.exec_id.clone(),
+                pid,
+                ..Default::default()
+            });
+        }
         Ok(api::StartResponse {
             pid,
             ..Default::default()
         })
+    }
+
+    fn exec(&self, _ctx: &TtrpcContext, req: api::ExecProcessRequest) -> TtrpcResult<api::Empty> {
+        self.with(&req.id, |c| {
+            if c.init.vm.pid() == 0 || c.init.vm.exited().is_some() {
+                return Err(error(
+                    Code::FAILED_PRECONDITION,
+                    "the container's VM is not running",
+                ));
+            }
+            if req.exec_id.is_empty() || c.execs.contains_key(&req.exec_id) {
+                return Err(error(
+                    Code::ALREADY_EXISTS,
+                    format!("the exec id {:?} is taken", req.exec_id),
+                ));
+            }
+            let args = spec::exec_args(&req.spec.value, !req.stdin.is_empty())
+                .map_err(|e| error(Code::INVALID_ARGUMENT, e.to_string()))?;
+            log::info!("container {} exec {}: minivm {args:?}", c.id, req.exec_id);
+            c.execs.insert(
+                req.exec_id.clone(),
+                Process {
+                    stdio: StdioPaths {
+                        stdin: req.stdin.clone(),
+                        stdout: req.stdout.clone(),
+                        stderr: req.stderr.clone(),
+                        terminal: req.terminal,
+                    },
+                    args,
+                    vm: Arc::default(),
+                },
+            );
+            Ok(())
+        })?;
+        self.publish(TaskExecAdded {
+            container_id: req.id.clone(),
+            exec_id: req.exec_id.clone(),
+            ..Default::default()
+        });
+        Ok(api::Empty::new())
     }
 
     fn state(
@@ -229,23 +324,25 @@ impl containerd_shim::Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::StateRequest,
     ) -> TtrpcResult<api::StateResponse> {
-        self.with(&req.id, &req.exec_id, |c| {
+        self.with_process(&req.id, &req.exec_id, |c, p| {
             let mut r = api::StateResponse {
-                id: c.id.clone(),
+                id: c.event_id(&req.exec_id),
+                exec_id: req.exec_id.clone(),
                 bundle: c.bundle.display().to_string(),
-                pid: c.vm.pid(),
-                stdin: c.stdio.stdin.clone(),
-                stdout: c.stdio.stdout.clone(),
-                stderr: c.stdio.stderr.clone(),
+                pid: p.vm.pid(),
+                stdin: p.stdio.stdin.clone(),
+                stdout: p.stdio.stdout.clone(),
+                stderr: p.stdio.stderr.clone(),
+                terminal: p.stdio.terminal,
                 ..Default::default()
             };
-            r.status = match c.vm.exited() {
+            r.status = match p.vm.exited() {
                 Some(exit) => {
                     r.exit_status = exit.status;
                     r.exited_at = MessageField::some(exit.at);
                     api::Status::STOPPED
                 }
-                None if c.vm.pid() == 0 => api::Status::CREATED,
+                None if p.vm.pid() == 0 => api::Status::CREATED,
                 None => api::Status::RUNNING,
             }
             .into();
@@ -255,7 +352,7 @@ impl containerd_shim::Task for TaskService {
 
     fn wait(&self, _ctx: &TtrpcContext, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
         // Not under the lock: other RPCs go on while this one waits.
-        let vm = self.with(&req.id, &req.exec_id, |c| Ok(c.vm.clone()))?;
+        let vm = self.with_process(&req.id, &req.exec_id, |_, p| Ok(p.vm.clone()))?;
         let exit = vm.wait();
         Ok(api::WaitResponse {
             exit_status: exit.status,
@@ -265,23 +362,29 @@ impl containerd_shim::Task for TaskService {
     }
 
     fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
-        let not_started = self.with(&req.id, &req.exec_id, |c| {
-            if c.vm.pid() == 0 {
-                // Nothing runs yet: the task ends as if killed.
-                return Ok(c.vm.set_exit(128 + req.signal).then(|| c.vm.clone()));
+        let not_started = self.with_process(&req.id, &req.exec_id, |c, p| {
+            if p.vm.pid() == 0 {
+                // Nothing runs yet: the process ends as if killed.
+                let vm = p.vm.clone();
+                return Ok(vm
+                    .set_exit(128 + req.signal)
+                    .then(|| (vm, c.event_id(&req.exec_id))));
             }
-            c.vm.signal(req.signal)
+            // minivm passes SIGTERM, SIGINT and SIGHUP on to the command
+            // (minivm exec: to its process); SIGKILL ends the VM (the exec's
+            // process) at once.
+            p.vm.signal(req.signal)
                 .map_err(|e| match e.raw_os_error() {
                     Some(libc::ESRCH) => error(Code::NOT_FOUND, "the process has already ended"),
                     _ => error(Code::INTERNAL, format!("signal {}: {e}", req.signal)),
                 })?;
             Ok(None)
         })?;
-        if let Some(vm) = not_started {
+        if let Some((vm, id)) = not_started {
             let exit = vm.exited().expect("just set");
             self.publish(TaskExit {
                 container_id: req.id.clone(),
-                id: req.id.clone(),
+                id,
                 exit_status: exit.status,
                 exited_at: MessageField::some(exit.at),
                 ..Default::default()
@@ -295,31 +398,46 @@ impl containerd_shim::Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::DeleteRequest,
     ) -> TtrpcResult<api::DeleteResponse> {
-        self.with(&req.id, &req.exec_id, |c| {
-            if c.vm.pid() != 0 && c.vm.exited().is_none() {
+        self.with_process(&req.id, &req.exec_id, |_, p| {
+            if p.vm.pid() != 0 && p.vm.exited().is_none() {
                 return Err(error(
                     Code::FAILED_PRECONDITION,
-                    "the VM is still running: kill it first",
+                    "the process is still running: kill it first",
                 ));
             }
             Ok(())
         })?;
+        if !req.exec_id.is_empty() {
+            // An exec deleted before it started ends here.
+            let p = self.with(&req.id, |c| {
+                Ok(c.execs.remove(&req.exec_id).expect("checked"))
+            })?;
+            p.vm.set_exit(0);
+            let exit = p.vm.exited().expect("ended");
+            return Ok(api::DeleteResponse {
+                pid: p.vm.pid(),
+                exit_status: exit.status,
+                exited_at: MessageField::some(exit.at),
+                ..Default::default()
+            });
+        }
         let c = self.container.lock().unwrap().take().expect("checked");
         // A container deleted before it started ends here.
-        c.vm.set_exit(0);
-        let exit = c.vm.exited().expect("ended");
+        let vm = &c.init.vm;
+        vm.set_exit(0);
+        let exit = vm.exited().expect("ended");
         unmount(&c.bundle);
         let _ = std::fs::remove_file(c.bundle.join(vm::PID_FILE));
         self.publish(TaskDelete {
             container_id: c.id.clone(),
             id: c.id.clone(),
-            pid: c.vm.pid(),
+            pid: vm.pid(),
             exit_status: exit.status,
             exited_at: MessageField::some(exit.at.clone()),
             ..Default::default()
         });
         Ok(api::DeleteResponse {
-            pid: c.vm.pid(),
+            pid: vm.pid(),
             exit_status: exit.status,
             exited_at: MessageField::some(exit.at),
             ..Default::default()
@@ -327,14 +445,17 @@ impl containerd_shim::Task for TaskService {
     }
 
     fn pids(&self, _ctx: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
-        self.with(&req.id, "", |c| {
-            let processes = match c.vm.pid() {
-                0 => Vec::new(),
-                pid => vec![ProcessInfo {
+        self.with(&req.id, |c| {
+            let processes = std::iter::once(&c.init)
+                .chain(c.execs.values())
+                .filter(|p| p.vm.exited().is_none())
+                .map(|p| p.vm.pid())
+                .filter(|pid| *pid != 0)
+                .map(|pid| ProcessInfo {
                     pid,
                     ..Default::default()
-                }],
-            };
+                })
+                .collect();
             Ok(api::PidsResponse {
                 processes,
                 ..Default::default()
@@ -347,8 +468,8 @@ impl containerd_shim::Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::ResizePtyRequest,
     ) -> TtrpcResult<api::Empty> {
-        self.with(&req.id, &req.exec_id, |c| {
-            c.vm.resize(req.width, req.height)
+        self.with_process(&req.id, &req.exec_id, |_, p| {
+            p.vm.resize(req.width, req.height)
                 .map_err(|e| error(Code::FAILED_PRECONDITION, e.to_string()))?;
             Ok(api::Empty::new())
         })
@@ -356,7 +477,7 @@ impl containerd_shim::Task for TaskService {
 
     fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<api::Empty> {
         // The stdin copy ends at the FIFO's EOF by itself.
-        self.with(&req.id, &req.exec_id, |_| Ok(api::Empty::new()))
+        self.with_process(&req.id, &req.exec_id, |_, _| Ok(api::Empty::new()))
     }
 
     fn connect(
@@ -364,7 +485,7 @@ impl containerd_shim::Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::ConnectRequest,
     ) -> TtrpcResult<api::ConnectResponse> {
-        let task_pid = self.with(&req.id, "", |c| Ok(c.vm.pid()))?;
+        let task_pid = self.with(&req.id, |c| Ok(c.init.vm.pid()))?;
         Ok(api::ConnectResponse {
             shim_pid: std::process::id(),
             task_pid,

@@ -1,6 +1,7 @@
-//! One container's VM: the `minivm run` process the shim starts with the
-//! container's stdio (the FIFOs or log file containerd names), and its exit
-//! status, which the shim's reaper reports.
+//! One container's processes: its VM, the `minivm run` process the shim
+//! starts with the container's stdio (the FIFOs or log file containerd
+//! names), and each exec, a `minivm exec` process into that VM; their exit
+//! statuses, which the shim's reaper reports.
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -181,14 +182,15 @@ pub fn minivm_binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("minivm"))
 }
 
-/// Starts `vm` as `minivm args` in `bundle` with the container's `stdio`;
-/// `on_exit` runs once when it has ended (and its terminal output has been
-/// copied out).
+/// Starts `vm` as `minivm args` in `bundle` with the process's `stdio`,
+/// its pid written to `pid_file` (in the bundle) if given; `on_exit` runs
+/// once when it has ended (and its terminal output has been copied out).
 pub fn start(
     vm: &Arc<Vm>,
     bundle: &Path,
     args: &[OsString],
     stdio: &StdioPaths,
+    pid_file: Option<&str>,
     on_exit: impl FnOnce(&Vm) + Send + 'static,
 ) -> Result<u32, VmError> {
     let path = minivm_binary();
@@ -250,7 +252,9 @@ pub fn start(
     }
     let pid = child.id();
     vm.pid.store(pid, Ordering::SeqCst);
-    let _ = std::fs::write(bundle.join(PID_FILE), pid.to_string());
+    if let Some(f) = pid_file {
+        let _ = std::fs::write(bundle.join(f), pid.to_string());
+    }
     let watched = vm.clone();
     std::thread::spawn(move || {
         let code = wait_pid(pid as i32, exits);

@@ -109,6 +109,9 @@ fn containerd_with_image(name: &str) -> (PathBuf, Containerd) {
     (dir, ctd)
 }
 
+/// What `ctr task exec` runs beside the command.
+const EXEC_SCRIPT: &str = "echo exec-out $(cat /up); echo exec-err >&2; exit 4";
+
 #[test]
 fn ctr_runs_an_image_as_a_vm_like_runc() {
     if !kvm_available() {
@@ -200,6 +203,110 @@ fn ctr_runs_an_image_as_a_vm_like_runc() {
     assert!(text(&ls.stdout).contains("RUNNING"), "{}", show(&ls));
     let pids = ctd.ctr(&["task", "ps", "vm2"]);
     assert!(pids.status.success(), "{}", show(&pids));
+
+    // ctr task exec: a second process in the running VM (it sees the
+    // command's file), its streams and status as runc gives them.
+    let reference = ctd.ctr(&[
+        "run",
+        "-d",
+        IMAGE,
+        "ref2",
+        "sh",
+        "-c",
+        "echo up > /up; exec sleep 1000",
+    ]);
+    assert!(reference.status.success(), "{}", show(&reference));
+    let runc_exec = |id: &str| {
+        ctd.ctr(&[
+            "task",
+            "exec",
+            "--exec-id",
+            id,
+            "ref2",
+            "sh",
+            "-c",
+            EXEC_SCRIPT,
+        ])
+    };
+    let mut runc_exec_out = runc_exec("r1");
+    // (runc's container may not have written /up yet.)
+    for attempt in ["r2", "r3", "r4", "r5"] {
+        if text(&runc_exec_out.stdout).contains("up") {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        runc_exec_out = runc_exec(attempt);
+    }
+    assert_eq!(
+        runc_exec_out.status.code(),
+        Some(4),
+        "runc: {}",
+        show(&runc_exec_out)
+    );
+    for args in [
+        &["task", "delete", "-f", "ref2"][..],
+        &["container", "rm", "ref2"],
+    ] {
+        let done = ctd.ctr(args);
+        assert!(done.status.success(), "{}", show(&done));
+    }
+    let exec = ctd.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        "vm2",
+        "sh",
+        "-c",
+        EXEC_SCRIPT,
+    ]);
+    assert_eq!(
+        exec.status.code(),
+        Some(4),
+        "{}\n{}",
+        show(&exec),
+        ctd.log()
+    );
+    assert_eq!(
+        (text(&exec.stdout), text(&exec.stderr)),
+        (text(&runc_exec_out.stdout), text(&runc_exec_out.stderr))
+    );
+    assert_eq!(text(&exec.stdout), "exec-out up\n");
+    // A second exec under the same id is refused; a new id runs, and a
+    // killed exec ends with 128+9 while the VM goes on.
+    let again = ctd.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e2",
+        "vm2",
+        "sh",
+        "-c",
+        "exit 0",
+    ]);
+    assert!(again.status.success(), "{}", show(&again));
+    let sleeper = ctd
+        .ctr_command(&["task", "exec", "--exec-id", "e3", "vm2", "sleep", "999"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the exec's process", BOOT_TIMEOUT, || {
+        text(&ctd.ctr(&["task", "ps", "vm2"]).stdout)
+            .lines()
+            .count()
+            >= 3
+    });
+    let kill_exec = ctd.ctr(&["task", "kill", "--exec-id", "e3", "-s", "KILL", "vm2"]);
+    assert!(kill_exec.status.success(), "{}", show(&kill_exec));
+    let ended = sleeper.wait_with_output().unwrap();
+    assert_eq!(ended.status.code(), Some(137), "{}", show(&ended));
+    let ls = ctd.ctr(&["task", "ls"]);
+    assert!(
+        text(&ls.stdout).contains("RUNNING"),
+        "the VM goes on: {}",
+        show(&ls)
+    );
     let kill = ctd.ctr(&["task", "kill", "vm2"]);
     assert!(kill.status.success(), "{}", show(&kill));
     wait_for("the VM's end", BOOT_TIMEOUT, || {
@@ -247,6 +354,20 @@ fn ctr_run_t_gives_the_command_a_terminal() {
     pty.expect("/ # ", BOOT_TIMEOUT);
     let size = "until [ \"$(busybox stty size)\" = '50 250' ]; do sleep 1; done; busybox tty";
     assert_eq!(pty.shell(size, BOOT_TIMEOUT), "/dev/ttyS0");
+    // ctr task exec -t: a terminal of its own in the same VM, resized too.
+    let mut exec =
+        PtySession::spawn(ctd.ctr_command(&["task", "exec", "-t", "--exec-id", "t1", "vm5", "sh"]));
+    exec.expect("/ # ", BOOT_TIMEOUT);
+    let size = "until [ \"$(busybox stty size)\" = '50 250' ]; do sleep 1; done; busybox tty";
+    assert_eq!(exec.shell(size, BOOT_TIMEOUT), "/dev/pts/0");
+    exec.resize(40, 100);
+    let resized = "until [ \"$(busybox stty size)\" = '40 100' ]; do sleep 1; done; echo resized";
+    assert_eq!(exec.shell(resized, BOOT_TIMEOUT), "resized");
+    exec.send("exit 5\r");
+    let st = exec
+        .wait(BOOT_TIMEOUT)
+        .expect("ctr task exec ends with the shell");
+    assert_eq!(st.code(), Some(5), "{}", exec.screen());
     pty.send("exit 7\r");
     let st = pty.wait(BOOT_TIMEOUT).expect("ctr ends with the shell");
     assert_eq!(st.code(), Some(7), "{}", pty.screen());

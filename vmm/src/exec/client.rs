@@ -102,6 +102,9 @@ fn send(w: &Writer, kind: u8, payload: &[u8]) -> io::Result<()> {
 
 /// `minivm exec`: the process's exit status, or [`EXIT_VM_GONE`].
 pub fn run(args: &ExecArgs) -> Result<ExitCode, ExecError> {
+    // First: a resize from now on is passed on, not lost (the job carries
+    // the size until then). The threads started later inherit the mask.
+    let signals = block_signals();
     let job = job(args)?;
     if job.len() > frame::MAX_PAYLOAD {
         return Err(ExecError::Send(io::Error::other(format!(
@@ -116,8 +119,6 @@ pub fn run(args: &ExecArgs) -> Result<ExitCode, ExecError> {
     })?;
     let writer: Writer = Arc::new(Mutex::new(stream.try_clone().map_err(ExecError::Send)?));
     send(&writer, frame::START, &job).map_err(ExecError::Send)?;
-    // Before any thread starts: they inherit the mask, the signal thread waits for them.
-    let signals = block_signals();
     let w = writer.clone();
     std::thread::spawn(move || pass_signals(&signals, &w));
     let raw = args.tty.then(crate::terminal::RawMode::enter);
