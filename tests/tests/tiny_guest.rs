@@ -61,6 +61,37 @@ fn timings_split_minivm_from_the_guest() {
         "{line} in {:?}",
         out.elapsed
     );
+    // Then the phases, "  A ms  PHASE" each, in order: they add up to
+    // the start-to-entry and exit-to-end shares (the last is the
+    // removal of the work directory, after the last mark).
+    let phases: Vec<(f64, &str)> = out
+        .stderr
+        .lines()
+        .skip_while(|l| !l.starts_with("minivm: by phase"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .map(|l| {
+            let (v, phase) = l.trim_start().split_once(" ms  ").expect("A ms  PHASE");
+            (v.trim().parse().unwrap(), phase)
+        })
+        .collect();
+    let names: Vec<&str> = phases.iter().map(|(_, p)| *p).collect();
+    let at = |name: &str| {
+        names
+            .iter()
+            .position(|p| *p == name)
+            .unwrap_or_else(|| panic!("no {name} in {names:?}"))
+    };
+    assert!(at("VM created") < at("kernel loaded"), "{names:?}");
+    assert!(at("vCPUs created") < at("guest's end"), "{names:?}");
+    assert!(at("guest's end") < at("VM closed"), "{names:?}");
+    let entry = at("guest's first instruction");
+    let before: f64 = phases[..=entry].iter().map(|(v, _)| v).sum();
+    assert!(
+        (before - ms[0]).abs() < 0.01 * names.len() as f64,
+        "{before} vs {line}"
+    );
+    assert!(phases.iter().all(|(v, _)| *v >= 0.0), "{phases:?}");
 }
 
 #[test]

@@ -61,12 +61,15 @@ pub fn run(
     start: Instant,
 ) -> Result<RunEnd, VmError> {
     let mut session = Session::open(config, restart, host)?;
+    crate::phases::mark("session: KVM and seccomp filters");
     if let Some(u) = Usage::now() {
         tracing::info!("before the first boot: {u}");
     }
     let deadline = config.timeout.map(|t| start + t);
     let result = boots(config, restart, &mut session, start, deadline);
+    crate::phases::mark("VM closed");
     session.finish();
+    crate::phases::mark("session closed");
     result
 }
 

@@ -20,6 +20,7 @@ mod jail;
 mod lifecycle;
 mod machine;
 mod paths;
+mod phases;
 mod restore;
 mod root;
 mod running;
@@ -90,10 +91,12 @@ fn timings(start: Instant, end: &lifecycle::RunEnd, now: Instant) -> String {
     let ms = |a: Instant, b: Instant| b.saturating_duration_since(a).as_secs_f64() * 1000.0;
     match (end.first_entry, end.last_exit) {
         (Some(entry), Some(exit)) => format!(
-            "timings: start to guest entry {:.2} ms, guest {:.2} ms, guest exit to end {:.2} ms",
+            "timings: start to guest entry {:.2} ms, guest {:.2} ms, guest exit to end {:.2} ms\n\
+             minivm: by phase, each the time since the one before:\n{}",
             ms(start, entry),
             ms(entry, exit),
-            ms(exit, now)
+            ms(exit, now),
+            phases::report(start, end.first_entry, end.last_exit).trim_end()
         ),
         _ => format!(
             "timings: the guest never ran; start to end {:.2} ms",
@@ -150,12 +153,16 @@ fn dispatch(command: Command, start: Instant) -> Result<ExitCode, Error> {
 fn run(args: &cli::RunArgs, start: Instant) -> Result<ExitCode, Error> {
     let spec = RunSpec::from_args(args)?;
     raise_fd_limit();
+    phases::mark("arguments checked");
     // Lives as long as the VM: dropping it removes a private writable layer.
     let mut root = PreparedRoot::prepare(&spec.root)?;
+    phases::mark("root prepared");
     root.attach_agent(&spec)?;
     let mut config = root.vm_config(&spec);
     config.canonicalize_paths();
+    phases::mark("agent and VM configuration");
     let host = HostHandles::open(&config)?;
+    phases::mark("host handles opened");
     // Lives as long as the VM: dropping it removes a private writable layer.
     let root = match &spec.jail {
         None => Some(root),
@@ -180,6 +187,7 @@ fn run(args: &cli::RunArgs, start: Instant) -> Result<ExitCode, Error> {
     report_end(end.reason);
     // The writable layer goes before the end is timed.
     drop(root);
+    phases::mark("root released");
     if args.timings {
         eprintln!("minivm: {}", timings(start, &end, Instant::now()));
     }

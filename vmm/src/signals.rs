@@ -121,6 +121,11 @@ pub fn set_control(control: RawFd) {
             on_window_change as *const () as libc::sighandler_t,
         )
     };
+    // A resize before the handler was there went unseen (SIGWINCH is
+    // ignored by default; the job has the size from minivm's start, and a
+    // containerd shim sizes minivm's terminal only once it runs): send the
+    // size as it is now.
+    on_window_change(libc::SIGWINCH);
 }
 
 /// Forgets the boot's event fds (before they are closed): from now on every

@@ -23,6 +23,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::config::{self, ShareSource, VmConfig};
 use crate::io_reason::io_reason;
 use crate::machine;
+use crate::phases;
 use crate::session::{DiskError, KeptDevices, Session};
 use crate::shutdown::ShutdownRequest;
 use crate::signals;
@@ -428,8 +429,11 @@ pub fn boot(
 ) -> Result<BootEnd, VmError> {
     let kvm = session.kvm();
     let vm = machine::create_vm(&kvm)?;
+    phases::mark("VM created");
     let mem = machine::create_memory(&vm, config)?;
+    phases::mark("guest memory");
     let pit_setup = machine::create_irqchip(&vm, session.seccomp().filter(ThreadKind::KvmSetup))?;
+    phases::mark("irqchip and PIT");
     let pvm = session.pvm();
     if pvm {
         tracing::info!("kvm-pvm host: hiding unsupported CPU features and enabling the guest kernel's work-arounds");
@@ -440,10 +444,12 @@ pub fn boot(
         None => Some(boot::loader::load_kernel(&mem, &config.kernel)?),
         Some(_) => None,
     };
+    phases::mark("kernel loaded");
     let initrd = match (&config.initrd, &kernel) {
         (Some(p), Some(k)) => Some(boot::loader::load_initrd(&mem, p, k)?),
         _ => None,
     };
+    phases::mark("initrd loaded");
 
     let exit = ExitHandle::new().map_err(host_err("exit event"))?;
     let shutdown = power_button(&vm, &exit, config.shutdown_timeout)?;
@@ -457,6 +463,7 @@ pub fn boot(
     if let Some((_, control)) = &devs.streams {
         signals::set_control(control.as_raw_fd());
     }
+    phases::mark("devices");
 
     if let Some(kernel) = &kernel {
         let cmdline = full_cmdline(config, &devs.cmdline_extra, pvm);
@@ -464,6 +471,7 @@ pub fn boot(
         boot::bootparams::write_boot_params(&mem, kernel, &cmdline, initrd.as_ref())?;
         let rsdp = boot::acpi::create_acpi_tables(&mem, config.cpus, &devs.virtio_mmio)?;
         boot::acpi::write_rsdp_pointer(&mem, rsdp)?;
+        phases::mark("boot parameters and ACPI tables");
     }
 
     let buses = Buses {
@@ -494,6 +502,7 @@ pub fn boot(
             (None, None) => unreachable!("a VM without a kernel is a restored one"),
         });
     }
+    phases::mark("vCPUs created");
     // The VM's own state goes in after its vCPUs', the devices' last.
     if let Some(l) = &config.restore {
         l.snapshot.vm.restore(&vm).map_err(VmError::Snapshot)?;
@@ -522,7 +531,9 @@ pub fn boot(
     }
 
     let entered = Arc::new(std::sync::OnceLock::new());
+    phases::mark("event loop");
     let mut running = crate::running::start_vcpus(vcpus, session, &entered)?;
+    phases::mark("vCPU threads started");
     // The guest runs meanwhile: a slow grace period is not in its way. A
     // failure costs only the slower teardown.
     if let Err(e) = pit_setup.finish() {
@@ -534,6 +545,7 @@ pub fn boot(
             .as_ref()
             .is_some_and(|s| s.lock().unwrap().requested());
         let mut stopped = running.stop();
+        phases::mark("vCPU threads stopped");
         let result = match result {
             Ok(ExitReason::Snapshot) => snapshot(
                 config,
@@ -572,6 +584,7 @@ pub fn boot(
     drop(devs.subscribers);
     drop(devs.transports);
     devs.kept.give_back(session.parts().0);
+    phases::mark("devices released");
     Ok(BootEnd {
         reason: result?,
         shutdown_requested,
