@@ -3,7 +3,9 @@
 #  (a) VMM overhead: process start -> tiny guest's exit (a few instructions that
 #      print a line and leave through an exit port), median of N_TINY (20);
 #  (b) process start -> busybox init's marker on the console, same kernel
-#      (vmlinux) and disk for both, median of N_LINUX (3).
+#      (vmlinux) and disk for both, median of N_LINUX (3);
+#  and each VMM's own memory beside its guest's (resident memory less guest RAM's)
+#  for a spinning tiny guest (median of 5) and at the busybox guest's marker.
 # Prints the medians and minivm/QEMU ratios. Needs qemu-system-x86 and a built kernel.
 #   bench/boot.sh [--tiny-only]
 set -euo pipefail
@@ -16,6 +18,7 @@ mkdir -p "$work"
 exec python3 - "$kernel_dir" "$work" "${1:-}" <<'PY'
 import os, statistics, subprocess, sys, time, select
 sys.path.insert(0, "bench")
+import procmem
 import tinyguest
 
 kernel_dir, work, mode = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -58,12 +61,48 @@ def report(name, a, b, n):
 qemu_base = ["qemu-system-x86_64", "-M", "microvm", "-enable-kvm", "-cpu", "host,-arch-capabilities",
              "-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio"]
 
+def own_memory(cmd, guest_bytes, marker, timeout=1200):
+    """Starts `cmd`, waits for `marker` on its stdout, then reads its own memory (KiB)
+    beside the guest RAM it holds, and kills it."""
+    p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    buf, t = b"", time.perf_counter()
+    try:
+        while marker not in buf:
+            if time.perf_counter() - t > timeout:
+                sys.exit(f"no marker from {cmd[0]}: {buf[-800:]!r}")
+            r, _, _ = select.select([p.stdout], [], [], 1.0)
+            if r:
+                chunk = os.read(p.stdout.fileno(), 65536)
+                if not chunk:
+                    sys.exit(f"{cmd[0]} ended before its marker: {buf[-800:]!r}")
+                buf += chunk
+        time.sleep(0.2)
+        return procmem.own_kib(p.pid, guest_bytes)
+    finally:
+        p.kill()
+        p.wait()
+
+def report_memory(name, a, b):
+    ma, mb = statistics.median(x[0] for x in a), statistics.median(x[0] for x in b)
+    ga, gb = statistics.median(x[1] for x in a), statistics.median(x[1] for x in b)
+    print(f"{name}: own memory minivm {ma/1024:.2f} MiB, QEMU {mb/1024:.2f} MiB, ratio {ma/mb:.3f} "
+          f"(guest RAM resident: {ga/1024:.1f} / {gb/1024:.1f} MiB; median of {len(a)})", flush=True)
+
 guest = os.path.join(work, "tiny-guest.elf")
 tinyguest.write(guest)
-a = [run_to_exit([minivm, "run", "--kernel", guest, "--mem", "16M"]) for _ in range(N_TINY)]
-b = [run_to_exit(qemu_base + ["-m", "16M", "-device", "isa-debug-exit,iobase=0xf4,iosize=1", "-kernel", guest])
-     for _ in range(N_TINY)]
+qemu_tiny = qemu_base + ["-m", "16M", "-device", "isa-debug-exit,iobase=0xf4,iosize=1", "-kernel"]
+a, b = [], []
+for _ in range(N_TINY):  # interleaved
+    a.append(run_to_exit([minivm, "run", "--kernel", guest, "--mem", "16M"]))
+    b.append(run_to_exit(qemu_tiny + [guest]))
 report("(a) VMM overhead, start -> tiny guest exit", a, b, N_TINY)
+spinning = os.path.join(work, "tiny-guest-spin.elf")
+tinyguest.write(spinning, spin=True)
+a, b = [], []
+for _ in range(5):
+    a.append(own_memory([minivm, "run", "--kernel", spinning, "--mem", "16M"], 16 << 20, b"says hi"))
+    b.append(own_memory(qemu_tiny + [spinning], 16 << 20, b"says hi"))
+report_memory("(a) memory beside a tiny guest", a, b)
 if mode == "--tiny-only":
     sys.exit(0)
 
@@ -89,14 +128,20 @@ qemu_cmdline = cmdline + " minivm_panic_port=0xf6"
 if pvm:
     qemu_cmdline += (" minivm_pvm_quirks noxsave clearcpuid=popcnt,cx16,fsgsbase,smap,pcid,invpcid,"
                      "rdrand,rdseed,pku,rdtscp,clwb,clflushopt")
+minivm_linux = [minivm, "run", "--kernel", vmlinux, "--image", disk, "--readonly", "--mem", "512M",
+                "--cmdline", cmdline]
+qemu_linux = qemu_base + ["-m", "512M", "-kernel", vmlinux, "-append", qemu_cmdline,
+                          "-global", "virtio-mmio.force-legacy=false",
+                          "-drive", f"id=d,file={disk},format=raw,if=none,readonly=on",
+                          "-device", "virtio-blk-device,drive=d"]
 a, b = [], []
 for i in range(N_LINUX):
-    a.append(run_to_marker([minivm, "run", "--kernel", vmlinux, "--image", disk, "--readonly", "--mem", "512M",
-                            "--cmdline", cmdline]))
-    b.append(run_to_marker(qemu_base + ["-m", "512M", "-kernel", vmlinux, "-append", qemu_cmdline,
-                                        "-global", "virtio-mmio.force-legacy=false",
-                                        "-drive", f"id=d,file={disk},format=raw,if=none,readonly=on",
-                                        "-device", "virtio-blk-device,drive=d"]))
+    a.append(run_to_marker(minivm_linux))
+    b.append(run_to_marker(qemu_linux))
     print(f"  run {i+1}: minivm {a[-1]:.1f} s, QEMU {b[-1]:.1f} s", flush=True)
 report("(b) start -> busybox init marker", a, b, N_LINUX)
+# Memory: one more boot of each, read at the marker (the guest's kernel is up).
+mem_a = [own_memory(minivm_linux, 512 << 20, b"BENCH-INIT-MARKER")]
+mem_b = [own_memory(qemu_linux, 512 << 20, b"BENCH-INIT-MARKER")]
+report_memory("(b) memory beside a busybox Linux guest", mem_a, mem_b)
 PY
