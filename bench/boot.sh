@@ -83,10 +83,11 @@ def own_memory(cmd, guest_bytes, marker, timeout=1200):
         p.wait()
 
 def report_memory(name, a, b):
-    ma, mb = statistics.median(x[0] for x in a), statistics.median(x[0] for x in b)
-    ga, gb = statistics.median(x[1] for x in a), statistics.median(x[1] for x in b)
-    print(f"{name}: own memory minivm {ma/1024:.2f} MiB, QEMU {mb/1024:.2f} MiB, ratio {ma/mb:.3f} "
-          f"(guest RAM resident: {ga/1024:.1f} / {gb/1024:.1f} MiB; median of {len(a)})", flush=True)
+    med = lambda runs, i: statistics.median(x[i] for x in runs) / 1024
+    print(f"{name}: own resident memory minivm {med(a, 0):.2f} MiB, QEMU {med(b, 0):.2f} MiB, "
+          f"ratio {med(a, 0)/med(b, 0):.3f}; private dirty {med(a, 1):.2f} / {med(b, 1):.2f} MiB, "
+          f"ratio {med(a, 1)/med(b, 1):.3f} (guest RAM resident: {med(a, 2):.1f} / {med(b, 2):.1f} MiB; "
+          f"median of {len(a)})", flush=True)
 
 guest = os.path.join(work, "tiny-guest.elf")
 tinyguest.write(guest)
