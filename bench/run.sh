@@ -71,7 +71,11 @@ def timed(cmd, want_rc):
         sys.exit(f"{cmd[0]} exited {p.returncode}: {p.stdout[-800:]} {p.stderr[-800:]}")
     return dt, p.stderr
 
-walls, entries, ends, owns, qwalls = [], [], [], [], []
+def phases(err):
+    """--timings' phases: {name: ms}."""
+    return {m.group(2): float(m.group(1)) for m in re.finditer(r"^\s+([\d.]+) ms  (.+)$", err, re.M)}
+
+walls, entries, ends, owns, qwalls, by_phase = [], [], [], [], [], {}
 for i in range(N):
     dt, err = timed(mv, 0)
     m = re.search(r"start to guest entry ([\d.]+) ms, guest ([\d.]+) ms, guest exit to end ([\d.]+) ms", err)
@@ -79,6 +83,8 @@ for i in range(N):
         sys.exit(f"no --timings line: {err[-800:]}")
     entry, guest, end = map(float, m.groups())
     walls.append(dt); entries.append(entry); ends.append(end); owns.append(dt * 1000 - guest)
+    for name, ms in phases(err).items():
+        by_phase.setdefault(name, []).append(ms)
     qdt, _ = timed(qemu, 1)  # isa-debug-exit: (0 << 1) | 1
     qwalls.append(qdt)
     print(f"  run {i+1}: minivm {dt:.2f} s (own: start->entry {entry:.1f} ms, exit->end {end:.1f} ms), "
@@ -88,4 +94,8 @@ print(f"run IMAGE -- true, wall: minivm {med(walls):.2f} s, QEMU {med(qwalls):.2
       f"ratio minivm/QEMU {med(walls)/med(qwalls):.3f} (median of {N})")
 print(f"minivm's own share: start->guest entry {med(entries):.1f} ms, guest exit->end {med(ends):.1f} ms, "
       f"wall minus guest time {med(owns):.1f} ms (median of {N}; goal: under 10 ms)")
+print("minivm's own share by phase (median ms; the guest's own time left out):")
+for name, v in by_phase.items():
+    if name != "guest's end":
+        print(f"  {med(v):8.2f}  {name}")
 PY
