@@ -186,3 +186,68 @@ fn more_cpus_than_the_host_has_are_refused() {
         out.stderr
     );
 }
+
+#[test]
+fn exec_needs_a_running_vm_and_run_a_command() {
+    let dir = scratch_dir("cli-exec");
+    let sock = dir.join("exec.sock");
+    let sock = sock.to_str().unwrap();
+    // No VM listens: status 1, naming the socket.
+    let out = run_minivm(["exec", sock, "--", "true"], T);
+    assert_eq!(out.code(), 1, "{out:#?}");
+    assert!(
+        out.stderr
+            .contains(&format!("cannot reach the VM at {sock}")),
+        "{}",
+        out.stderr
+    );
+    // No command, or a socket with what cannot keep it: usage errors.
+    for args in [
+        &["exec", sock][..],
+        &[
+            "run",
+            "--image",
+            "x.raw",
+            "--exec-socket",
+            sock,
+            "--restart",
+        ],
+        &[
+            "run",
+            "--image",
+            "x.raw",
+            "--exec-socket",
+            sock,
+            "--snapshot-to",
+            "s",
+        ],
+    ] {
+        let out = run_minivm(args, T);
+        assert_eq!(out.code(), 2, "{args:?}: {out:#?}");
+    }
+    // A VM with no command for the agent has nothing to run processes beside.
+    let (kernel, root) = (dir.join("vmlinux"), dir.join("root"));
+    std::fs::write(&kernel, b"not loaded: refused before").unwrap();
+    std::fs::create_dir_all(&root).unwrap();
+    let out = run_minivm(
+        [
+            "run",
+            root.to_str().unwrap(),
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--exec-socket",
+            sock,
+        ],
+        T,
+    );
+    assert_eq!(out.code(), 2, "{out:#?}");
+    assert!(
+        out.stderr.contains("--exec-socket is for a command"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !std::path::Path::new(sock).exists(),
+        "nothing made at the socket's path"
+    );
+}
