@@ -15,7 +15,9 @@
 # no %N), dropping the guest's caches before each job, and prints marker lines on
 # the serial console; then it writes its status to port 0xf4 (minivm's exit port,
 # QEMU's isa-debug-exit). Prints the times, the ratios minivm/QEMU (goal: <= 1),
-# and the time the host saw between each job's start and result markers.
+# the time the host saw between each job's start and result markers, and each file
+# server's CPU time (minivm's virtio-fs threads, virtiofsd's process) with their ratio,
+# and minivm's FUSE requests by opcode (--fs-stats).
 #
 # The rootfs is built once (debootstrap, as root: sudo when not root) and cached in
 # ${XDG_CACHE_HOME:-~/.cache}/minivm/bench/bookworm-rootfs. Before the VMs run, the
@@ -266,6 +268,13 @@ run_vm() {
     {
         timeout "$vm_timeout" $sudo "$@" < /dev/null 2> "$work/$name.err" &
         echo $! > "$work/vm.pid"
+        if [ "$name" = minivm ]; then
+            # The VMM is timeout's (or sudo's) child; its virtio-fs threads are the server.
+            (tpid=$(cat "$work/vm.pid"); for _ in $(seq 100); do
+                 vpid=$(pgrep -P "$tpid" | head -1); [ -n "$vpid" ] && break; sleep 0.05; done
+             [ -z "$sudo" ] || vpid=$(pgrep -P "$vpid" | head -1)
+             [ -n "$vpid" ] && cpu_sampler "$work/minivm.cpu" "$vpid" virtio-fs) > /dev/null 2>&1 &
+        fi
         rc=0
         wait $! || rc=$?
         echo $rc > "$work/$name.rc"
@@ -278,6 +287,28 @@ run_vm() {
     rm -f "$work/vm.pid"
     vm_rc=$(cat "$work/$name.rc" 2>/dev/null || echo 255)
     echo "$EPOCHREALTIME BENCH-FS-HOST-END rc=$vm_rc" >> "$work/$name.log"
+}
+
+# cpu_sampler OUT PID PREFIX: every 0.5 s until PID is gone, writes to OUT the CPU
+# seconds (utime + stime) of PID's threads whose name starts with PREFIX ("" for all):
+# the file server's cost (minivm's virtio-fs threads; virtiofsd's whole process). The
+# last half second before the process ends is not seen.
+cpu_sampler() {
+    local out=$1 pid=$2 prefix=$3 hz t st s comm rest f
+    hz=$(getconf CLK_TCK)
+    while [ -d "/proc/$pid" ]; do
+        t=0
+        for st in /proc/"$pid"/task/*/stat; do
+            s=$(cat "$st" 2>/dev/null) || continue
+            comm=${s#*(}; comm=${comm%%)*}
+            [[ "$comm" == "$prefix"* ]] || continue
+            rest=${s##*) }
+            read -r -a f <<< "$rest"
+            t=$((t + f[11] + f[12]))
+        done
+        awk -v t="$t" -v hz="$hz" 'BEGIN { printf "%.2f\n", t / hz }' > "$out.tmp" && mv "$out.tmp" "$out"
+        sleep 0.5
+    done
 }
 
 # vm_failed NAME WHY: the reason a run gave no result, with the console and stderr tails.
@@ -304,7 +335,7 @@ check_done() {
 minivm_ok=0 qemu_ok=0 qemu_why=""
 if [[ " $vmms " == *" minivm "* ]]; then
     run_vm minivm "$minivm" run --kernel "$vmlinux" --initrd "$work/initramfs.cpio" --mem "${mem_mib}M" \
-        --share "$rootfs:bench:ro" --cmdline "$cmdline"
+        --share "$rootfs:bench:ro" --cmdline "$cmdline" --fs-stats
     if check_done minivm 0 >"$work/minivm.why"; then minivm_ok=1; else cat "$work/minivm.why" >&2; fi
 fi
 
@@ -330,6 +361,9 @@ if [[ " $vmms " == *" qemu "* ]]; then
         log "qemu: starting $vfsd ${vfsd_args[*]}"
         $sudo "$vfsd" "${vfsd_args[@]}" > "$work/virtiofsd.log" 2>&1 &
         vfsd_pid=$!
+        # (With sudo, the daemon is sudo's child.)
+        (p=$vfsd_pid; [ -z "$sudo" ] || { sleep 0.5; p=$(pgrep -P "$vfsd_pid" | head -1); }
+         cpu_sampler "$work/qemu.cpu" "$p" "") > /dev/null 2>&1 &
         for _ in $(seq 100); do
             [ -S "$sock" ] && break
             kill -0 "$vfsd_pid" 2>/dev/null || break
@@ -403,7 +437,14 @@ for vmm in minivm qemu; do
         note=""; [ "$rc" = 0 ] || note="  (FAILED: exit status $rc; console in $logdir/$vmm.log)"
         printf '  %-5s %9.2f s  (host saw %.2f s)  %s %s%s\n' "$job" "$g" "$h" "$out" "$what" "$note"
     done
+    res[$vmm.cpu]=$(cat "$work/$vmm.cpu" 2>/dev/null || echo 0)
+    server=virtiofsd; [ "$vmm" = qemu ] || server="minivm's virtio-fs threads"
+    echo "  file server CPU for the whole boot and both jobs: ${res[$vmm.cpu]} s ($server)"
 done
+if [ -f "$work/minivm.err" ] && grep -q "FUSE requests" "$work/minivm.err"; then
+    echo "minivm's requests by opcode (--fs-stats; virtiofsd's are not counted here):"
+    sed -n '/FUSE requests/,$p' "$work/minivm.err" | sed 's/^minivm: /  /; s/^/  /'
+fi
 status=0
 if [ "$minivm_ok" = 1 ] && [ "$qemu_ok" = 1 ]; then
     for job in find tar; do
@@ -418,6 +459,8 @@ if [ "$minivm_ok" = 1 ] && [ "$qemu_ok" = 1 ]; then
         [ "${res[minivm.$job.out]}" = "${res[qemu.$job.out]}" ] ||
             echo "warning: $job output differs: minivm ${res[minivm.$job.out]}, QEMU ${res[qemu.$job.out]}"
     done
+    awk -v a="${res[minivm.cpu]}" -v b="${res[qemu.cpu]}" 'BEGIN {
+        if (b > 0) printf "ratio minivm/virtiofsd, file server CPU: %.3f (goal: <= 0.7)\n", a / b }'
     [ "${res[minivm.find.out]}" = "$host_entries" ] ||
         echo "warning: the guest's find saw ${res[minivm.find.out]} entries, the host's $host_entries"
 else
