@@ -290,15 +290,16 @@ run_vm() {
 }
 
 # cpu_sampler OUT PID PREFIX: every 0.5 s until PID is gone, writes to OUT the CPU
-# seconds (utime + stime) of PID's threads whose name starts with PREFIX ("" for all):
-# the file server's cost (minivm's virtio-fs threads; virtiofsd's whole process). The
-# last half second before the process ends is not seen.
+# seconds (utime + stime) of the threads of PID and its children whose name starts
+# with PREFIX ("" for all): the file server's cost (minivm's virtio-fs threads;
+# virtiofsd's processes: its namespace sandbox serves from a forked child). The last
+# half second before the process ends is not seen.
 cpu_sampler() {
     local out=$1 pid=$2 prefix=$3 hz t st s comm rest f
     hz=$(getconf CLK_TCK)
     while [ -d "/proc/$pid" ]; do
         t=0
-        for st in /proc/"$pid"/task/*/stat; do
+        for st in /proc/"$pid"/task/*/stat $(pgrep -P "$pid" | sed 's|.*|/proc/&/task/*/stat|'); do
             s=$(cat "$st" 2>/dev/null) || continue
             comm=${s#*(}; comm=${comm%%)*}
             [[ "$comm" == "$prefix"* ]] || continue
