@@ -30,6 +30,9 @@
 #   BENCH_FS_FIND_SUBDIR=PATH, BENCH_FS_TAR_SUBDIR=PATH  the same for one job
 #   BENCH_FS_TIMEOUT=S     limit per VM run, seconds (default 1800; 14400 on kvm-pvm hosts)
 #   BENCH_FS_MEM=SIZE      guest memory, MiB or with M/G (default 512M)
+#   BENCH_FS_VFSD_COUNT=1  run virtiofsd with debug logging and count its requests by
+#                          opcode from its log (its CPU time is then not comparable:
+#                          run once without, once with)
 #   BENCH_FS_VMMS="minivm qemu"  which VMMs to run
 #   BENCH_FS_MINIVM=PATH   use this minivm binary instead of building one
 #   BENCH_FS_MIRROR=URL    Debian mirror for debootstrap (default: apt's configured one)
@@ -358,6 +361,10 @@ if [[ " $vmms " == *" qemu "* ]]; then
         else
             vfsd_args=(--socket-path="$sock" -o source="$rootfs" -o cache=auto -o timeout=5 -o xattr)
         fi
+        if [ -n "${BENCH_FS_VFSD_COUNT:-}" ]; then
+            if "$vfsd" --help 2>&1 | grep -q -- '--shared-dir'; then vfsd_args+=(--log-level=debug)
+            else vfsd_args+=(-o log_level=debug); fi
+        fi
         [ -z "$sudo" ] || vfsd_args+=(--socket-group="$(id -gn)")
         log "qemu: starting $vfsd ${vfsd_args[*]}"
         $sudo "$vfsd" "${vfsd_args[@]}" > "$work/virtiofsd.log" 2>&1 &
@@ -442,6 +449,13 @@ for vmm in minivm qemu; do
     server=virtiofsd; [ "$vmm" = qemu ] || server="minivm's virtio-fs threads"
     echo "  file server CPU for the whole boot and both jobs: ${res[$vmm.cpu]} s ($server)"
 done
+if [ -n "${BENCH_FS_VFSD_COUNT:-}" ] && [ -f "$work/virtiofsd.log" ]; then
+    # C virtiofsd: "unique: N, opcode: NAME (n), ..."; the Rust one: "opcode: NAME" too.
+    echo "virtiofsd's requests by opcode (from its debug log; its CPU time above includes the logging):"
+    echo "    $(grep -cE 'opcode: [A-Z_]+' "$work/virtiofsd.log") FUSE requests"
+    grep -oE 'opcode: [A-Z_]+' "$work/virtiofsd.log" | awk '{ print $2 }' | sort | uniq -c | sort -rn |
+        awk '{ printf "    %-16s %10d\n", $2, $1 }'
+fi
 if [ -f "$work/minivm.err" ] && grep -q "FUSE requests" "$work/minivm.err"; then
     echo "minivm's requests by opcode (--fs-stats; virtiofsd's are not counted here):"
     sed -n '/FUSE requests/,$p' "$work/minivm.err" | sed 's/^minivm: /  /; s/^/  /'
