@@ -363,7 +363,7 @@ if [[ " $vmms " == *" qemu "* ]]; then
         fi
         if [ -n "${BENCH_FS_VFSD_COUNT:-}" ]; then
             if "$vfsd" --help 2>&1 | grep -q -- '--shared-dir'; then vfsd_args+=(--log-level=debug)
-            else vfsd_args+=(-o log_level=debug); fi
+            else vfsd_args+=(-d); fi  # (the C daemon logs each request's opcode only with -d)
         fi
         [ -z "$sudo" ] || vfsd_args+=(--socket-group="$(id -gn)")
         log "qemu: starting $vfsd ${vfsd_args[*]}"
