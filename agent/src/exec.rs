@@ -151,7 +151,7 @@ fn start(base: &Job, id: u32, payload: &[u8], port: &Port) -> Result<Running, Fa
             outputs.push((Box::new(clone(&master)?), frame::STDOUT));
             (Some(Box::new(clone(&master)?)), Some(master))
         }
-        Stdio::Ports { stdin: true } | Stdio::Console | Stdio::Ports { stdin: false } => {
+        Stdio::Ports { .. } | Stdio::Console => {
             for kind in [frame::STDOUT, frame::STDERR] {
                 let (r, w) = io::pipe().map_err(stdio)?;
                 own(&w).map_err(stdio)?;

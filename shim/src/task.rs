@@ -32,6 +32,23 @@ struct Process {
     vm: Arc<Vm>,
 }
 
+impl Process {
+    /// A process not started yet, run as `minivm args` with the stdio
+    /// containerd named.
+    fn new(args: Vec<OsString>, stdin: &str, stdout: &str, stderr: &str, terminal: bool) -> Self {
+        Process {
+            stdio: StdioPaths {
+                stdin: stdin.to_string(),
+                stdout: stdout.to_string(),
+                stderr: stderr.to_string(),
+                terminal,
+            },
+            args,
+            vm: Arc::default(),
+        }
+    }
+}
+
 /// The container this shim serves.
 struct Container {
     id: String,
@@ -51,6 +68,17 @@ impl Container {
                 .get(id)
                 .ok_or_else(|| error(Code::NOT_FOUND, format!("no process {id}"))),
         }
+    }
+
+    /// Refused unless the container's VM runs (an exec needs it).
+    fn vm_running(&self) -> TtrpcResult<()> {
+        if self.init.vm.pid() == 0 || self.init.vm.exited().is_some() {
+            return Err(error(
+                Code::FAILED_PRECONDITION,
+                "the container's VM is not running",
+            ));
+        }
+        Ok(())
     }
 
     /// The task id containerd's events give the process.
@@ -201,16 +229,7 @@ impl containerd_shim::Task for TaskService {
         *slot = Some(Container {
             id: req.id.clone(),
             bundle,
-            init: Process {
-                stdio: StdioPaths {
-                    stdin: req.stdin.clone(),
-                    stdout: req.stdout.clone(),
-                    stderr: req.stderr.clone(),
-                    terminal: req.terminal,
-                },
-                args,
-                vm: Arc::default(),
-            },
+            init: Process::new(args, &req.stdin, &req.stdout, &req.stderr, req.terminal),
             execs: HashMap::new(),
         });
         drop(slot);
@@ -234,11 +253,8 @@ impl containerd_shim::Task for TaskService {
                 return Err(error(Code::FAILED_PRECONDITION, "already started"));
             }
             let is_exec = !req.exec_id.is_empty();
-            if is_exec && (c.init.vm.pid() == 0 || c.init.vm.exited().is_some()) {
-                return Err(error(
-                    Code::FAILED_PRECONDITION,
-                    "the container's VM is not running",
-                ));
+            if is_exec {
+                c.vm_running()?;
             }
             let (container_id, id) = (c.id.clone(), c.event_id(&req.exec_id));
             let pid_file = (!is_exec).then_some(vm::PID_FILE);
@@ -281,12 +297,7 @@ impl containerd_shim::Task for TaskService {
 
     fn exec(&self, _ctx: &TtrpcContext, req: api::ExecProcessRequest) -> TtrpcResult<api::Empty> {
         self.with(&req.id, |c| {
-            if c.init.vm.pid() == 0 || c.init.vm.exited().is_some() {
-                return Err(error(
-                    Code::FAILED_PRECONDITION,
-                    "the container's VM is not running",
-                ));
-            }
+            c.vm_running()?;
             if req.exec_id.is_empty() || c.execs.contains_key(&req.exec_id) {
                 return Err(error(
                     Code::ALREADY_EXISTS,
@@ -296,19 +307,8 @@ impl containerd_shim::Task for TaskService {
             let args = spec::exec_args(&req.spec.value, !req.stdin.is_empty())
                 .map_err(|e| error(Code::INVALID_ARGUMENT, e.to_string()))?;
             log::info!("container {} exec {}: minivm {args:?}", c.id, req.exec_id);
-            c.execs.insert(
-                req.exec_id.clone(),
-                Process {
-                    stdio: StdioPaths {
-                        stdin: req.stdin.clone(),
-                        stdout: req.stdout.clone(),
-                        stderr: req.stderr.clone(),
-                        terminal: req.terminal,
-                    },
-                    args,
-                    vm: Arc::default(),
-                },
-            );
+            let p = Process::new(args, &req.stdin, &req.stdout, &req.stderr, req.terminal);
+            c.execs.insert(req.exec_id.clone(), p);
             Ok(())
         })?;
         self.publish(TaskExecAdded {

@@ -63,6 +63,14 @@ pub enum ExecError {
     /// The job cannot be made.
     #[error(transparent)]
     Job(#[from] AgentError),
+    /// The command and its environment do not fit one frame.
+    #[error("the command and its environment take {bytes} bytes (at most {max})")]
+    TooLarge {
+        /// The job's size.
+        bytes: usize,
+        /// [`frame::MAX_PAYLOAD`].
+        max: usize,
+    },
     /// The connection failed while the job was sent.
     #[error("cannot send the job to the VM: {0}")]
     Send(#[source] io::Error),
@@ -107,11 +115,10 @@ pub fn run(args: &ExecArgs) -> Result<ExitCode, ExecError> {
     let signals = block_signals();
     let job = job(args)?;
     if job.len() > frame::MAX_PAYLOAD {
-        return Err(ExecError::Send(io::Error::other(format!(
-            "the command and its environment take {} bytes (at most {})",
-            job.len(),
-            frame::MAX_PAYLOAD
-        ))));
+        return Err(ExecError::TooLarge {
+            bytes: job.len(),
+            max: frame::MAX_PAYLOAD,
+        });
     }
     let stream = UnixStream::connect(&args.socket).map_err(|source| ExecError::Connect {
         path: args.socket.clone(),
