@@ -30,4 +30,11 @@ fn main() {
         .status()
         .expect("run rustc for the guest agent");
     assert!(status.success(), "building the guest agent failed");
+    // The name of the agent's cached initramfs (vmm/src/agent/initrd.rs):
+    // a hash of the executable, so a new build never meets an old file.
+    let agent = std::fs::read(&out).expect("read the built agent");
+    let fnv = agent.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    println!("cargo:rustc-env=MINIVM_AGENT_HASH={fnv:016x}");
 }

@@ -10,6 +10,7 @@
 pub mod acpi;
 pub mod bootparams;
 pub mod cpu;
+pub mod filemap;
 pub mod layout;
 pub mod loader;
 pub mod ports;

@@ -8,6 +8,7 @@ use linux_loader::loader::bootparam::setup_header;
 use linux_loader::loader::{bzimage::BzImage, elf::Elf, KernelLoader};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemory as _, GuestMemoryRegion};
 
+use crate::filemap::PageMapper;
 use crate::layout::{HIMEM_START, MMIO_GAP_START};
 use crate::GuestMemory;
 
@@ -50,6 +51,9 @@ pub enum LoadError {
         needed: u64,
         ram_end: u64,
     },
+    /// An initrd of no parts.
+    #[error("an initrd needs at least one file")]
+    NoInitrd,
     /// The initrd does not fit below the highest address the kernel accepts.
     #[error(
         "initrd {path} ({size} bytes) does not fit in guest memory between {low:#x} and {high:#x}"
@@ -106,9 +110,23 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LoadError + '_ {
     }
 }
 
+/// How a kernel or initrd file's bytes reach guest memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pages {
+    /// Copied: the file may change or go once loaded.
+    Copied,
+    /// Whole pages mapped privately from the file ([`crate::filemap`]): only
+    /// for a file that is never rewritten or truncated.
+    Mapped,
+}
+
 /// Loads the kernel at `path`: an ELF `vmlinux` (preferred: no in-guest
 /// decompression) or a bzImage with a 64-bit entry point.
-pub fn load_kernel(mem: &GuestMemory, path: &Path) -> Result<LoadedKernel, LoadError> {
+pub fn load_kernel(
+    mem: &GuestMemory,
+    path: &Path,
+    pages: Pages,
+) -> Result<LoadedKernel, LoadError> {
     let mut file = File::open(path).map_err(io_err(path))?;
     let mut magic = [0u8; 4];
     let n = file.read(&mut magic).map_err(io_err(path))?;
@@ -116,11 +134,17 @@ pub fn load_kernel(mem: &GuestMemory, path: &Path) -> Result<LoadedKernel, LoadE
     let ram_end = mem.last_addr().raw_value() + 1;
 
     if n == 4 && magic == *b"\x7fELF" {
-        let r = Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START))).map_err(|e| {
-            LoadError::Elf {
-                path: path.to_path_buf(),
-                reason: describe_loader_error(e, ram_end),
+        let himem = Some(GuestAddress(HIMEM_START));
+        let loaded = match pages {
+            Pages::Copied => Elf::load(mem, None, &mut file, himem),
+            Pages::Mapped => {
+                let mut mapper = PageMapper::new(&file).map_err(io_err(path))?;
+                Elf::load(mem, None, &mut mapper, himem)
             }
+        };
+        let r = loaded.map_err(|e| LoadError::Elf {
+            path: path.to_path_buf(),
+            reason: describe_loader_error(e, ram_end),
         })?;
         return Ok(LoadedKernel {
             entry: r.kernel_load,
@@ -184,14 +208,27 @@ fn describe_loader_error(e: linux_loader::loader::Error, ram_end: u64) -> String
 }
 
 /// Loads the initrd as high as possible below the kernel's `initrd_addr_max`
-/// and the end of low RAM, page aligned, above `kernel_end`.
+/// and the end of low RAM, page aligned, above `kernel_end`. Its `parts`
+/// (cpio archives, which Linux unpacks one after the other, skipping the
+/// zeros between them) each start on a page, so that whole pages of each
+/// can be mapped.
 pub fn load_initrd(
     mem: &GuestMemory,
-    path: &Path,
+    parts: &[(&Path, Pages)],
     kernel: &LoadedKernel,
 ) -> Result<LoadedInitrd, LoadError> {
-    let mut file = File::open(path).map_err(io_err(path))?;
-    let size = file.metadata().map_err(io_err(path))?.len();
+    let Some(&(first, _)) = parts.first() else {
+        return Err(LoadError::NoInitrd);
+    };
+    let mut files = Vec::with_capacity(parts.len());
+    let mut size = 0u64;
+    for &(path, pages) in parts {
+        let file = File::open(path).map_err(io_err(path))?;
+        let len = file.metadata().map_err(io_err(path))?.len();
+        let at = size.next_multiple_of(4096);
+        size = at.saturating_add(len);
+        files.push((path, pages, file, at, len));
+    }
     let addr_max = match kernel.format {
         KernelFormat::BzImage(hdr) if hdr.initrd_addr_max != 0 => u64::from(hdr.initrd_addr_max),
         _ => DEFAULT_INITRD_ADDR_MAX,
@@ -199,7 +236,7 @@ pub fn load_initrd(
     let high = ram_end_below_4g(mem).min(addr_max.saturating_add(1));
     let low = kernel.end.next_multiple_of(4096);
     let too_big = || LoadError::InitrdTooBig {
-        path: path.to_path_buf(),
+        path: first.to_path_buf(),
         size,
         low,
         high,
@@ -208,12 +245,21 @@ pub fn load_initrd(
     if start < low {
         return Err(too_big());
     }
-    let size_usize = usize::try_from(size).map_err(|_| too_big())?;
-    mem.read_exact_volatile_from(GuestAddress(start), &mut file, size_usize)
-        .map_err(|e| LoadError::Io {
+    for (path, pages, mut file, at, len) in files {
+        let len = usize::try_from(len).map_err(|_| too_big())?;
+        let addr = GuestAddress(start + at);
+        let read = match pages {
+            Pages::Copied => mem.read_exact_volatile_from(addr, &mut file, len),
+            Pages::Mapped => {
+                let mut mapper = PageMapper::new(&file).map_err(io_err(path))?;
+                mem.read_exact_volatile_from(addr, &mut mapper, len)
+            }
+        };
+        read.map_err(|e| LoadError::Io {
             path: path.to_path_buf(),
             source: std::io::Error::other(e),
         })?;
+    }
     Ok(LoadedInitrd {
         addr: GuestAddress(start),
         size,
@@ -266,7 +312,7 @@ mod tests {
     fn loads_elf_at_its_physical_address() {
         let p = temp_file("elf", &tiny_elf(0x20_0000, &[0xf4, 0xeb, 0xfd]));
         let m = mem(4 << 20);
-        let k = load_kernel(&m, &p).unwrap();
+        let k = load_kernel(&m, &p, Pages::Copied).unwrap();
         assert_eq!(k.entry, GuestAddress(0x20_0000));
         assert_eq!(k.end, 0x20_0003);
         assert!(matches!(k.format, KernelFormat::Elf));
@@ -274,9 +320,33 @@ mod tests {
     }
 
     #[test]
+    fn a_mapped_elf_loads_the_same_bytes() {
+        // The segment at file offset 0x1000 for guest 0x20_0000: whole pages map.
+        let code: Vec<u8> = (0..3 * 4096 + 17).map(|i| (i % 251) as u8).collect();
+        let mut elf = tiny_elf(0x20_0000, &code);
+        elf.truncate(0x78);
+        elf[64 + 8..64 + 16].copy_from_slice(&0x1000u64.to_le_bytes());
+        elf.resize(0x1000, 0);
+        elf.extend_from_slice(&code);
+        let p = temp_file("elf-mapped", &elf);
+        for pages in [Pages::Copied, Pages::Mapped] {
+            let m = mem(4 << 20);
+            let k = load_kernel(&m, &p, pages).unwrap();
+            assert_eq!(k.entry, GuestAddress(0x20_0000));
+            assert_eq!(k.end, 0x20_0000 + code.len() as u64);
+            let mut back = vec![0u8; code.len() + 100];
+            m.read_slice(&mut back, GuestAddress(0x20_0000)).unwrap();
+            assert_eq!(back[..code.len()], code[..], "{pages:?}");
+            assert!(back[code.len()..].iter().all(|&b| b == 0), "{pages:?}");
+        }
+    }
+
+    #[test]
     fn elf_outside_ram_is_a_clear_error() {
         let p = temp_file("elf-high", &tiny_elf(0x100_0000, &[0xf4]));
-        let err = load_kernel(&mem(4 << 20), &p).unwrap_err().to_string();
+        let err = load_kernel(&mem(4 << 20), &p, Pages::Copied)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("outside guest memory"), "{err}");
         assert!(err.contains("elf-high"), "{err}");
     }
@@ -284,12 +354,14 @@ mod tests {
     #[test]
     fn garbage_is_not_a_kernel() {
         let p = temp_file("garbage", &vec![0x55u8; 8192]);
-        let err = load_kernel(&mem(4 << 20), &p).unwrap_err();
+        let err = load_kernel(&mem(4 << 20), &p, Pages::Copied).unwrap_err();
         assert!(matches!(err, LoadError::NotAKernel { .. }), "{err}");
         let p = temp_file("empty", b"");
-        assert!(load_kernel(&mem(4 << 20), &p).is_err());
+        assert!(load_kernel(&mem(4 << 20), &p, Pages::Copied).is_err());
         let missing = Path::new("/nonexistent/minivm-kernel");
-        let err = load_kernel(&mem(4 << 20), missing).unwrap_err().to_string();
+        let err = load_kernel(&mem(4 << 20), missing, Pages::Copied)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("/nonexistent/minivm-kernel"), "{err}");
     }
 
@@ -302,7 +374,7 @@ mod tests {
         img[0x211] = 1; // loadflags: LOADED_HIGH
         img[0x214..0x218].copy_from_slice(&0x10_0000u32.to_le_bytes());
         let p = temp_file("bz32", &img);
-        let err = load_kernel(&mem(8 << 20), &p).unwrap_err();
+        let err = load_kernel(&mem(8 << 20), &p, Pages::Copied).unwrap_err();
         assert!(
             matches!(err, LoadError::No64BitEntry { version: 0x20b, .. }),
             "{err}"
@@ -318,7 +390,7 @@ mod tests {
             format: KernelFormat::Elf,
         };
         let p = temp_file("initrd", &[7u8; 5000]);
-        let i = load_initrd(&m, &p, &k).unwrap();
+        let i = load_initrd(&m, &[(&p, Pages::Copied)], &k).unwrap();
         assert_eq!(i.size, 5000);
         assert_eq!(i.addr.raw_value() % 4096, 0);
         assert!(i.addr.raw_value() + 5000 <= 16 << 20);
@@ -326,7 +398,31 @@ mod tests {
         assert_eq!(m.read_obj::<u8>(i.addr.unchecked_add(4999)).unwrap(), 7);
 
         let big = temp_file("initrd-big", &vec![0u8; 15 << 20]);
-        let err = load_initrd(&m, &big, &k).unwrap_err();
+        let err = load_initrd(&m, &[(&big, Pages::Copied)], &k).unwrap_err();
         assert!(matches!(err, LoadError::InitrdTooBig { .. }), "{err}");
+        assert!(matches!(load_initrd(&m, &[], &k), Err(LoadError::NoInitrd)));
+    }
+
+    #[test]
+    fn initrd_parts_each_start_on_a_page() {
+        let m = mem(16 << 20);
+        let k = LoadedKernel {
+            entry: GuestAddress(HIMEM_START),
+            end: 0x20_0000,
+            format: KernelFormat::Elf,
+        };
+        let a: Vec<u8> = (0..2 * 4096 + 10).map(|i| (i % 13 + 1) as u8).collect();
+        let pa = temp_file("initrd-a", &a);
+        let pb = temp_file("initrd-b", &[9u8; 300]);
+        let i = load_initrd(&m, &[(&pa, Pages::Mapped), (&pb, Pages::Copied)], &k).unwrap();
+        assert_eq!(i.size, 3 * 4096 + 300);
+        let mut back = vec![0u8; i.size as usize];
+        m.read_slice(&mut back, i.addr).unwrap();
+        assert_eq!(back[..a.len()], a[..]);
+        assert!(back[a.len()..3 * 4096].iter().all(|&b| b == 0));
+        assert!(back[3 * 4096..].iter().all(|&b| b == 9));
+        let missing = Path::new("/nonexistent/part");
+        let err = load_initrd(&m, &[(&pa, Pages::Copied), (missing, Pages::Copied)], &k);
+        assert!(err.unwrap_err().to_string().contains("/nonexistent/part"));
     }
 }

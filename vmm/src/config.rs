@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use boot::loader::Pages;
+
 /// The command line a Linux guest gets unless `--cmdline` replaces it.
 /// `pci=off`: there is no PCI bus; `8250.nr_uarts=1`: one UART, no probing of absent ones;
 /// `panic=-1`: a panicking kernel restarts at once instead of hanging.
@@ -34,13 +36,25 @@ pub const PVM_CMDLINE: &str = concat!(
     glibc_no_avx!()
 );
 
+/// One archive of the initrd, and how its bytes reach guest memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitrdPart {
+    /// The file.
+    pub path: PathBuf,
+    /// Mapped only for files never rewritten (the agent's cached archive).
+    pub pages: Pages,
+}
+
 /// Everything needed to build the VM.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
     /// Kernel file.
     pub kernel: PathBuf,
-    /// Optional initrd.
-    pub initrd: Option<PathBuf>,
+    /// Whether the kernel's pages may be mapped instead of copied: set by
+    /// [`VmConfig::canonicalize_paths`] for a kernel in minivm's kernel cache.
+    pub kernel_pages: Pages,
+    /// The initrd: archives loaded one after the other (none: no initrd).
+    pub initrd: Vec<InitrdPart>,
     /// Optional root disk.
     pub disk: Option<DiskConfig>,
     /// virtio-fs shares; with --rootfs the first is the root.
@@ -99,7 +113,10 @@ impl VmConfig {
             }
         };
         fix(&mut self.kernel);
-        self.initrd.iter_mut().for_each(fix);
+        if crate::paths::is_published_kernel(&self.kernel) {
+            self.kernel_pages = Pages::Mapped;
+        }
+        self.initrd.iter_mut().for_each(|p| fix(&mut p.path));
         for s in &mut self.shares {
             match &mut s.source {
                 ShareSource::Dir(d) => fix(d),
@@ -119,8 +136,8 @@ impl VmConfig {
         out.extend(
             self.initrd
                 .iter()
-                .filter(|p| !p.starts_with("/proc"))
-                .map(|p| (p.clone(), false)),
+                .filter(|p| !p.path.starts_with("/proc"))
+                .map(|p| (p.path.clone(), false)),
         );
         for s in &self.shares {
             match &s.source {

@@ -62,7 +62,11 @@ pub fn run(
 ) -> Result<RunEnd, VmError> {
     let mut session = Session::open(config, restart, host)?;
     crate::phases::mark("session: KVM and seccomp filters");
-    if let Some(u) = Usage::now() {
+    // Only read when logged: /proc costs a fraction of a millisecond.
+    if let Some(u) = tracing::enabled!(tracing::Level::INFO)
+        .then(Usage::now)
+        .flatten()
+    {
         tracing::info!("before the first boot: {u}");
     }
     let deadline = config.timeout.map(|t| start + t);
@@ -85,7 +89,10 @@ fn boots(
     for n in 1u64.. {
         let end = vm::boot(config, session, start, deadline)?;
         first_entry = first_entry.or(end.entered);
-        if let Some(u) = Usage::now() {
+        if let Some(u) = tracing::enabled!(tracing::Level::INFO)
+            .then(Usage::now)
+            .flatten()
+        {
             tracing::info!("boot {n} ended ({:?}): {u}", end.reason);
         }
         match next(end, restart, signals::pending(), button) {

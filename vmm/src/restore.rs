@@ -50,7 +50,8 @@ pub fn vm_config(args: &RestoreArgs, loaded: Loaded) -> Result<VmConfig, Error> 
     });
     Ok(VmConfig {
         kernel: std::path::PathBuf::new(),
-        initrd: None,
+        kernel_pages: boot::loader::Pages::Copied,
+        initrd: Vec::new(),
         disk,
         shares: Vec::new(),
         nets: Vec::new(),

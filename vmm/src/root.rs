@@ -5,7 +5,9 @@
 use imagefs::process::ImageProcess;
 
 use crate::agent::{AgentInitrd, AgentRoot, Job};
-use crate::config::{DiskConfig, GuestIo, ShareConfig, ShareSource, VmConfig, ROOTFS_TAG};
+use crate::config::{
+    DiskConfig, GuestIo, InitrdPart, ShareConfig, ShareSource, VmConfig, ROOTFS_TAG,
+};
 use crate::error::Error;
 use crate::spec::{RootSpec, RunSpec, UpperSpec};
 use crate::upper::VmUpper;
@@ -171,9 +173,17 @@ impl PreparedRoot {
     pub fn vm_config(&self, spec: &RunSpec) -> VmConfig {
         VmConfig {
             kernel: spec.kernel.clone(),
+            kernel_pages: boot::loader::Pages::Copied,
             initrd: match &self.agent {
-                Some(a) => Some(a.path()),
-                None => spec.initrd.clone(),
+                Some(a) => a.parts(),
+                None => spec
+                    .initrd
+                    .iter()
+                    .map(|p| InitrdPart {
+                        path: p.clone(),
+                        pages: boot::loader::Pages::Copied,
+                    })
+                    .collect(),
             },
             disk: self.disk.clone(),
             shares: self.share.iter().chain(&spec.shares).cloned().collect(),

@@ -8,12 +8,11 @@
 //! image's Env, then `-e`, make the environment (PATH defaults as in
 //! Docker); `--workdir` and `--user` replace WorkingDir and User.
 
-use std::fs::File;
-use std::io::Write;
-use std::os::fd::{AsRawFd, FromRawFd};
-use std::path::PathBuf;
-
 use imagefs::process::ImageProcess;
+
+mod initrd;
+
+pub use initrd::AgentInitrd;
 
 /// The agent, built static for the guest by build.rs.
 static AGENT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/minivm-agent"));
@@ -334,85 +333,6 @@ fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The agent's initramfs, in a memory file that lives as long as this.
-#[derive(Debug)]
-pub struct AgentInitrd {
-    file: File,
-}
-
-impl AgentInitrd {
-    /// Writes the agent and `job` into a new initramfs.
-    pub fn new(job: &Job, root: &AgentRoot, read_only: bool) -> Result<AgentInitrd, AgentError> {
-        Self::with_files(&job.files(root, read_only))
-    }
-
-    /// An initramfs whose agent waits for its job (`--snapshot-to`).
-    pub fn waiting(root: &AgentRoot, read_only: bool) -> Result<AgentInitrd, AgentError> {
-        Self::with_files(&waiting_files(root, read_only))
-    }
-
-    fn with_files(files: &[(&str, Vec<u8>)]) -> Result<AgentInitrd, AgentError> {
-        let cpio = initramfs(files);
-        // SAFETY: memfd_create with a static name; the fd is checked and then owned by File.
-        let fd = unsafe { libc::memfd_create(c"minivm-agent-initrd".as_ptr(), libc::MFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(AgentError::Memfd(std::io::Error::last_os_error()));
-        }
-        // SAFETY: fd is a new descriptor nothing else owns.
-        let mut file = unsafe { File::from_raw_fd(fd) };
-        file.write_all(&cpio).map_err(AgentError::Memfd)?;
-        Ok(AgentInitrd { file })
-    }
-
-    /// A path the loader can open while this lives.
-    pub fn path(&self) -> PathBuf {
-        PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
-    }
-}
-
-/// A newc cpio archive: /dev/console (the kernel opens it for PID 1's
-/// stdio before /init runs), /init (the agent), /minivm/* (the job).
-fn initramfs(job: &[(&str, Vec<u8>)]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(AGENT.len() + 4096);
-    let mut ino = 1;
-    let mut entry = |name: &str, mode: u32, rdev: (u32, u32), data: &[u8]| {
-        let fields = [
-            ino,
-            mode,
-            0,
-            0,
-            1,
-            0,
-            data.len() as u32,
-            0,
-            0,
-            rdev.0,
-            rdev.1,
-            name.len() as u32 + 1,
-            0,
-        ];
-        ino += 1;
-        out.extend_from_slice(b"070701");
-        for f in fields {
-            out.extend_from_slice(format!("{f:08x}").as_bytes());
-        }
-        out.extend_from_slice(name.as_bytes());
-        out.push(0);
-        out.resize(out.len().next_multiple_of(4), 0);
-        out.extend_from_slice(data);
-        out.resize(out.len().next_multiple_of(4), 0);
-    };
-    entry("dev", 0o40755, (0, 0), &[]);
-    entry("dev/console", 0o20600, (5, 1), &[]);
-    entry("minivm", 0o40755, (0, 0), &[]);
-    for (name, data) in job {
-        entry(name, 0o100644, (0, 0), data);
-    }
-    entry("init", 0o100755, (0, 0), AGENT);
-    entry("TRAILER!!!", 0, (0, 0), &[]);
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -544,59 +464,5 @@ mod tests {
         let clock = text.split("clock=").nth(1).unwrap().trim_end();
         let secs: u64 = clock.split('.').next().unwrap().parse().unwrap();
         assert!(secs > 1_700_000_000, "{clock}");
-    }
-
-    #[test]
-    fn the_initramfs_is_newc_with_console_agent_and_job() {
-        let j = Job::new(&image(), &Overrides::default()).unwrap();
-        let cpio = initramfs(&j.files(&AgentRoot::Share("minivm-root".into()), true));
-        // Walk it as the kernel does.
-        let mut names = Vec::new();
-        let mut at = 0;
-        loop {
-            assert_eq!(&cpio[at..at + 6], b"070701");
-            let field = |i: usize| {
-                let s = std::str::from_utf8(&cpio[at + 6 + i * 8..at + 14 + i * 8]).unwrap();
-                usize::from_str_radix(s, 16).unwrap()
-            };
-            let (mode, size, namesize) = (field(1), field(6), field(11));
-            let name_at = at + 110;
-            let name = std::str::from_utf8(&cpio[name_at..name_at + namesize - 1]).unwrap();
-            let data_at = (name_at + namesize).next_multiple_of(4);
-            let data = &cpio[data_at..data_at + size];
-            if name == "TRAILER!!!" {
-                break;
-            }
-            if name == "dev/console" {
-                assert_eq!((mode, field(9), field(10)), (0o20600, 5, 1));
-            }
-            if name == "minivm/job" {
-                let text = std::str::from_utf8(data).unwrap();
-                assert!(
-                    text.starts_with("root=virtiofs:minivm-root\nreadonly=1\n"),
-                    "{text}"
-                );
-            }
-            if name == "init" {
-                assert_eq!(data, AGENT);
-                assert_eq!(mode, 0o100755);
-            }
-            names.push(name.to_string());
-            at = (data_at + size).next_multiple_of(4);
-        }
-        assert_eq!(
-            names,
-            [
-                "dev",
-                "dev/console",
-                "minivm",
-                "minivm/argv",
-                "minivm/env",
-                "minivm/job",
-                "init"
-            ]
-        );
-        assert_eq!(cpio.len() % 4, 0);
-        assert!(AGENT.starts_with(b"\x7fELF"));
     }
 }
