@@ -89,6 +89,16 @@ extern "C" fn on_host_signal(sig: libc::c_int) {
 pub fn install(exit: &ExitHandle, shutdown: Option<RawFd>) -> Armed {
     EXIT_EVENT_FD.store(exit.event_fd().as_raw_fd(), Ordering::SeqCst);
     SHUTDOWN_EVENT_FD.store(shutdown.unwrap_or(-1), Ordering::SeqCst);
+    // A SIGTERM recorded between two boots (`--restart`) asks this one to
+    // shut down, as it would have asked the last; taken once, atomically.
+    if let Some(fd) = shutdown {
+        if HOST_SIGNAL
+            .compare_exchange(SHUTDOWN_SIGNAL, 0, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            write_fd(fd, &1u64.to_ne_bytes());
+        }
+    }
     for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
         // SAFETY: the handler only touches atomics and calls write(2).
         unsafe { libc::signal(sig, on_host_signal as *const () as libc::sighandler_t) };

@@ -550,11 +550,8 @@ pub fn boot(
     if let Err(e) = pit_setup.finish() {
         tracing::warn!("{e}");
     }
-    let (result, shutdown_requested) = loop {
+    let result = loop {
         let result = run_event_loop(&mut em, &exit, shutdown.as_ref(), deadline);
-        let shutdown_requested = shutdown
-            .as_ref()
-            .is_some_and(|s| s.lock().unwrap().requested());
         let mut stopped = running.stop();
         phases::mark("vCPU threads stopped");
         let result = match result {
@@ -567,7 +564,7 @@ pub fn boot(
             other => other,
         };
         if !(config.snapshot_continue && result.is_ok() && exit.resume_after_snapshot()) {
-            break (result, shutdown_requested);
+            break result;
         }
         // --snapshot-and-continue: the same vCPUs go on, and the agent gets
         // this run's job only now, so that no copy of the snapshot has it.
@@ -579,6 +576,12 @@ pub fn boot(
     // Armed through a snapshot too: a signal during the save is acted on
     // when the VM goes on, or is left pending for the run's end.
     drop(armed);
+    // Read only now that the handlers are withdrawn (a later SIGTERM is
+    // recorded for `signals::pending`): a press that came while the vCPUs
+    // stopped is in the event fd and counts, instead of being lost with it.
+    let shutdown_requested = shutdown
+        .as_ref()
+        .is_some_and(|s| s.lock().unwrap().requested());
     if let Some((t, _)) = &devs.streams {
         t.lock().unwrap().vcpus_stopped();
     }

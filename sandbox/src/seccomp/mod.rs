@@ -123,8 +123,10 @@ pub enum Denied {
 #[derive(Clone, Default)]
 pub struct Policy {
     programs: Option<Arc<BTreeMap<ThreadKind, Arc<BpfProgram>>>>,
-    /// With `--restart`, installed on the main thread under its filter.
-    no_clone3: Option<Arc<BpfProgram>>,
+    /// Filters stacked under a kind's own: with `--restart`, the main
+    /// thread's clone3 answer; for threads that open no files, the EACCES
+    /// answer to opening one.
+    extras: BTreeMap<ThreadKind, Arc<BpfProgram>>,
 }
 
 impl Policy {
@@ -133,18 +135,22 @@ impl Policy {
     pub fn new(main: MainNeeds, denied: Denied) -> Result<Policy, Error> {
         let pid = std::process::id();
         let mut programs = BTreeMap::new();
+        let mut extras = BTreeMap::new();
+        let opens_refused = Arc::new(opens_refused()?);
         for kind in ThreadKind::ALL {
             let program = compile(kind, rules::rules(kind, main, pid), denied)?;
             programs.insert(kind, Arc::new(program));
+            if !rules::opens_files(kind, main) {
+                extras.insert(kind, opens_refused.clone());
+            }
         }
-        let no_clone3 = match main.rebuild_vm {
-            true => Some(Arc::new(clone3_unavailable()?)),
-            false => None,
-        };
+        if main.rebuild_vm {
+            extras.insert(ThreadKind::Main, Arc::new(clone3_unavailable()?));
+        }
         sigsys::install().map_err(Error::Handler)?;
         Ok(Policy {
             programs: Some(Arc::new(programs)),
-            no_clone3,
+            extras,
         })
     }
 
@@ -163,7 +169,7 @@ impl Policy {
         ThreadFilter {
             kind,
             program: self.programs.as_ref().and_then(|p| p.get(&kind).cloned()),
-            extra: self.no_clone3.clone().filter(|_| kind == ThreadKind::Main),
+            extra: self.extras.get(&kind).cloned(),
         }
     }
 }
@@ -263,6 +269,22 @@ fn compile(
     )
     .map_err(err)?;
     filter.try_into().map_err(err)
+}
+
+/// Opening a file answered with EACCES (see `rules::opens_files`).
+fn opens_refused() -> Result<BpfProgram, Error> {
+    let rules = rules::OPENS.iter().map(|&c| (c, Vec::new())).collect();
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EACCES as u32),
+        TargetArch::x86_64,
+    );
+    let err = |source| Error::Build {
+        thread: ThreadKind::Console,
+        source,
+    };
+    filter.map_err(err)?.try_into().map_err(err)
 }
 
 /// clone3(2) answered with ENOSYS: its flags are in memory, out of a

@@ -256,6 +256,16 @@ pub(super) fn rules(
     main: MainNeeds,
     pid: u32,
 ) -> BTreeMap<i64, Vec<SeccompRule>> {
+    let mut t = table(kind, main, pid);
+    if !opens_files(kind, main) {
+        // Passed here, answered EACCES by the stacked `opens_refused`.
+        t.allow(OPENS);
+    }
+    t.into_rules()
+}
+
+/// The calls threads of `kind` may make, as listed.
+fn table(kind: ThreadKind, main: MainNeeds, pid: u32) -> Table {
     let mut t = Table::new();
     t.allow(COMMON);
     // Signals only to our own threads (abort(3) and the vCPU kicks).
@@ -302,5 +312,17 @@ pub(super) fn rules(
         ThreadKind::KvmSetup => t.allow_ioctls(&[KVM_REINJECT_CONTROL()]),
         ThreadKind::Exec => t.allow(EXEC),
     }
-    t.into_rules()
+    t
+}
+
+/// The calls that open a file by name.
+pub(super) const OPENS: &[i64] = &[libc::SYS_open, libc::SYS_openat, libc::SYS_openat2];
+
+/// Whether threads of `kind` open files. Those that do not get EACCES for
+/// it (the stacked filter of `opens_refused`) rather than being stopped:
+/// library code opens files lazily on paths no caller chose, e.g. glibc's
+/// malloc reads /proc/sys/vm/overcommit_memory the first time it shrinks a
+/// thread's heap (often at that thread's exit), and takes a failure as "no".
+pub(super) fn opens_files(kind: ThreadKind, main: MainNeeds) -> bool {
+    table(kind, main, 0).0.contains_key(&libc::SYS_openat)
 }
