@@ -136,12 +136,11 @@ impl Policy {
         let pid = std::process::id();
         let mut programs = BTreeMap::new();
         let mut extras = BTreeMap::new();
-        let opens_refused = Arc::new(opens_refused()?);
         for kind in ThreadKind::ALL {
             let program = compile(kind, rules::rules(kind, main, pid), denied)?;
             programs.insert(kind, Arc::new(program));
             if !rules::opens_files(kind, main) {
-                extras.insert(kind, opens_refused.clone());
+                extras.insert(kind, Arc::new(opens_refused(kind)?));
             }
         }
         if main.rebuild_vm {
@@ -271,8 +270,9 @@ fn compile(
     filter.try_into().map_err(err)
 }
 
-/// Opening a file answered with EACCES (see `rules::opens_files`).
-fn opens_refused() -> Result<BpfProgram, Error> {
+/// Opening a file answered with EACCES, for threads of `kind` (see
+/// `rules::opens_files`).
+fn opens_refused(kind: ThreadKind) -> Result<BpfProgram, Error> {
     let rules = rules::OPENS.iter().map(|&c| (c, Vec::new())).collect();
     let filter = SeccompFilter::new(
         rules,
@@ -281,7 +281,7 @@ fn opens_refused() -> Result<BpfProgram, Error> {
         TargetArch::x86_64,
     );
     let err = |source| Error::Build {
-        thread: ThreadKind::Console,
+        thread: kind,
         source,
     };
     filter.map_err(err)?.try_into().map_err(err)

@@ -107,26 +107,31 @@ fn memfd(data: &[u8]) -> Result<File, AgentError> {
     Ok(file)
 }
 
+/// An archive entry to write: name, mode, (rdev major, minor), data.
+type NewEntry = (&'static str, u32, (u32, u32), &'static [u8]);
+
 /// The agent's part: /dev/console (the kernel opens it for PID 1's stdio
 /// before /init runs) and /init.
+const AGENT_ENTRIES: [NewEntry; 3] = [
+    ("dev", 0o40755, (0, 0), &[]),
+    ("dev/console", 0o20600, (5, 1), &[]),
+    ("init", 0o100755, (0, 0), AGENT),
+];
+
 fn agent_entries(cpio: &mut Cpio) {
-    cpio.entry("dev", 0o40755, (0, 0), &[]);
-    cpio.entry("dev/console", 0o20600, (5, 1), &[]);
-    cpio.entry("init", 0o100755, (0, 0), AGENT);
+    for (name, mode, rdev, data) in AGENT_ENTRIES {
+        cpio.entry(name, mode, rdev, data);
+    }
 }
 
-/// The length of the agent's archive ([`agent_entries`] and the trailer),
+/// The length of the agent's archive ([`AGENT_ENTRIES`] and the trailer),
 /// known without writing it.
 fn agent_archive_len() -> usize {
-    [
-        ("dev", 0),
-        ("dev/console", 0),
-        ("init", AGENT.len()),
-        (TRAILER, 0),
-    ]
-    .iter()
-    .map(|&(name, len)| Cpio::entry_len(name, len))
-    .sum()
+    AGENT_ENTRIES
+        .iter()
+        .map(|&(name, _, _, data)| Cpio::entry_len(name, data.len()))
+        .sum::<usize>()
+        + Cpio::entry_len(TRAILER, 0)
 }
 
 /// `dir/<hash>.cpio`, the agent's archive, written there first if missing.
