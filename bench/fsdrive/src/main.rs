@@ -101,6 +101,12 @@ struct Args {
     /// Only minivm (no virtiofsd).
     #[arg(long)]
     minivm_only: bool,
+    /// Let the scheduler place the driver and the server (by default the
+    /// driver runs on CPU 0 and the server on CPU 1, as a busy vCPU thread
+    /// and a device thread would; where they land otherwise changes the
+    /// wake-up costs more than the servers differ).
+    #[arg(long)]
+    no_pin: bool,
 }
 
 /// One measured run of a job.
@@ -141,6 +147,7 @@ fn drive(args: &Args) -> Result<(), DriveError> {
         Policy::new(MainNeeds::default(), Denied::Stop)
             .map_err(|e| DriveError::Minivm(e.to_string()))?
     };
+    let server_cpu = placement(args.no_pin)?;
     let (mem, memfd) = guest_memory()?;
     if jobs.contains(&Job::SeqRead) {
         make_seq_file(&args.scratch.join(SEQ_FILE), sizes.seq_bytes)?;
@@ -162,6 +169,7 @@ fn drive(args: &Args) -> Result<(), DriveError> {
                 &mem,
                 &rings,
                 policy.filter(ThreadKind::FsWorker),
+                server_cpu,
             )?),
             _ => Box::new(Virtiofsd::start(
                 vfsd.as_deref().expect("virtiofsd found"),
@@ -170,6 +178,7 @@ fn drive(args: &Args) -> Result<(), DriveError> {
                 &memfd,
                 &rings,
                 &work,
+                server_cpu,
             )?),
         };
         let c = Client::new(mem.clone(), rings, s)?;
@@ -237,6 +246,39 @@ fn drive(args: &Args) -> Result<(), DriveError> {
     let _ = std::fs::remove_file(args.scratch.join(SEQ_FILE));
     report(&jobs, &servers, &mut samples, &opcodes, args);
     Ok(())
+}
+
+/// Pins the driver to the first CPU this process may use and returns the
+/// second, for the server; None with `no_pin` or a single CPU.
+fn placement(no_pin: bool) -> Result<Option<usize>, DriveError> {
+    if no_pin {
+        return Ok(None);
+    }
+    // SAFETY: a zeroed cpu_set_t is valid for sched_getaffinity to fill.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid cpu_set_t of the size passed.
+    if unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) } != 0
+    {
+        return Err(DriveError::io(
+            "sched_getaffinity",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: CPU_ISSET reads within `set` for every index below CPU_SETSIZE.
+    let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .collect();
+    match cpus[..] {
+        [driver, server, ..] => {
+            servers::pin(0, driver)?;
+            eprintln!("fsdrive: driver on CPU {driver}, servers on CPU {server}");
+            Ok(Some(server))
+        }
+        _ => {
+            eprintln!("fsdrive: one CPU: driver and server share it");
+            Ok(None)
+        }
+    }
 }
 
 fn parse_jobs(names: &[String]) -> Result<Vec<Job>, DriveError> {

@@ -5,6 +5,7 @@
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -44,7 +45,9 @@ pub trait Server {
 /// minivm's virtio-fs device sharing one directory, activated with the
 /// driver's queues.
 pub struct Minivm {
-    fs: Fs,
+    _fs: Fs,
+    /// The queues' doorbells, which KVM's ioeventfds would ring.
+    doorbells: Vec<EventFd>,
     irq: EventFd,
     worker_tid: u32,
 }
@@ -58,6 +61,7 @@ impl Minivm {
         mem: &Arc<GuestMemory>,
         rings: &[Ring],
         filter: ThreadFilter,
+        cpu: Option<usize>,
     ) -> Result<Minivm, DriveError> {
         let fs_err = |e: devices::virtio::fs::FsError| DriveError::Minivm(e.to_string());
         let vfs = devices::virtio::fs::passthrough(dir, read_only).map_err(fs_err)?;
@@ -71,8 +75,15 @@ impl Minivm {
         )
         .map_err(|e| DriveError::Minivm(e.to_string()))?;
         let worker_tid = worker_thread()?;
+        if let Some(cpu) = cpu {
+            pin(worker_tid as i32, cpu)?;
+        }
+        let doorbells = fs
+            .queue_doorbells()
+            .ok_or_else(|| DriveError::Minivm("the device has no doorbells of its own".into()))?;
         Ok(Minivm {
-            fs,
+            _fs: fs,
+            doorbells,
             irq,
             worker_tid,
         })
@@ -81,15 +92,13 @@ impl Minivm {
 
 impl Server for Minivm {
     fn kick(&mut self, index: usize) -> Result<(), DriveError> {
-        self.fs.process_queue(index);
-        Ok(())
+        self.doorbells[index]
+            .write(1)
+            .map_err(|e| DriveError::io("doorbell eventfd", e))
     }
 
     fn wait(&mut self) -> Result<(), DriveError> {
-        self.irq
-            .read()
-            .map(drop)
-            .map_err(|e| DriveError::io("interrupt eventfd", e))
+        wait_readable(&self.irq, || None)
     }
 
     fn cpu(&self) -> Result<Duration, DriveError> {
@@ -142,6 +151,7 @@ impl Virtiofsd {
         memfd: &File,
         rings: &[Ring],
         work: &Path,
+        cpu: Option<usize>,
     ) -> Result<Virtiofsd, DriveError> {
         let socket = work.join("virtiofsd.sock");
         let _ = std::fs::remove_file(&socket);
@@ -159,6 +169,13 @@ impl Virtiofsd {
                 .arg(format!("--socket-path={}", socket.display()))
                 .args(["-o", &format!("source={}", dir.display())])
                 .args(["-o", "cache=auto", "-o", "timeout=5", "-o", "xattr"]);
+        }
+        if let Some(cpu) = cpu {
+            // SAFETY: the closure only calls sched_setaffinity, which is
+            // async-signal-safe, between fork and exec.
+            unsafe {
+                command.pre_exec(move || pin(0, cpu).map_err(|_| std::io::Error::last_os_error()));
+            }
         }
         let child = command
             .stdin(Stdio::null())
@@ -269,29 +286,12 @@ impl Server for Virtiofsd {
     }
 
     fn wait(&mut self) -> Result<(), DriveError> {
-        // A daemon that died never signals: poll with a timeout to notice.
-        loop {
-            let mut pfd = libc::pollfd {
-                fd: self.call.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd, owned by this frame.
-            let n = unsafe { libc::poll(&mut pfd, 1, 5000) };
-            if n > 0 {
-                return self
-                    .call
-                    .read()
-                    .map(drop)
-                    .map_err(|e| DriveError::io("call eventfd", e));
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(DriveError::VhostUser(
-                    "serving",
-                    format!("virtiofsd exited: {status}"),
-                ));
-            }
-        }
+        let child = &mut self.child;
+        wait_readable(&self.call, || {
+            child.try_wait().ok().flatten().map(|status| {
+                DriveError::VhostUser("serving", format!("virtiofsd exited: {status}"))
+            })
+        })
     }
 
     fn cpu(&self) -> Result<Duration, DriveError> {
@@ -312,6 +312,49 @@ impl Drop for Virtiofsd {
         }
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// Pins thread `tid` (0: the caller) to `cpu`.
+pub fn pin(tid: i32, cpu: usize) -> Result<(), DriveError> {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes within it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above, `cpu` is checked against the set's size by the caller.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: `set` is a valid cpu_set_t of the size passed.
+    let rc = unsafe { libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if rc != 0 {
+        return Err(DriveError::io(
+            &format!("sched_setaffinity({tid}, cpu {cpu})"),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
+/// Waits the same way for either server: poll (5 s at a time, asking
+/// `gone` whether the server died), then read the eventfd.
+fn wait_readable(
+    evt: &EventFd,
+    mut gone: impl FnMut() -> Option<DriveError>,
+) -> Result<(), DriveError> {
+    loop {
+        let mut pfd = libc::pollfd {
+            fd: evt.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, owned by this frame.
+        let n = unsafe { libc::poll(&mut pfd, 1, 5000) };
+        if n > 0 {
+            return evt
+                .read()
+                .map(drop)
+                .map_err(|e| DriveError::io("interrupt eventfd", e));
+        }
+        if let Some(e) = gone() {
+            return Err(e);
+        }
     }
 }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use virtio_queue::Queue;
+use vmm_sys_util::eventfd::EventFd;
 
 use super::block::backend::Backend;
 use super::console::ConsoleState;
@@ -149,6 +150,15 @@ pub trait VirtioDevice: Send {
     /// A disk's storage, whose contents a snapshot saves; `None` for
     /// devices without one.
     fn disk_backend(&self) -> Option<&Backend> {
+        None
+    }
+    /// Doorbells the device waits on in a thread of its own, one eventfd per
+    /// queue: the transport gives them to KVM as the queues' ioeventfds and
+    /// does not watch them in the event loop, so a guest's notification
+    /// wakes the device's thread directly. `None` (the default): the
+    /// transport makes its own and calls [`Self::process_queue`] from the
+    /// event loop.
+    fn queue_doorbells(&self) -> Option<Vec<EventFd>> {
         None
     }
     /// Host fds (e.g. a tap) the event loop watches for this device,

@@ -58,6 +58,8 @@ pub struct MmioTransport {
     /// The driver's view of each queue; copies go to the device on activation.
     queues: Vec<Queue>,
     queue_evts: Vec<EventFd>,
+    /// The doorbells are the device's own, waited on by its thread.
+    device_waits: bool,
     device_features_sel: u32,
     driver_features_sel: u32,
     driver_features: u64,
@@ -68,7 +70,8 @@ pub struct MmioTransport {
 }
 
 impl MmioTransport {
-    /// Wraps `device`, creating one non-blocking doorbell eventfd per queue.
+    /// Wraps `device`, with one non-blocking doorbell eventfd per queue: the
+    /// device's own if it waits on them itself, else new ones.
     ///
     /// Fails if an eventfd cannot be created or the device reports a queue size
     /// virtio does not allow (zero, above 32768 or not a power of two).
@@ -79,7 +82,6 @@ impl MmioTransport {
     ) -> io::Result<Self> {
         let max_sizes = device.queue_max_sizes();
         let mut queues = Vec::with_capacity(max_sizes.len());
-        let mut queue_evts = Vec::with_capacity(max_sizes.len());
         for &max in max_sizes {
             let q = Queue::new(max).map_err(|e| {
                 io::Error::new(
@@ -88,14 +90,22 @@ impl MmioTransport {
                 )
             })?;
             queues.push(q);
-            queue_evts.push(EventFd::new(EFD_NONBLOCK)?);
         }
+        let own_doorbells = device.queue_doorbells().filter(|d| d.len() == queues.len());
+        let device_waits = own_doorbells.is_some();
+        let queue_evts = match own_doorbells {
+            Some(d) => d,
+            None => (0..queues.len())
+                .map(|_| EventFd::new(EFD_NONBLOCK))
+                .collect::<io::Result<_>>()?,
+        };
         Ok(MmioTransport {
             device,
             mem,
             interrupt,
             queues,
             queue_evts,
+            device_waits,
             device_features_sel: 0,
             driver_features_sel: 0,
             driver_features: 0,
@@ -473,7 +483,12 @@ impl BusDevice for MmioTransport {
 
 impl MutEventSubscriber for MmioTransport {
     fn init(&mut self, ops: &mut EventOps) {
-        for (idx, evt) in self.queue_evts.iter().enumerate() {
+        let watched = if self.device_waits {
+            &[][..]
+        } else {
+            &self.queue_evts[..]
+        };
+        for (idx, evt) in watched.iter().enumerate() {
             if let Err(e) = ops.add(Events::with_data(evt, idx as u32, EventSet::IN)) {
                 crate::guest_warn!("virtio-mmio: cannot watch queue {idx} eventfd: {e}");
             }

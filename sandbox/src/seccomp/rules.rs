@@ -162,6 +162,9 @@ const FS_WORKER: &[i64] = &[
     libc::SYS_mknodat,
     libc::SYS_newfstatat,
     libc::SYS_openat,
+    // Waiting on the queues' doorbells (an epoll set made before the filter).
+    libc::SYS_epoll_pwait,
+    libc::SYS_epoll_wait,
     libc::SYS_pread64,
     libc::SYS_preadv,
     libc::SYS_pwrite64,

@@ -5,7 +5,9 @@
 //! FUSE request that [`fuse_backend_rs::api::server::Server`] decodes and runs
 //! against an [`Arc<Vfs>`]; requests are served on a worker thread of the
 //! device (see `worker.rs`) so a slow host file system never stalls the VMM's
-//! event loop. [`passthrough()`] and [`disk_cap`] build that `Vfs` for one host
+//! event loop. The worker waits on the queues' doorbells itself (KVM's
+//! ioeventfds), as virtiofsd's queue threads do: a request costs no event
+//! loop wake-up. [`passthrough()`] and [`disk_cap`] build that `Vfs` for one host
 //! directory, wrapped in [`GuardFs`] which adds read-only mode, the size cap
 //! and the containment checks below. [`overlay`] serves an OCI image from its
 //! unpacked layers the same way, with a per-VM upper directory.
@@ -96,6 +98,7 @@ use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_FS;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::Queue;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 pub use self::cap::{disk_usage, SizeCap};
 pub use self::error::FsError;
@@ -126,6 +129,9 @@ pub struct Fs {
     server: Arc<FuseServer>,
     stats: Arc<FsStats>,
     virtio: VirtioConfig,
+    /// One eventfd per queue, KVM's ioeventfds for the queues: the guest's
+    /// notifications wake the worker without passing the event loop.
+    doorbells: Vec<EventFd>,
     worker: Worker,
 }
 
@@ -145,7 +151,11 @@ impl Fs {
         let mut config = [0u8; CONFIG_LEN];
         config[..tag.len()].copy_from_slice(tag.as_bytes());
         config[TAG_MAX_LEN..].copy_from_slice(&NUM_REQUEST_QUEUES.to_le_bytes());
-        let worker = Worker::spawn(tag, vfs.clone(), filter)?;
+        let doorbells = (0..=NUM_REQUEST_QUEUES)
+            .map(|_| EventFd::new(EFD_NONBLOCK))
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(FsError::Worker)?;
+        let worker = Worker::spawn(tag, vfs.clone(), filter, &doorbells)?;
         Ok(Fs {
             tag: tag.to_string(),
             server: Arc::new(Server::new(vfs)),
@@ -162,6 +172,7 @@ impl Fs {
                     | (1u64 << VIRTIO_RING_F_INDIRECT_DESC),
                 config.to_vec(),
             ),
+            doorbells,
             worker,
         })
     }
@@ -215,12 +226,28 @@ impl VirtioDevice for Fs {
     }
 
     fn process_queue(&mut self, index: usize) {
-        if index >= self.virtio.queue_sizes.len() {
+        // A QueueNotify the transport saw itself (no ioeventfd): ring the
+        // doorbell KVM would have. Before activation the worker ignores it.
+        let Some(doorbell) = self.doorbells.get(index) else {
             crate::guest_warn!("virtio-fs: notify of non-existent queue {index}");
             return;
+        };
+        if let Err(e) = doorbell.write(1) {
+            tracing::error!("virtio-fs: ringing queue {index}'s doorbell: {e}");
         }
-        // Before activation the worker has no queues and ignores it.
-        self.worker.kick(index);
+    }
+
+    fn queue_doorbells(&self) -> Option<Vec<EventFd>> {
+        let clones = self.doorbells.iter().map(EventFd::try_clone).collect();
+        match clones {
+            Ok(c) => Some(c),
+            Err(e) => {
+                // The transport then watches doorbells of its own and calls
+                // process_queue, which rings these.
+                tracing::warn!("virtio-fs: doorbells not shared ({e}); notifications go through the event loop");
+                None
+            }
+        }
     }
 
     fn reset(&mut self) {

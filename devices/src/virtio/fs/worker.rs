@@ -2,14 +2,16 @@
 //!
 //! One worker per device, started with it (so it is confined by its own
 //! seccomp filter before the guest runs, never by a vCPU's). Each activation
-//! hands it the queues; the device forwards queue notifications over a
-//! channel; the worker drains the notified queue with notifications
-//! suppressed, exactly like virtio-blk does inline, and raises the interrupt
-//! once per batch. A thread of its own keeps slow host I/O off the VMM's
-//! event loop and gives the server a private umask (below).
+//! hands it the queues over a channel; the guest's queue notifications ring
+//! the queues' doorbells (KVM's ioeventfds), which the worker polls itself;
+//! it drains the notified queue with notifications suppressed, exactly like
+//! virtio-blk does inline, and raises the interrupt once per batch. A thread
+//! of its own keeps slow host I/O off the VMM's event loop and gives the
+//! server a private umask (below).
 
 use std::io;
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::os::fd::AsRawFd;
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -21,6 +23,8 @@ use fuse_backend_rs::api::Vfs;
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter};
 use sandbox::ThreadFilter;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::error::FsError;
 use super::stats::FsStats;
@@ -43,11 +47,9 @@ enum Msg {
     /// The driver set DRIVER_OK: serve these queues (ending a session that
     /// was never reset).
     Activate(Box<Session>),
-    /// The driver notified this queue.
-    Kick(usize),
     /// The device was reset: drop the queues, end the FUSE session, reply.
     Reset(Sender<()>),
-    /// Reply once every earlier message was handled.
+    /// Reply once every earlier message and doorbell was handled.
     #[cfg(test)]
     Sync(Sender<()>),
 }
@@ -55,26 +57,39 @@ enum Msg {
 /// The device's worker thread; dropping it stops and joins the thread.
 pub(super) struct Worker {
     tx: Option<Sender<Msg>>,
+    /// Rung after each message, so the thread's poll sees it.
+    wake: EventFd,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Worker {
-    /// Starts the thread serving `vfs` for device `tag` and waits until it
-    /// has confined itself with `filter`.
-    pub(super) fn spawn(tag: &str, vfs: Arc<Vfs>, filter: ThreadFilter) -> Result<Worker, FsError> {
+    /// Starts the thread serving `vfs` for device `tag`, woken by the
+    /// queues' `doorbells` (one per queue), and waits until it has confined
+    /// itself with `filter`.
+    pub(super) fn spawn(
+        tag: &str,
+        vfs: Arc<Vfs>,
+        filter: ThreadFilter,
+        doorbells: &[EventFd],
+    ) -> Result<Worker, FsError> {
         let (tx, rx) = mpsc::channel();
         let (ready_tx, ready_rx) = mpsc::channel();
+        let wake = EventFd::new(EFD_NONBLOCK).map_err(FsError::Worker)?;
+        // Made here: the worker's filter allows waiting, not setting up.
+        let bells = Bells::new(&wake, doorbells).map_err(FsError::Worker)?;
+        let queues = doorbells.len();
         let thread = std::thread::Builder::new()
             .name(format!("virtio-fs-{tag}"))
             .spawn(move || {
                 private_umask();
                 if filter.apply_and_report(&ready_tx) {
-                    run(vfs, rx);
+                    run(vfs, rx, bells, queues);
                 }
             })
             .map_err(FsError::Worker)?;
         let worker = Worker {
             tx: Some(tx),
+            wake,
             thread: Some(thread),
         };
         match ready_rx.recv() {
@@ -91,17 +106,22 @@ impl Worker {
         if !sent {
             tracing::error!("virtio-fs: worker thread is gone; request dropped");
         }
-        sent
+        sent && self.ring_wake()
+    }
+
+    fn ring_wake(&self) -> bool {
+        match self.wake.write(1) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!("virtio-fs: waking the worker: {e}");
+                false
+            }
+        }
     }
 
     /// Starts serving a driver's session.
     pub(super) fn activate(&self, session: Session) {
         self.send(Msg::Activate(Box::new(session)));
-    }
-
-    /// Asks the worker to serve queue `index`.
-    pub(super) fn kick(&self, index: usize) {
-        self.send(Msg::Kick(index));
     }
 
     /// Ends the current session; returns once the worker let go of it.
@@ -112,7 +132,8 @@ impl Worker {
         }
     }
 
-    /// Blocks until the worker handled everything sent before this call.
+    /// Blocks until the worker handled everything sent, and every doorbell
+    /// rung, before this call.
     #[cfg(test)]
     pub(super) fn wait_idle(&self) {
         let (done_tx, done_rx) = mpsc::channel();
@@ -124,12 +145,69 @@ impl Worker {
 
 impl Drop for Worker {
     fn drop(&mut self) {
-        // Closing the channel ends the worker's receive loop.
+        // A closed channel ends the worker's loop once it wakes.
         self.tx = None;
+        self.ring_wake();
         if let Some(t) = self.thread.take() {
             if t.join().is_err() {
                 tracing::error!("virtio-fs: worker thread panicked");
             }
+        }
+    }
+}
+
+/// What the worker waits on: its wake-up for messages, and the queues'
+/// doorbells, in one epoll set. Edge-triggered, so an eventfd's count is
+/// never read: each ring (a write, or KVM's ioeventfd signal) is one event,
+/// and a wake-up costs the worker one system call, not a poll and a read.
+struct Bells {
+    epoll: Epoll,
+    /// Kept open for as long as they are in the set.
+    _fds: Vec<EventFd>,
+}
+
+/// The wake-up's data in the epoll set; queue `i`'s is `i + 1`.
+const WAKE: u64 = 0;
+
+impl Bells {
+    fn new(wake: &EventFd, doorbells: &[EventFd]) -> io::Result<Bells> {
+        let epoll = Epoll::new()?;
+        let fds = std::iter::once(wake)
+            .chain(doorbells)
+            .map(EventFd::try_clone)
+            .collect::<io::Result<Vec<_>>>()?;
+        for (data, fd) in fds.iter().enumerate() {
+            epoll.ctl(
+                ControlOperation::Add,
+                fd.as_raw_fd(),
+                EpollEvent::new(EventSet::IN | EventSet::EDGE_TRIGGERED, data as u64),
+            )?;
+        }
+        Ok(Bells { epoll, _fds: fds })
+    }
+
+    /// Waits up to `timeout_ms` (-1: for ever) for rings; marks in
+    /// `pending` the queues that rang.
+    fn wait(&self, timeout_ms: i32, pending: &mut [bool]) -> io::Result<()> {
+        let mut events = [EpollEvent::default(); 8];
+        let n = self.epoll.wait(timeout_ms, &mut events)?;
+        for e in &events[..n] {
+            if e.data() != WAKE {
+                if let Some(p) = usize::try_from(e.data() - 1)
+                    .ok()
+                    .and_then(|i| pending.get_mut(i))
+                {
+                    *p = true;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Marks in `pending` every queue that rang, without waiting.
+    fn poll_now(&self, pending: &mut [bool]) {
+        if let Err(e) = self.wait(0, pending) {
+            tracing::error!("virtio-fs: checking the doorbells: {e}");
         }
     }
 }
@@ -142,14 +220,11 @@ struct State {
     /// Each queue and whether the driver broke it (served no more until reset).
     queues: Vec<(Queue, bool)>,
     interrupt: Arc<Interrupt>,
-    /// Queues notified in the batch being handled.
-    pending: Vec<bool>,
 }
 
 impl State {
     fn new(s: Session) -> State {
         State {
-            pending: vec![false; s.queues.len()],
             queues: s.queues.into_iter().map(|q| (q, false)).collect(),
             server: s.server,
             stats: s.stats,
@@ -158,10 +233,10 @@ impl State {
         }
     }
 
-    /// Serves every queue notified since the last call.
-    fn serve_pending(&mut self) {
-        for i in 0..self.pending.len() {
-            if std::mem::take(&mut self.pending[i]) {
+    /// Serves every queue marked in `pending`, clearing the marks.
+    fn serve_pending(&mut self, pending: &mut [bool]) {
+        for (i, p) in pending.iter_mut().enumerate() {
+            if std::mem::take(p) {
                 self.serve(i);
             }
         }
@@ -176,48 +251,58 @@ fn end_session(vfs: &Vfs) {
     }
 }
 
-fn run(vfs: Arc<Vfs>, rx: Receiver<Msg>) {
+fn run(vfs: Arc<Vfs>, rx: Receiver<Msg>, bells: Bells, queues: usize) {
     let mut state: Option<State> = None;
-    while let Ok(msg) = rx.recv() {
-        // A burst of doorbells is coalesced into one pass per queue; any
-        // other message first serves the doorbells before it, in order.
-        let mut next = Some(msg);
-        while let Some(m) = next {
-            match m {
-                Msg::Kick(i) => {
-                    if let Some(p) = state.as_mut().and_then(|s| s.pending.get_mut(i)) {
-                        *p = true;
-                    }
+    // Doorbells rung and not served yet. Kept without a session too: the
+    // guest may notify before the worker took the activation that the
+    // transport sent first (serving a queue with nothing new is harmless).
+    let mut pending = vec![false; queues];
+    loop {
+        if let Err(e) = bells.wait(-1, &mut pending) {
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            tracing::error!("virtio-fs: waiting for requests: {e}; the device stops");
+            break;
+        }
+        // Messages are rare (activation, reset); each first serves the
+        // doorbells rung before it, in order.
+        loop {
+            let msg = match rx.try_recv() {
+                Ok(m) => m,
+                Err(TryRecvError::Empty) => break,
+                // The device is gone (teardown).
+                Err(TryRecvError::Disconnected) => {
+                    end_session(&vfs);
+                    return;
                 }
+            };
+            bells.poll_now(&mut pending);
+            if let Some(s) = &mut state {
+                s.serve_pending(&mut pending);
+            }
+            match msg {
                 Msg::Activate(session) => {
-                    if let Some(mut old) = state.take() {
-                        old.serve_pending();
+                    if state.take().is_some() {
                         end_session(&vfs);
                     }
                     state = Some(State::new(*session));
                 }
                 Msg::Reset(done) => {
-                    if let Some(mut old) = state.take() {
-                        old.serve_pending();
-                    }
+                    state = None;
                     end_session(&vfs);
                     let _ = done.send(());
                 }
                 #[cfg(test)]
                 Msg::Sync(done) => {
-                    if let Some(s) = &mut state {
-                        s.serve_pending();
-                    }
                     let _ = done.send(());
                 }
             }
-            next = rx.try_recv().ok();
         }
         if let Some(s) = &mut state {
-            s.serve_pending();
+            s.serve_pending(&mut pending);
         }
     }
-    // The device is gone (teardown).
     end_session(&vfs);
 }
 
