@@ -19,6 +19,13 @@
 # server's CPU time (minivm's virtio-fs threads, virtiofsd's process) with their ratio,
 # and minivm's FUSE requests by opcode (--fs-stats).
 #
+# First, without a guest, bench/fsdrive plays the requests a guest's FUSE client
+# sends for five jobs (walk, tar, a small-file storm, a large sequential read and
+# write) into the virtqueues of minivm's virtio-fs server and of virtiofsd (over
+# vhost-user), interleaved and repeated, and prints each server's CPU for the same
+# requests: the server-cost headline, which the emulated guest cannot blur. The
+# guest runs after it give the requests a real guest makes and the guest times.
+#
 # The rootfs is built once (debootstrap, as root: sudo when not root) and cached in
 # ${XDG_CACHE_HOME:-~/.cache}/minivm/bench/bookworm-rootfs. Before the VMs run, the
 # host's page cache is warmed with the same jobs, so neither VMM pays for host disk.
@@ -34,6 +41,8 @@
 #                          opcode from its log (its CPU time is then not comparable:
 #                          run once without, once with)
 #   BENCH_FS_VMMS="minivm qemu"  which VMMs to run
+#   BENCH_FS_DRIVE_ROUNDS=N  interleaved rounds of bench/fsdrive (default 5; 0 skips it)
+#   BENCH_FS_GUEST=0       no guest runs, only bench/fsdrive (a minute or two)
 #   BENCH_FS_MINIVM=PATH   use this minivm binary instead of building one
 #   BENCH_FS_MIRROR=URL    Debian mirror for debootstrap (default: apt's configured one)
 #   BENCH_FS_VERBOSE=1     boot without `quiet`, so the consoles show the whole kernel log
@@ -56,6 +65,10 @@ vm_timeout=${BENCH_FS_TIMEOUT:-1800}
 mem=${BENCH_FS_MEM:-512M}
 vmms=${BENCH_FS_VMMS:-minivm qemu}
 [[ $runs =~ ^[1-9][0-9]*$ ]] || die "BENCH_FS_RUNS must be a positive integer, not '$runs'"
+drive_rounds=${BENCH_FS_DRIVE_ROUNDS:-5}
+[[ $drive_rounds =~ ^[0-9]+$ ]] || die "BENCH_FS_DRIVE_ROUNDS must be a number, not '$drive_rounds'"
+guest=${BENCH_FS_GUEST:-1}
+[[ $guest =~ ^[01]$ ]] || die "BENCH_FS_GUEST must be 0 or 1, not '$guest'"
 verbose=${BENCH_FS_VERBOSE:-0}
 [[ $verbose =~ ^[01]$ ]] || die "BENCH_FS_VERBOSE must be 0 or 1, not '$verbose'"
 [[ $vm_timeout =~ ^[1-9][0-9]*$ ]] || die "BENCH_FS_TIMEOUT must be seconds, not '$vm_timeout'"
@@ -118,6 +131,12 @@ else
     minivm=$(realpath "${CARGO_TARGET_DIR:-target}/release/minivm")
 fi
 [ -x "$minivm" ] || die "$minivm is not an executable"
+if [ "$drive_rounds" != 0 ]; then
+    command -v cargo >/dev/null || die "cargo not found: install Rust with rustup (or BENCH_FS_DRIVE_ROUNDS=0)"
+    log "building bench/fsdrive (cargo build --release -p fsdrive)"
+    cargo build --release -q -p fsdrive
+    fsdrive=$(realpath "${CARGO_TARGET_DIR:-target}/release/fsdrive")
+fi
 
 # --- the Debian rootfs (cached) ----------------------------------------------
 cache=${XDG_CACHE_HOME:-$HOME/.cache}/minivm/bench
@@ -195,6 +214,21 @@ if [ -e /sys/module/kvm_pvm ]; then
 fi
 work=$(mktemp -d "${TMPDIR:-/tmp}/minivm-bench-fs.XXXXXX")
 chmod 755 "$work"
+
+# --- the servers alone: bench/fsdrive ------------------------------------------
+drive_ok=0
+if [ "$drive_rounds" != 0 ]; then
+    mkdir -p "$work/scratch"
+    drive_args=(--tree "$rootfs${subdir:+/$subdir}" --scratch "$work/scratch" --rounds "$drive_rounds")
+    [[ " $vmms " == *" qemu "* ]] || drive_args+=(--minivm-only)
+    log "bench/fsdrive: the same FUSE requests to each server, no guest ($drive_rounds rounds)"
+    if $sudo "$fsdrive" "${drive_args[@]}" > "$work/fsdrive.out" 2> "$work/fsdrive.err"; then
+        drive_ok=1
+    else
+        log "bench/fsdrive failed:"; tail -5 "$work/fsdrive.err" >&2
+    fi
+fi
+[ "$guest" = 1 ] || vmms=""
 ir=$work/initramfs
 mkdir -p "$ir"/{bin,dev,proc,sys,mnt,tmp}
 cp /bin/busybox "$ir/bin/busybox"
@@ -428,6 +462,15 @@ boot() {
 label="find /${find_dir}, tar ${tar_dir}"
 echo "logs: $logdir/"
 echo
+if [ "$drive_ok" = 1 ]; then
+    echo "file servers alone (bench/fsdrive over $rootfs${subdir:+/$subdir}):"
+    cat "$work/fsdrive.out"
+    echo
+elif [ "$drive_rounds" != 0 ]; then
+    echo "bench/fsdrive: FAILED (see $logdir/fsdrive.err)"
+    echo
+fi
+[ "$guest" = 1 ] || exit $(( drive_ok == 1 || drive_rounds == 0 ? 0 : 1 ))
 echo "virtio-fs: Debian bookworm minbase, $label; $runs run(s) per boot, median; guest-measured times"
 echo "host (page cache warm): find $host_entries entries in ${host_find} s, tar $host_bytes bytes in ${host_tar} s"
 declare -A res
