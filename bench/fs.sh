@@ -305,13 +305,19 @@ run_vm() {
     {
         timeout "$vm_timeout" $sudo "$@" < /dev/null 2> "$work/$name.err" &
         echo $! > "$work/vm.pid"
-        if [ "$name" = minivm ]; then
-            # The VMM is timeout's (or sudo's) child; its virtio-fs threads are the server.
-            (tpid=$(cat "$work/vm.pid"); for _ in $(seq 100); do
-                 vpid=$(pgrep -P "$tpid" | head -1); [ -n "$vpid" ] && break; sleep 0.05; done
-             [ -z "$sudo" ] || vpid=$(pgrep -P "$vpid" | head -1)
-             [ -n "$vpid" ] && cpu_sampler "$work/minivm.cpu" "$vpid" virtio-fs) > /dev/null 2>&1 &
-        fi
+        # The VMM is timeout's (or sudo's) child. minivm's virtio-fs threads are
+        # its file server; every thread but the vCPUs' (minivm's vcpuN, QEMU's
+        # "CPU N/KVM") is what the VMM spends besides running the guest.
+        (tpid=$(cat "$work/vm.pid"); for _ in $(seq 100); do
+             vpid=$(pgrep -P "$tpid" | head -1); [ -n "$vpid" ] && break; sleep 0.05; done
+         [ -z "$sudo" ] || vpid=$(pgrep -P "$vpid" | head -1)
+         [ -n "$vpid" ] || exit 0
+         if [ "$name" = minivm ]; then
+             cpu_sampler "$work/minivm.cpu" "$vpid" virtio-fs &
+             cpu_sampler "$work/minivm.vmm.cpu" "$vpid" "" vcpu
+         else
+             cpu_sampler "$work/qemu.vmm.cpu" "$vpid" "" "CPU "
+         fi) > /dev/null 2>&1 &
         rc=0
         wait $! || rc=$?
         echo $rc > "$work/$name.rc"
@@ -326,13 +332,14 @@ run_vm() {
     echo "$EPOCHREALTIME BENCH-FS-HOST-END rc=$vm_rc" >> "$work/$name.log"
 }
 
-# cpu_sampler OUT PID PREFIX: every 0.5 s until PID is gone, writes to OUT the CPU
-# seconds (utime + stime) of the threads of PID and its children whose name starts
-# with PREFIX ("" for all): the file server's cost (minivm's virtio-fs threads;
-# virtiofsd's processes: its namespace sandbox serves from a forked child). The last
-# half second before the process ends is not seen.
+# cpu_sampler OUT PID PREFIX [EXCLUDE]: every 0.5 s until PID is gone, writes to OUT
+# the CPU seconds (utime + stime) of the threads of PID and its children whose name
+# starts with PREFIX ("" for all) and not with EXCLUDE: the file server's cost
+# (minivm's virtio-fs threads; virtiofsd's processes: its namespace sandbox serves
+# from a forked child), or a VMM's threads besides its vCPUs. The last half second
+# before the process ends is not seen.
 cpu_sampler() {
-    local out=$1 pid=$2 prefix=$3 hz t st s comm rest f
+    local out=$1 pid=$2 prefix=$3 exclude=${4:-} hz t st s comm rest f
     hz=$(getconf CLK_TCK)
     while [ -d "/proc/$pid" ]; do
         t=0
@@ -340,6 +347,7 @@ cpu_sampler() {
             s=$(cat "$st" 2>/dev/null) || continue
             comm=${s#*(}; comm=${comm%%)*}
             [[ "$comm" == "$prefix"* ]] || continue
+            [ -z "$exclude" ] || [[ "$comm" != "$exclude"* ]] || continue
             rest=${s##*) }
             read -r -a f <<< "$rest"
             t=$((t + f[11] + f[12]))
@@ -491,6 +499,14 @@ for vmm in minivm qemu; do
     res[$vmm.cpu]=$(cat "$work/$vmm.cpu" 2>/dev/null || echo 0)
     server=virtiofsd; [ "$vmm" = qemu ] || server="minivm's virtio-fs threads"
     echo "  file server CPU for the whole boot and both jobs: ${res[$vmm.cpu]} s ($server)"
+    vmm_threads=$(cat "$work/$vmm.vmm.cpu" 2>/dev/null || echo 0)
+    if [ "$vmm" = qemu ]; then
+        res[$vmm.own]=$(awk -v a="$vmm_threads" -v b="${res[$vmm.cpu]}" 'BEGIN { printf "%.2f", a + b }')
+        echo "  VMM CPU besides the vCPUs: ${res[$vmm.own]} s (QEMU's other threads $vmm_threads s + virtiofsd)"
+    else
+        res[$vmm.own]=$vmm_threads
+        echo "  VMM CPU besides the vCPUs: ${res[$vmm.own]} s (every minivm thread but the vCPUs')"
+    fi
 done
 if [ -n "${BENCH_FS_VFSD_COUNT:-}" ] && [ -f "$work/virtiofsd.log" ]; then
     # C virtiofsd: "unique: N, opcode: NAME (n), ..."; the Rust one: "opcode: NAME" too.
@@ -519,6 +535,8 @@ if [ "$minivm_ok" = 1 ] && [ "$qemu_ok" = 1 ]; then
     done
     awk -v a="${res[minivm.cpu]}" -v b="${res[qemu.cpu]}" 'BEGIN {
         if (b > 0) printf "ratio minivm/virtiofsd, file server CPU: %.3f (goal: <= 0.7)\n", a / b }'
+    awk -v a="${res[minivm.own]}" -v b="${res[qemu.own]}" 'BEGIN {
+        if (b > 0) printf "ratio minivm/(QEMU + virtiofsd), VMM CPU besides the vCPUs: %.3f\n", a / b }'
     [ "${res[minivm.find.out]}" = "$host_entries" ] ||
         echo "warning: the guest's find saw ${res[minivm.find.out]} entries, the host's $host_entries"
 else
