@@ -39,6 +39,8 @@ struct FakeState {
     saveable: bool,
     /// The last activation's queues, as `Queue::state` gives them.
     live: Vec<virtio_queue::QueueState>,
+    /// Doorbells the device waits on itself (none: the transport's).
+    doorbells: Vec<EventFd>,
 }
 
 struct Fake(Arc<Mutex<FakeState>>, VirtioConfig);
@@ -86,6 +88,11 @@ impl VirtioDevice for Fake {
     }
     fn reset(&mut self) {
         self.0.lock().unwrap().resets += 1;
+    }
+    fn queue_doorbells(&self) -> Option<Vec<EventFd>> {
+        let s = self.0.lock().unwrap();
+        let own: Vec<_> = s.doorbells.iter().map(|d| d.try_clone().unwrap()).collect();
+        (!own.is_empty()).then_some(own)
     }
 }
 
@@ -396,6 +403,62 @@ fn queue_events_through_event_manager() {
     t.lock().unwrap().queue_events()[0].write(3).unwrap();
     em.run_with_timeout(100).unwrap();
     assert_eq!(state.lock().unwrap().processed, vec![1, 0]);
+}
+
+#[test]
+fn a_device_waiting_on_its_own_doorbells_gets_them_and_the_event_loop_leaves_them() {
+    let state = Arc::new(Mutex::new(FakeState::default()));
+    let own: Vec<_> = (0..2)
+        .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
+        .collect();
+    state.lock().unwrap().doorbells = own.iter().map(|d| d.try_clone().unwrap()).collect();
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+    let irq = Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap()));
+    let config = VirtioConfig::new("fake", 42, vec![16, 8], FAKE_FEATURES, Vec::new());
+    let dev = Box::new(Fake(state.clone(), config));
+    let mut t = MmioTransport::new(dev, Arc::new(mem), irq).unwrap();
+    activate(&mut t);
+    // What the VMM registers with KVM are the device's own eventfds.
+    t.queue_events()[1].write(2).unwrap();
+    assert_eq!(own[1].read().unwrap(), 2);
+
+    let t = Arc::new(Mutex::new(t));
+    let mut em = EventManager::<Arc<Mutex<MmioTransport>>>::new().unwrap();
+    em.add_subscriber(t.clone());
+    own[0].write(1).unwrap();
+    assert_eq!(
+        em.run_with_timeout(50).unwrap(),
+        0,
+        "not watched by the event loop"
+    );
+    assert_eq!(
+        own[0].read().unwrap(),
+        1,
+        "the ring is left for the device's thread"
+    );
+    assert!(state.lock().unwrap().processed.is_empty());
+    // A QueueNotify the transport sees itself still reaches the device.
+    w(&mut t.lock().unwrap(), NOTIFY, 1);
+    assert_eq!(state.lock().unwrap().processed, vec![1]);
+}
+
+#[test]
+fn a_device_with_the_wrong_number_of_doorbells_gets_the_transports() {
+    let state = Arc::new(Mutex::new(FakeState::default()));
+    state.lock().unwrap().doorbells = vec![EventFd::new(EFD_NONBLOCK).unwrap()];
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+    let irq = Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap()));
+    let config = VirtioConfig::new("fake", 42, vec![16, 8], FAKE_FEATURES, Vec::new());
+    let mut t =
+        MmioTransport::new(Box::new(Fake(state.clone(), config)), Arc::new(mem), irq).unwrap();
+    assert_eq!(t.queue_events().len(), 2);
+    activate(&mut t);
+    let t = Arc::new(Mutex::new(t));
+    let mut em = EventManager::<Arc<Mutex<MmioTransport>>>::new().unwrap();
+    em.add_subscriber(t.clone());
+    t.lock().unwrap().queue_events()[0].write(1).unwrap();
+    assert_eq!(em.run_with_timeout(100).unwrap(), 1);
+    assert_eq!(state.lock().unwrap().processed, vec![0]);
 }
 
 #[test]
