@@ -105,23 +105,6 @@ fn timings(start: Instant, end: &lifecycle::RunEnd, now: Instant) -> String {
     }
 }
 
-/// Lifts the soft open-file limit to the hard one, as virtiofsd does: a big
-/// guest over virtio-fs holds a host fd per inode it caches, and the file
-/// server's budget is this limit less a reserve.
-fn raise_fd_limit() {
-    let mut rl = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) == 0 && rl.rlim_cur < rl.rlim_max {
-            rl.rlim_cur = rl.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &rl);
-        }
-    }
-}
-
 fn main() -> ExitCode {
     let start = Instant::now();
     let cli = Cli::parse_from(cli::with_implicit_run(std::env::args_os().collect()));
@@ -152,7 +135,7 @@ fn dispatch(command: Command, start: Instant) -> Result<ExitCode, Error> {
 /// `minivm run`: validate, prepare the root, boot, map the guest's end to an exit status.
 fn run(args: &cli::RunArgs, start: Instant) -> Result<ExitCode, Error> {
     let spec = RunSpec::from_args(args)?;
-    raise_fd_limit();
+    devices::virtio::fs::raise_fd_limit();
     phases::mark("arguments checked");
     // Lives as long as the VM: dropping it removes a private writable layer.
     let mut root = PreparedRoot::prepare(&spec.root)?;

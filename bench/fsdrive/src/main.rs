@@ -141,6 +141,8 @@ fn drive(args: &Args) -> Result<(), DriveError> {
     } else {
         Some(find_virtiofsd(args.virtiofsd.as_deref())?)
     };
+    // As minivm does at start (the file server's fd budget follows it).
+    devices::virtio::fs::raise_fd_limit();
     let policy = if args.no_seccomp {
         Policy::off()
     } else {

@@ -133,6 +133,23 @@ impl FdBudget {
     }
 }
 
+/// Lifts the process's soft open-file limit to the hard one, as virtiofsd
+/// does: a big guest over virtio-fs holds a host fd per inode it caches, and
+/// the budget is this limit less a reserve. Call it before any device is made.
+pub fn raise_fd_limit() {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) == 0 && rl.rlim_cur < rl.rlim_max {
+            rl.rlim_cur = rl.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &rl);
+        }
+    }
+}
+
 /// Takes ownership of a new fd.
 fn owned_fd(fd: i32) -> OwnedFd {
     use std::os::fd::FromRawFd;

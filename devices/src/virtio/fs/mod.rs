@@ -102,6 +102,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 pub use self::cap::{disk_usage, SizeCap};
 pub use self::error::FsError;
+pub use self::fdbudget::raise_fd_limit;
 pub use self::guard::{GuardFs, Policy};
 pub use self::image::{layered_fs, overlay};
 pub use self::layered::LayeredFs;
