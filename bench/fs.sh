@@ -23,7 +23,8 @@
 # sends for five jobs (walk, tar, a small-file storm, a large sequential read and
 # write) into the virtqueues of minivm's virtio-fs server and of virtiofsd (over
 # vhost-user), interleaved and repeated, and prints each server's CPU for the same
-# requests: the server-cost headline, which the emulated guest cannot blur. The
+# jobs and the requests each needed: the server-cost headline, which the emulated
+# guest cannot blur. The
 # guest runs after it give the requests a real guest makes and the guest times.
 #
 # The rootfs is built once (debootstrap, as root: sudo when not root) and cached in
@@ -221,7 +222,7 @@ if [ "$drive_rounds" != 0 ]; then
     mkdir -p "$work/scratch"
     drive_args=(--tree "$rootfs${subdir:+/$subdir}" --scratch "$work/scratch" --rounds "$drive_rounds")
     [[ " $vmms " == *" qemu "* ]] || drive_args+=(--minivm-only)
-    log "bench/fsdrive: the same FUSE requests to each server, no guest ($drive_rounds rounds)"
+    log "bench/fsdrive: the same jobs to each server, no guest ($drive_rounds rounds)"
     if $sudo "$fsdrive" "${drive_args[@]}" > "$work/fsdrive.out" 2> "$work/fsdrive.err"; then
         drive_ok=1
     else

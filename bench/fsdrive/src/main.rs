@@ -7,8 +7,10 @@
 //! into the virtqueues, one at a time as a single guest process makes them,
 //! to minivm's virtio-fs device (in this process, its worker thread under
 //! its seccomp filter as in a VM) and to virtiofsd (its own process, over
-//! vhost-user as QEMU connects it). Both servers get the same requests, so
-//! the CPU each spends for them compares the servers alone. Rounds are
+//! vhost-user as QEMU connects it). Both servers get the same jobs, asked
+//! the same way (the number of requests differs only where a reply shapes
+//! the next request, e.g. how many entries one READDIRPLUS holds), so the
+//! CPU each spends for them compares the servers alone. Rounds are
 //! interleaved (minivm, virtiofsd, then the other order), each job on a
 //! fresh server; medians and ranges are printed with ratios.
 
@@ -213,9 +215,11 @@ fn drive(args: &Args) -> Result<(), DriveError> {
     } else {
         vec!["minivm"]
     };
-    // Warm the host's caches (and check every job works) before measuring.
+    // Warm the host's caches, and check that every job works and that both
+    // servers showed the same tree, before measuring.
     let mut opcodes = BTreeMap::new();
     for &job in &jobs {
+        let mut first: Option<(&str, u64, u64)> = None;
         for &s in &servers {
             let (sample, sent, seen) = measure(s, job)?;
             eprintln!(
@@ -227,7 +231,19 @@ fn drive(args: &Args) -> Result<(), DriveError> {
                 seen.bytes as f64 / (1 << 20) as f64,
                 ms(sample.wall)
             );
-            opcodes.insert(job, sent);
+            opcodes.insert((job, s), sent);
+            match first {
+                None => first = Some((s, seen.entries, seen.bytes)),
+                Some((f, entries, bytes)) if (entries, bytes) != (seen.entries, seen.bytes) => {
+                    return Err(DriveError::Protocol(format!(
+                        "{}: {f} showed {entries} entries and {bytes} bytes, {s} {} and {}",
+                        job.name(),
+                        seen.entries,
+                        seen.bytes
+                    )));
+                }
+                Some(_) => {}
+            }
         }
     }
     let mut samples: BTreeMap<(Job, &str), Vec<Sample>> = BTreeMap::new();
@@ -381,12 +397,12 @@ fn report<'a>(
     jobs: &[Job],
     servers: &[&'a str],
     samples: &mut BTreeMap<(Job, &'a str), Vec<Sample>>,
-    opcodes: &BTreeMap<Job, BTreeMap<&'static str, u64>>,
+    opcodes: &BTreeMap<(Job, &'a str), BTreeMap<&'static str, u64>>,
     args: &Args,
 ) {
     println!(
-        "fsdrive: the same FUSE requests to each server, one at a time; {} interleaved rounds; \
-         server CPU = user + system time of {} (10 ms ticks), median [min-max]",
+        "fsdrive: each job's requests as a guest's FUSE client makes them, one at a time; {} \
+         interleaved rounds; server CPU = user + system time of {} (10 ms ticks), median [min-max]",
         args.rounds,
         if servers.len() > 1 {
             "minivm's virtio-fs worker thread / virtiofsd's processes"
@@ -394,55 +410,72 @@ fn report<'a>(
             "minivm's virtio-fs worker thread"
         }
     );
-    let mut header = "| job | requests |".to_string();
+    let mut header = "| job |".to_string();
     for s in servers {
-        header += &format!(" {s} CPU ms | {s} us/request |");
+        header += &format!(" {s} requests | {s} CPU ms | {s} us/request |");
     }
     if servers.len() > 1 {
-        header += " CPU ratio minivm/virtiofsd | wall ms minivm / virtiofsd |";
+        header += " CPU ratio minivm/virtiofsd | requests ratio | wall ms minivm / virtiofsd |";
     }
     println!("{header}");
     println!("{}", "|---".repeat(header.matches('|').count() - 1) + "|");
     let mut totals = vec![0.0; servers.len()];
+    let mut total_requests = vec![0u64; servers.len()];
     for &job in jobs {
-        let requests = samples[&(job, servers[0])][0].requests;
-        let mut line = format!("| {} | {} |", job.name(), requests);
+        let mut line = format!("| {} |", job.name());
         let mut medians = Vec::new();
         let mut walls = Vec::new();
+        let mut requests = Vec::new();
         for (i, s) in servers.iter().enumerate() {
             let v = samples.get_mut(&(job, *s)).expect("sampled");
+            // Every run of a job asks the same of a server; the first stands for all.
+            let n = v[0].requests;
             let mut cpu: Vec<f64> = v.iter().map(|x| ms(x.cpu)).collect();
             let mut wall: Vec<f64> = v.iter().map(|x| ms(x.wall)).collect();
             let (m, lo, hi) = stats(&mut cpu);
             line += &format!(
-                " {m:.0} [{lo:.0}-{hi:.0}] | {:.1} |",
-                m * 1000.0 / requests.max(1) as f64
+                " {n} | {m:.0} [{lo:.0}-{hi:.0}] | {:.1} |",
+                m * 1000.0 / n.max(1) as f64
             );
             medians.push(m);
             walls.push(stats(&mut wall).0);
+            requests.push(n);
             totals[i] += m;
+            total_requests[i] += n;
         }
         if servers.len() > 1 {
-            let ratio = if medians[1] > 0.0 {
-                medians[0] / medians[1]
-            } else {
-                f64::NAN
-            };
-            line += &format!(" **{ratio:.3}** | {:.0} / {:.0} |", walls[0], walls[1]);
+            line += &format!(
+                " **{}** | {} | {:.0} / {:.0} |",
+                ratio(medians[0], medians[1]),
+                ratio(requests[0] as f64, requests[1] as f64),
+                walls[0],
+                walls[1]
+            );
         }
         println!("{line}");
     }
-    if servers.len() > 1 && totals[1] > 0.0 {
+    if servers.len() > 1 {
         println!(
-            "| all jobs | | {:.0} | | {:.0} | | **{:.3}** | |",
+            "| all jobs | {} | {:.0} | | {} | {:.0} | | **{}** | {} | |",
+            total_requests[0],
             totals[0],
+            total_requests[1],
             totals[1],
-            totals[0] / totals[1]
+            ratio(totals[0], totals[1]),
+            ratio(total_requests[0] as f64, total_requests[1] as f64)
         );
     }
-    println!("requests by opcode (the same for each server):");
-    for (job, ops) in opcodes {
+    println!("requests by opcode:");
+    for ((job, server), ops) in opcodes {
         let list: Vec<String> = ops.iter().map(|(k, v)| format!("{k} {v}")).collect();
-        println!("  {}: {}", job.name(), list.join(", "));
+        println!("  {} {}: {}", job.name(), server, list.join(", "));
+    }
+}
+
+fn ratio(a: f64, b: f64) -> String {
+    if b > 0.0 {
+        format!("{:.3}", a / b)
+    } else {
+        "n/a".into()
     }
 }
