@@ -424,6 +424,7 @@ if [[ " $vmms " == *" qemu "* ]]; then
             qemu_why="$vfsd did not create its socket: $(tail -5 "$work/virtiofsd.log" | tr '\n' ' ')"
         else
             run_vm qemu qemu-system-x86_64 -M microvm,memory-backend=mem -enable-kvm -cpu host,-arch-capabilities \
+                -name bench,debug-threads=on \
                 -nodefaults -no-user-config -nographic -serial stdio \
                 -m "${mem_mib}M" -object "memory-backend-memfd,id=mem,size=${mem_mib}M,share=on" \
                 -kernel "$vmlinux" -initrd "$work/initramfs.cpio" -append "$qemu_cmdline" \
