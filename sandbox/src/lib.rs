@@ -11,3 +11,5 @@ pub mod seccomp;
 pub use seccomp::{
     Denied, Error, MainNeeds, Policy, ThreadFilter, ThreadKind, DENIED_EXIT_STATUS, HOST_SIGNALS,
 };
+/// A compiled filter, as [`ThreadFilter::programs`] hands it out.
+pub use seccompiler::BpfProgram;

@@ -21,6 +21,7 @@ mod lifecycle;
 mod machine;
 mod paths;
 mod phases;
+mod reaper;
 mod restore;
 mod root;
 mod running;

@@ -21,6 +21,7 @@ use sandbox::{Policy, ThreadKind};
 
 use crate::config::{self, VmConfig};
 use crate::io_reason::io_reason;
+use crate::reaper::ParkedVm;
 use crate::terminal::RawMode;
 use crate::vm::VmError;
 
@@ -103,6 +104,8 @@ pub struct Session {
     /// Whether the main thread has installed its filter (once per process:
     /// filters stack and cannot be removed).
     main_confined: bool,
+    /// The last boot's VM, left to its reaper.
+    parked: Option<ParkedVm>,
 }
 
 impl Session {
@@ -145,6 +148,7 @@ impl Session {
             kept,
             seccomp,
             main_confined: false,
+            parked: None,
         })
     }
 
@@ -185,8 +189,23 @@ impl Session {
         self.kept.count() == self.device_count
     }
 
-    /// Writes out the console's last bytes and restores the terminal.
+    /// Keeps a stopped VM until the next boot or minivm's exit.
+    pub fn park(&mut self, vm: ParkedVm) {
+        tracing::debug!("VM left to its reaper, pid {}", vm.reaper_pid());
+        self.parked = Some(vm);
+    }
+
+    /// Releases the parked VM now (before a new one is built).
+    pub fn release_parked(&mut self) {
+        self.parked = None;
+    }
+
+    /// Writes out the console's last bytes and restores the terminal; a
+    /// parked VM is left to minivm's exit.
     pub fn finish(mut self) {
+        if let Some(vm) = self.parked.take() {
+            vm.release_at_exit();
+        }
         if let Some(console) = self.console.take() {
             let dropped = console.dropped();
             console.finish(Duration::from_secs(2));

@@ -24,6 +24,7 @@ use crate::config::{self, ShareSource, VmConfig};
 use crate::io_reason::io_reason;
 use crate::machine;
 use crate::phases;
+use crate::reaper::{ParkedVm, Reaper};
 use crate::session::{DiskError, KeptDevices, Session};
 use crate::shutdown::ShutdownRequest;
 use crate::signals;
@@ -427,9 +428,20 @@ pub fn boot(
     start: Instant,
     deadline: Option<Instant>,
 ) -> Result<BootEnd, VmError> {
+    // The previous boot's VM (`--restart`) goes before this one is built.
+    session.release_parked();
     let kvm = session.kvm();
     let vm = machine::create_vm(&kvm)?;
     phases::mark("VM created");
+    // Made now, before the VM's first device or thread, so it is cloned
+    // with few fds (and it closes those at once).
+    let reaper = Reaper::spawn(
+        vm.as_raw_fd(),
+        &session.seccomp().filter(ThreadKind::Reaper),
+    )
+    .inspect_err(|e| tracing::info!("{e}: the VM is released before minivm exits"))
+    .ok();
+    phases::mark("reaper started");
     let mem = machine::create_memory(&vm, config)?;
     phases::mark("guest memory");
     let pit_setup = machine::create_irqchip(&vm, session.seccomp().filter(ThreadKind::KvmSetup))?;
@@ -611,12 +623,21 @@ pub fn boot(
     // KVM zap its own mappings page by page first (about a third of
     // minivm's exit on a kvm-pvm host).
     drop(vm);
-    phases::mark("KVM VM closed");
-    if Arc::strong_count(&mem) > 1 {
-        tracing::debug!("guest memory still held after the VM closed");
+    match reaper {
+        Some(reaper) => {
+            // Only this process's copy of the VM's file was closed.
+            session.park(ParkedVm::new(reaper, mem));
+            phases::mark("VM left to its reaper");
+        }
+        None => {
+            phases::mark("KVM VM closed");
+            if Arc::strong_count(&mem) > 1 {
+                tracing::debug!("guest memory still held after the VM closed");
+            }
+            drop(mem);
+            phases::mark("guest memory unmapped");
+        }
     }
-    drop(mem);
-    phases::mark("guest memory unmapped");
     Ok(end)
 }
 

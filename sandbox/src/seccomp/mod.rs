@@ -69,17 +69,21 @@ pub enum ThreadKind {
     KvmSetup,
     /// `minivm exec`'s relay between the exec socket and the agent's port.
     Exec,
+    /// The process that holds the KVM VM and guest memory until minivm has
+    /// exited, then releases them (`vmm::reaper`): reads a pipe, closes, ends.
+    Reaper,
 }
 
 impl ThreadKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [ThreadKind; 6] = [
+    pub const ALL: [ThreadKind; 7] = [
         ThreadKind::Main,
         ThreadKind::Vcpu,
         ThreadKind::Console,
         ThreadKind::FsWorker,
         ThreadKind::KvmSetup,
         ThreadKind::Exec,
+        ThreadKind::Reaper,
     ];
 
     /// The short name used in messages.
@@ -91,6 +95,7 @@ impl ThreadKind {
             ThreadKind::FsWorker => "virtio-fs",
             ThreadKind::KvmSetup => "kvm-setup",
             ThreadKind::Exec => "exec-relay",
+            ThreadKind::Reaper => "reaper",
         }
     }
 }
@@ -217,6 +222,13 @@ impl ThreadFilter {
             install(extra)?;
         }
         install(program)
+    }
+
+    /// The compiled programs, in the order [`ThreadFilter::apply`] installs
+    /// them (none with `--seccomp=off`): for code that cannot call `apply`,
+    /// such as a child sharing this process's memory but not its threads.
+    pub fn programs(&self) -> Vec<Arc<BpfProgram>> {
+        self.extra.iter().chain(&self.program).cloned().collect()
     }
 
     /// [`ThreadFilter::apply`] on a new thread, sending the outcome to the

@@ -95,6 +95,10 @@ const MAIN: &[i64] = &[
 /// would take precedence over that errno).
 const MAIN_REBUILD: &[i64] = &[
     libc::SYS_clone3,
+    // The next VM's reaper closes what it must not hold; the last one is
+    // waited for.
+    libc::SYS_close_range,
+    libc::SYS_wait4,
     libc::SYS_dup,
     libc::SYS_eventfd2,
     libc::SYS_epoll_create1,
@@ -112,6 +116,15 @@ const MAIN_REBUILD: &[i64] = &[
     libc::SYS_mkdir,
     libc::SYS_rename,
     libc::SYS_pwrite64,
+];
+
+/// The reaper once confined: wait for minivm's end on a pipe, close the
+/// VM's file, end (which leaves the memory it shared).
+const REAPER: &[i64] = &[
+    libc::SYS_read,
+    libc::SYS_close,
+    libc::SYS_exit,
+    libc::SYS_exit_group,
 ];
 
 /// Namespace flags of clone(2) and unshare(2).
@@ -270,6 +283,11 @@ pub(super) fn rules(
 /// The calls threads of `kind` may make, as listed.
 fn table(kind: ThreadKind, main: MainNeeds, pid: u32) -> Table {
     let mut t = Table::new();
+    if kind == ThreadKind::Reaper {
+        // Raw system calls only, no Rust runtime: not even COMMON.
+        t.allow(REAPER);
+        return t;
+    }
     t.allow(COMMON);
     // Signals only to our own threads (abort(3) and the vCPU kicks).
     t.allow_if(libc::SYS_tgkill, arg_eq(0, u64::from(pid)));
@@ -289,6 +307,9 @@ fn table(kind: ThreadKind, main: MainNeeds, pid: u32) -> Table {
                     libc::SYS_clone,
                     arg_masked_eq(0, mask, libc::CLONE_THREAD as u64),
                 );
+                // And the next VM's reaper: a process sharing this memory,
+                // these flags exactly (no namespaces, no exit signal).
+                t.allow_if(libc::SYS_clone, arg_eq(0, libc::CLONE_VM as u64));
                 // The file server's set-up thread detaches its umask.
                 t.allow_if(libc::SYS_unshare, arg_eq(0, libc::CLONE_FS as u64));
                 t.allow(&[libc::SYS_ioctl]);
@@ -314,6 +335,7 @@ fn table(kind: ThreadKind, main: MainNeeds, pid: u32) -> Table {
         ThreadKind::FsWorker => t.allow(FS_WORKER),
         ThreadKind::KvmSetup => t.allow_ioctls(&[KVM_REINJECT_CONTROL()]),
         ThreadKind::Exec => t.allow(EXEC),
+        ThreadKind::Reaper => unreachable!("listed above"),
     }
     t
 }
