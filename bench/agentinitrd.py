@@ -18,7 +18,7 @@ def newc(entries):
 
 def write(path, job, argv=b"", env=b""):
     """The release build's agent with the job files (`job` text, NUL-ended argv and env)."""
-    agent = max(glob.glob("target/release/build/vmm-*/out/minivm-agent"), key=os.path.getmtime)
+    agent = max(glob.glob("target/x86_64-unknown-linux-gnu/release/build/vmm-*/out/minivm-agent"), key=os.path.getmtime)
     with open(path, "wb") as f:
         f.write(newc([("dev", 0o40755, (0, 0), b""), ("dev/console", 0o20600, (5, 1), b""),
                       ("minivm", 0o40755, (0, 0), b""), ("minivm/argv", 0o100644, (0, 0), argv),

@@ -22,7 +22,7 @@ import procmem
 import tinyguest
 
 kernel_dir, work, mode = sys.argv[1], sys.argv[2], sys.argv[3]
-minivm = os.path.abspath("target/release/minivm")
+minivm = os.path.abspath("target/x86_64-unknown-linux-gnu/release/minivm")
 pvm = os.path.exists("/sys/module/kvm_pvm")
 N_TINY = int(os.environ.get("N_TINY", "20"))
 N_LINUX = int(os.environ.get("N_LINUX", "3"))

@@ -25,7 +25,7 @@ sys.path.insert(0, "bench")
 import busyboximage
 
 work, N = sys.argv[1], int(sys.argv[2])
-shim = os.path.abspath("target/release/containerd-shim-minivm-v2")
+shim = os.path.abspath("target/x86_64-unknown-linux-gnu/release/containerd-shim-minivm-v2")
 sock = os.path.join(work, "containerd.sock")
 
 def sh(*cmd):

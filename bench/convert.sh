@@ -56,7 +56,7 @@ cache=$work/cache
 rm -rf "$cache" "$work/minivm.raw" "$work/mkfs.raw" "$work/bundle"
 sync
 t0=$(date +%s.%N)
-XDG_CACHE_HOME=$cache target/release/minivm convert -q "oci:$layout:bookworm" -o "$work/minivm.raw" --size $size
+XDG_CACHE_HOME=$cache target/x86_64-unknown-linux-gnu/release/minivm convert -q "oci:$layout:bookworm" -o "$work/minivm.raw" --size $size
 t1=$(date +%s.%N)
 umoci unpack --rootless --image "$layout:bookworm" "$work/bundle" >/dev/null
 mkfs.ext4 -q -F -d "$work/bundle/rootfs" "$work/mkfs.raw" $size >/dev/null
@@ -65,7 +65,7 @@ t2=$(date +%s.%N)
 warm=()
 for i in 1 2 3 4 5; do
     a=$(date +%s.%N)
-    XDG_CACHE_HOME=$cache target/release/minivm pull -q "oci:$layout:bookworm" >/dev/null
+    XDG_CACHE_HOME=$cache target/x86_64-unknown-linux-gnu/release/minivm pull -q "oci:$layout:bookworm" >/dev/null
     b=$(date +%s.%N)
     warm+=("$(echo "($b - $a) * 1000" | bc -l)")
 done

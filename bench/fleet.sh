@@ -23,7 +23,7 @@ import tinyguest
 
 work, N, RUNS = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 MEM_MIB = 64
-minivm = os.path.abspath("target/release/minivm")
+minivm = os.path.abspath("target/x86_64-unknown-linux-gnu/release/minivm")
 with_qemu = os.environ.get("BENCH_FLEET_QEMU", "1") != "0"
 qemu_base = ["qemu-system-x86_64", "-M", "microvm", "-enable-kvm", "-cpu", "host,-arch-capabilities",
              "-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio", "-m", f"{MEM_MIB}M",

@@ -129,14 +129,14 @@ else
     command -v cargo >/dev/null || die "cargo not found: install Rust with rustup"
     log "building minivm (cargo build --release -p vmm)"
     cargo build --release -q -p vmm
-    minivm=$(realpath "${CARGO_TARGET_DIR:-target}/release/minivm")
+    minivm=$(realpath "${CARGO_TARGET_DIR:-target}/x86_64-unknown-linux-gnu/release/minivm")
 fi
 [ -x "$minivm" ] || die "$minivm is not an executable"
 if [ "$drive_rounds" != 0 ]; then
     command -v cargo >/dev/null || die "cargo not found: install Rust with rustup (or BENCH_FS_DRIVE_ROUNDS=0)"
     log "building bench/fsdrive (cargo build --release -p fsdrive)"
     cargo build --release -q -p fsdrive
-    fsdrive=$(realpath "${CARGO_TARGET_DIR:-target}/release/fsdrive")
+    fsdrive=$(realpath "${CARGO_TARGET_DIR:-target}/x86_64-unknown-linux-gnu/release/fsdrive")
 fi
 
 # --- the Debian rootfs (cached) ----------------------------------------------

@@ -39,7 +39,7 @@ ip netns exec "$ns" python3 - "$kernel_dir" "$work" "$runs" <<'PY'
 import os, shutil, socket, statistics, subprocess, sys, threading, time
 
 kernel_dir, work, runs = sys.argv[1], sys.argv[2], int(sys.argv[3])
-minivm = os.path.abspath("target/release/minivm")
+minivm = os.path.abspath("target/x86_64-unknown-linux-gnu/release/minivm")
 vmlinux = os.path.join(kernel_dir, "vmlinux")
 MIB = int(os.environ.get("BENCH_NET_MIB", "2"))
 VMMS = os.environ.get("BENCH_NET_VMMS", "minivm qemu").split()

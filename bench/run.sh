@@ -18,7 +18,7 @@ sys.path.insert(0, "bench")
 import agentinitrd, busyboximage
 
 kernel_dir, work = sys.argv[1], os.path.abspath(sys.argv[2])
-minivm = os.path.abspath("target/release/minivm")
+minivm = os.path.abspath("target/x86_64-unknown-linux-gnu/release/minivm")
 vmlinux = os.path.join(kernel_dir, "vmlinux")
 N = int(os.environ.get("N_RUNS", "3"))
 env = dict(os.environ, XDG_CACHE_HOME=os.path.join(work, "cache"))

@@ -33,7 +33,7 @@ import agentinitrd, busyboximage
 
 kernel_dir, work, N = sys.argv[1], sys.argv[2], int(sys.argv[3])
 N_COLD = int(os.environ.get("N_COLD", "3"))
-minivm = os.path.abspath("target/release/minivm")
+minivm = os.path.abspath("target/x86_64-unknown-linux-gnu/release/minivm")
 vmlinux = os.path.join(kernel_dir, "vmlinux")
 env = dict(os.environ, XDG_CACHE_HOME=os.path.join(work, "cache"))
 

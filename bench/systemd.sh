@@ -38,7 +38,7 @@ import json, os, pty, re, select, shutil, signal, socket, statistics, subprocess
 
 kernel_dir, work, oci, rootfs, runs, only, with_qemu = sys.argv[1:]
 runs, only, with_qemu = int(runs), only.split(), with_qemu == "1"
-minivm = os.path.abspath("target/release/minivm")
+minivm = os.path.abspath("target/x86_64-unknown-linux-gnu/release/minivm")
 vmlinux = os.path.join(kernel_dir, "vmlinux")
 ref = f"oci:{oci}:latest"
 MULTI_USER = b"Reached target multi-user.target"

@@ -9,4 +9,4 @@ cargo build --release
 mkdir -p target/demo
 [ -f target/demo/demo.raw ] || scripts/make-demo-image.sh target/demo/demo.raw >/dev/null
 echo "Booting target/demo/demo.raw (Ctrl-A x quits)..." >&2
-exec target/release/minivm run --image target/demo/demo.raw "$@"
+exec target/x86_64-unknown-linux-gnu/release/minivm run --image target/demo/demo.raw "$@"

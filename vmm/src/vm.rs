@@ -444,7 +444,7 @@ pub fn boot(
     phases::mark("reaper started");
     let mem = machine::create_memory(&vm, config)?;
     phases::mark("guest memory");
-    let pit_setup = machine::create_irqchip(&vm, session.seccomp().filter(ThreadKind::KvmSetup))?;
+    machine::create_irqchip(&vm)?;
     phases::mark("irqchip and PIT");
     let pvm = session.pvm();
     if pvm {
@@ -557,11 +557,6 @@ pub fn boot(
     phases::mark("event loop");
     let mut running = crate::running::start_vcpus(vcpus, session, &entered)?;
     phases::mark("vCPU threads started");
-    // The guest runs meanwhile: a slow grace period is not in its way. A
-    // failure costs only the slower teardown.
-    if let Err(e) = pit_setup.finish() {
-        tracing::warn!("{e}");
-    }
     let result = loop {
         let result = run_event_loop(&mut em, &exit, shutdown.as_ref(), deadline);
         let mut stopped = running.stop();

@@ -65,8 +65,6 @@ pub enum ThreadKind {
     Console,
     /// A virtio-fs server thread (the FUSE requests of one share).
     FsWorker,
-    /// A VM set-up step that may run on beside the guest: KVM_REINJECT_CONTROL.
-    KvmSetup,
     /// `minivm exec`'s relay between the exec socket and the agent's port.
     Exec,
     /// The process that holds the KVM VM and guest memory until minivm has
@@ -76,12 +74,11 @@ pub enum ThreadKind {
 
 impl ThreadKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [ThreadKind; 7] = [
+    pub const ALL: [ThreadKind; 6] = [
         ThreadKind::Main,
         ThreadKind::Vcpu,
         ThreadKind::Console,
         ThreadKind::FsWorker,
-        ThreadKind::KvmSetup,
         ThreadKind::Exec,
         ThreadKind::Reaper,
     ];
@@ -93,7 +90,6 @@ impl ThreadKind {
             ThreadKind::Vcpu => "vcpu",
             ThreadKind::Console => "console",
             ThreadKind::FsWorker => "virtio-fs",
-            ThreadKind::KvmSetup => "kvm-setup",
             ThreadKind::Exec => "exec-relay",
             ThreadKind::Reaper => "reaper",
         }

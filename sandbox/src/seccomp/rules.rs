@@ -19,7 +19,6 @@ pub const HOST_SIGNALS: [libc::c_int; 4] =
 
 ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
 ioctl_ior_nr!(KVM_GET_REGS, KVMIO, 0x81, kvm_regs);
-ioctl_io_nr!(KVM_REINJECT_CONTROL, KVMIO, 0x71);
 
 /// `TUNSETOFFLOAD`, `_IOW('T', 208, unsigned int)`.
 const TUNSETOFFLOAD: u64 = 0x4004_54d0;
@@ -333,7 +332,6 @@ fn table(kind: ThreadKind, main: MainNeeds, pid: u32) -> Table {
         }
         ThreadKind::Console => {}
         ThreadKind::FsWorker => t.allow(FS_WORKER),
-        ThreadKind::KvmSetup => t.allow_ioctls(&[KVM_REINJECT_CONTROL()]),
         ThreadKind::Exec => t.allow(EXEC),
         ThreadKind::Reaper => unreachable!("listed above"),
     }

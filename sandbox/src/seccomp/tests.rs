@@ -148,27 +148,6 @@ fn worker_threads_block_the_host_signals() {
     assert_eq!((status, err.as_str()), (0, ""));
 }
 
-#[test]
-fn a_kvm_setup_thread_may_only_control_pit_reinjection() {
-    // The one ioctl it makes passes (and fails on a non-VM fd).
-    let (status, err) = in_child(ThreadKind::KvmSetup, || {
-        // SAFETY: fd 0 is not a VM; the call fails harmlessly.
-        let r = unsafe { libc::ioctl(0, super::rules::KVM_REINJECT_CONTROL()) };
-        assert_eq!(r, -1);
-    });
-    assert_eq!((status, err.as_str()), (0, ""));
-    // Not even KVM_RUN.
-    let (status, err) = in_child(ThreadKind::KvmSetup, || {
-        // SAFETY: fd 0 is not a vCPU; the call is meant to be denied.
-        unsafe { libc::ioctl(0, rules_kvm_run()) };
-    });
-    assert_eq!(status, DENIED_EXIT_STATUS);
-    assert!(
-        err.contains("kvm-setup thread") && err.contains("ioctl (16)"),
-        "{err}"
-    );
-}
-
 fn rules_kvm_run() -> libc::c_ulong {
     super::rules::KVM_RUN()
 }
@@ -268,12 +247,7 @@ fn an_exec_relay_thread_polls_and_relays_but_opens_nothing() {
 /// "no", while the threads that open files still may.
 #[test]
 fn opens_are_refused_not_fatal_where_no_file_is_opened() {
-    for kind in [
-        ThreadKind::Vcpu,
-        ThreadKind::Console,
-        ThreadKind::KvmSetup,
-        ThreadKind::Exec,
-    ] {
+    for kind in [ThreadKind::Vcpu, ThreadKind::Console, ThreadKind::Exec] {
         let (status, err) = in_child(kind, || {
             // SAFETY: valid C strings; the calls are meant to be refused.
             unsafe {
