@@ -13,6 +13,9 @@ cd "$(dirname "$0")/.."
 scripts/setup-debian.sh
 kernel_dir=$(kernel/build.sh)
 cargo build --release -q
+# A freshly built binary's pages stay dirty in the page cache until written
+# back, and would count as private dirty memory.
+sync
 work=target/bench
 mkdir -p "$work"
 exec python3 - "$kernel_dir" "$work" "${1:-}" <<'PY'
