@@ -22,6 +22,7 @@ exec python3 - "$kernel_dir" "$work" "${1:-}" <<'PY'
 import os, statistics, subprocess, sys, time, select
 sys.path.insert(0, "bench")
 import procmem
+import summary
 import tinyguest
 
 kernel_dir, work, mode = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -57,9 +58,13 @@ def run_to_marker(cmd, marker=b"BENCH-INIT-MARKER", timeout=1200):
         p.kill()
         p.wait()
 
-def report(name, a, b, n):
+table = summary.Table("boot", "bench/boot.sh" + (" --tiny-only" if mode == "--tiny-only" else ""))
+
+def report(name, a, b, n, unit="ms", goal=""):
     ma, mb = statistics.median(a), statistics.median(b)
     print(f"{name}: minivm {ma*1000:.1f} ms, QEMU {mb*1000:.1f} ms, ratio minivm/QEMU {ma/mb:.3f} (median of {n})", flush=True)
+    scale = 1000 if unit == "ms" else 1
+    table.row(name, unit, [x * scale for x in a], [x * scale for x in b], goal)
 
 qemu_base = ["qemu-system-x86_64", "-M", "microvm", "-enable-kvm", "-cpu", "host,-arch-capabilities",
              "-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio"]
@@ -91,6 +96,9 @@ def report_memory(name, a, b):
           f"ratio {med(a, 0)/med(b, 0):.3f}; private dirty {med(a, 1):.2f} / {med(b, 1):.2f} MiB, "
           f"ratio {med(a, 1)/med(b, 1):.3f} (guest RAM resident: {med(a, 2):.1f} / {med(b, 2):.1f} MiB; "
           f"median of {len(a)})", flush=True)
+    col = lambda runs, i: [x[i] / 1024 for x in runs]
+    table.row(f"{name}, resident", "MiB", col(a, 0), col(b, 0), "under 5 MiB")
+    table.row(f"{name}, private dirty", "MiB", col(a, 1), col(b, 1))
 
 guest = os.path.join(work, "tiny-guest.elf")
 tinyguest.write(guest)
@@ -99,7 +107,7 @@ a, b = [], []
 for _ in range(N_TINY):  # interleaved
     a.append(run_to_exit([minivm, "run", "--kernel", guest, "--mem", "16M"]))
     b.append(run_to_exit(qemu_tiny + [guest]))
-report("(a) VMM overhead, start -> tiny guest exit", a, b, N_TINY)
+report("(a) VMM overhead, start -> tiny guest exit", a, b, N_TINY, goal="under 3 ms, below 0.1x QEMU")
 spinning = os.path.join(work, "tiny-guest-spin.elf")
 tinyguest.write(spinning, spin=True)
 a, b = [], []
@@ -108,6 +116,7 @@ for _ in range(5):
     b.append(own_memory(qemu_tiny + [spinning], 16 << 20, b"says hi"))
 report_memory("(a) memory beside a tiny guest", a, b)
 if mode == "--tiny-only":
+    table.done()
     sys.exit(0)
 
 disk = os.path.join(work, "busybox.raw")
@@ -143,9 +152,10 @@ for i in range(N_LINUX):
     a.append(run_to_marker(minivm_linux))
     b.append(run_to_marker(qemu_linux))
     print(f"  run {i+1}: minivm {a[-1]:.1f} s, QEMU {b[-1]:.1f} s", flush=True)
-report("(b) start -> busybox init marker", a, b, N_LINUX)
+report("(b) start -> busybox init marker", a, b, N_LINUX, unit="s")
 # Memory: one more boot of each, read at the marker (the guest's kernel is up).
 mem_a = [own_memory(minivm_linux, 512 << 20, b"BENCH-INIT-MARKER")]
 mem_b = [own_memory(qemu_linux, 512 << 20, b"BENCH-INIT-MARKER")]
 report_memory("(b) memory beside a busybox Linux guest", mem_a, mem_b)
+table.done()
 PY

@@ -470,6 +470,8 @@ boot() {
 }
 
 label="find /${find_dir}, tar ${tar_dir}"
+# The summary, printed and (bench/summary.py) appended to docs/bench-log.md.
+report() {
 echo "logs: $logdir/"
 echo
 if [ "$drive_ok" = 1 ]; then
@@ -552,3 +554,10 @@ else
     fi
 fi
 exit $status
+}
+set +e
+report | tee "$work/summary.txt"
+status=${PIPESTATUS[0]}
+set -e
+python3 bench/summary.py fs "bench/fs.sh${subdir:+ (BENCH_FS_SUBDIR=$subdir)}" < "$work/summary.txt"
+exit "$status"

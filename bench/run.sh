@@ -15,7 +15,7 @@ mkdir -p "$work"
 exec python3 - "$kernel_dir" "$work" <<'PY'
 import os, re, statistics, subprocess, sys, time
 sys.path.insert(0, "bench")
-import agentinitrd, busyboximage
+import agentinitrd, busyboximage, summary
 
 kernel_dir, work = sys.argv[1], os.path.abspath(sys.argv[2])
 minivm = os.path.abspath("target/x86_64-unknown-linux-gnu/release/minivm")
@@ -109,4 +109,11 @@ print("minivm's own share by phase (median ms; the guest's own time left out):")
 for name, v in by_phase.items():
     if name != "guest's end":
         print(f"  {med(v):8.2f}  {name}")
+table = summary.Table("run", "bench/run.sh")
+table.row("run IMAGE -- true, wall", "s", walls, qwalls)
+table.row("minivm: start -> guest entry", "ms", entries, [])
+table.row("minivm: guest exit -> end", "ms", ends, [])
+table.row("minivm: wall minus guest, less a /bin/true spawn", "ms", [o - spawn for o in owns], [],
+          "under 10 ms")
+table.done()
 PY
