@@ -1,7 +1,13 @@
 //! The CPUID the guest sees: KVM's supported set, with per-vCPU topology, and
 //! on kvm-pvm hosts without what that host's instruction emulator cannot run.
 
-use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_CPUID_FLAG_SIGNIFCANT_INDEX};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use kvm_bindings::{
+    kvm_cpuid_entry2, CpuId, KVM_CPUID_FLAG_SIGNIFCANT_INDEX, KVM_MAX_CPUID_ENTRIES,
+};
+use kvm_ioctls::Kvm;
 
 /// Where kvm-pvm shows itself.
 const KVM_PVM_MODULE: &str = "/sys/module/kvm_pvm";
@@ -10,6 +16,56 @@ const KVM_PVM_MODULE: &str = "/sys/module/kvm_pvm";
 /// KVM's instruction emulator (see README, "kvm-pvm hosts").
 pub fn is_pvm_host() -> bool {
     std::path::Path::new(KVM_PVM_MODULE).exists()
+}
+
+/// KVM's supported CPUID, asked once per run: `KVM_GET_SUPPORTED_CPUID`
+/// takes 0.3 ms on a kvm-pvm host, so it runs on a thread of its own while
+/// the VM is built, and every vCPU of every boot reuses the answer.
+pub struct SupportedCpuid(Answer);
+
+enum Answer {
+    /// Asked on this thread, joined when first needed.
+    Asking(JoinHandle<Result<CpuId, kvm_ioctls::Error>>),
+    /// To be asked when first needed (a restored VM may never need it).
+    Later(Arc<Kvm>),
+    Known(Result<CpuId, kvm_ioctls::Error>),
+}
+
+impl SupportedCpuid {
+    /// Starts asking `kvm` now, beside whatever the caller does next.
+    pub fn ask(kvm: &Arc<Kvm>) -> SupportedCpuid {
+        let k = kvm.clone();
+        let asking = std::thread::Builder::new()
+            .name("cpuid".into())
+            .spawn(move || k.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES));
+        SupportedCpuid(match asking {
+            Ok(handle) => Answer::Asking(handle),
+            Err(_) => Answer::Later(kvm.clone()),
+        })
+    }
+
+    /// Asks `kvm` only when first needed.
+    pub fn later(kvm: &Arc<Kvm>) -> SupportedCpuid {
+        SupportedCpuid(Answer::Later(kvm.clone()))
+    }
+
+    /// KVM's answer.
+    pub fn get(&mut self) -> Result<CpuId, kvm_ioctls::Error> {
+        if !matches!(self.0, Answer::Known(_)) {
+            let ask = std::mem::replace(&mut self.0, Answer::Known(Err(kvm_ioctls::Error::new(0))));
+            self.0 = Answer::Known(match ask {
+                Answer::Asking(handle) => handle
+                    .join()
+                    .unwrap_or_else(|_| Err(kvm_ioctls::Error::new(libc::EIO))),
+                Answer::Later(kvm) => kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES),
+                Answer::Known(known) => known,
+            });
+        }
+        match &self.0 {
+            Answer::Known(known) => known.clone(),
+            _ => unreachable!("answered above"),
+        }
+    }
 }
 
 const LEAF1_ECX_FMA: u32 = 1 << 12;
@@ -179,6 +235,28 @@ fn filter_entry(e: &mut kvm_cpuid_entry2, id: u8, count: u8, pvm: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Asked on a thread or when first needed, the answer is KVM's, and
+    /// the second `get` reuses it. (Compared as a vCPU sees it: KVM's
+    /// answer carries the APIC ID of the host CPU that asked, which
+    /// `filter` replaces.)
+    #[test]
+    fn the_supported_cpuid_is_kvms_either_way() {
+        if !testkit::kvm_available() {
+            return;
+        }
+        let as_vcpu_0 = |mut c: CpuId| {
+            filter(&mut c, 0, 1, is_pvm_host()).unwrap();
+            c.as_slice().to_vec()
+        };
+        let kvm = Arc::new(Kvm::new().unwrap());
+        let direct = as_vcpu_0(kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).unwrap());
+        for mut s in [SupportedCpuid::ask(&kvm), SupportedCpuid::later(&kvm)] {
+            assert_eq!(as_vcpu_0(s.get().unwrap()), direct);
+            assert!(matches!(s.0, Answer::Known(Ok(_))));
+            assert_eq!(as_vcpu_0(s.get().unwrap()), direct);
+        }
+    }
 
     fn entry(function: u32, index: u32) -> kvm_cpuid_entry2 {
         kvm_cpuid_entry2 {

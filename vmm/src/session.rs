@@ -13,6 +13,7 @@ use devices::serial::ConsoleOutput;
 use devices::virtio::block::Block;
 use devices::virtio::net::Net;
 use devices::virtio::VirtioDevice;
+use kvm_bindings::CpuId;
 use kvm_ioctls::Kvm;
 use sandbox::seccomp::{Denied, MainNeeds};
 
@@ -20,6 +21,7 @@ use crate::cli::SeccompMode;
 use sandbox::{Policy, ThreadKind};
 
 use crate::config::{self, VmConfig};
+use crate::cpuid::SupportedCpuid;
 use crate::io_reason::io_reason;
 use crate::reaper::ParkedVm;
 use crate::terminal::RawMode;
@@ -106,6 +108,8 @@ pub struct Session {
     main_confined: bool,
     /// The last boot's VM, left to its reaper.
     parked: Option<ParkedVm>,
+    /// What every vCPU's CPUID starts from.
+    supported_cpuid: SupportedCpuid,
 }
 
 impl Session {
@@ -113,6 +117,12 @@ impl Session {
     /// an interactive terminal in raw mode. `restart`: later boots are
     /// built by the main thread after it confined itself (`--restart`).
     pub fn open(config: &VmConfig, restart: bool, host: HostHandles) -> Result<Session, VmError> {
+        // Beside the filters' compilation and the VM's set-up; a restored
+        // VM's vCPUs bring their own CPUID.
+        let supported_cpuid = match config.restore {
+            None => SupportedCpuid::ask(&host.kvm),
+            Some(_) => SupportedCpuid::later(&host.kvm),
+        };
         let main = MainNeeds {
             // Saving a snapshot reads KVM state on the main thread and writes files.
             rebuild_vm: restart || config.snapshot_to.is_some(),
@@ -149,6 +159,7 @@ impl Session {
             seccomp,
             main_confined: false,
             parked: None,
+            supported_cpuid,
         })
     }
 
@@ -187,6 +198,11 @@ impl Session {
     /// did not stop cleanly may still hold some).
     pub fn devices_back(&self) -> bool {
         self.kept.count() == self.device_count
+    }
+
+    /// KVM's supported CPUID (asked once per run).
+    pub fn supported_cpuid(&mut self) -> Result<CpuId, kvm_ioctls::Error> {
+        self.supported_cpuid.get()
     }
 
     /// Keeps a stopped VM until the next boot or minivm's exit.

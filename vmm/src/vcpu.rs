@@ -6,8 +6,8 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use devices::bus::Bus;
 use devices::{ExitHandle, ExitReason};
-use kvm_bindings::{kvm_lapic_state, Msrs, KVM_MAX_CPUID_ENTRIES};
-use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use kvm_bindings::{kvm_lapic_state, CpuId, Msrs};
+use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use vm_memory::GuestAddress;
 
 use crate::cpuid;
@@ -87,11 +87,11 @@ fn set_lvt_mode(lapic: &mut kvm_lapic_state, reg: usize, mode: u32) {
 }
 
 impl Vcpu {
-    /// Creates vCPU `id` and sets CPUID, MSRs, LAPIC, FPU and (for the boot
+    /// Creates vCPU `id` and sets CPUID (KVM's `supported`, filtered), MSRs, LAPIC, FPU and (for the boot
     /// vCPU) the registers for the 64-bit kernel entry at `entry`.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        kvm: &Kvm,
+        supported: &CpuId,
         vm: &VmFd,
         mem: &GuestMemory,
         id: u8,
@@ -104,9 +104,7 @@ impl Vcpu {
         let err = |what| move |source| VcpuError::Kvm { id, what, source };
         let fd = vm.create_vcpu(u64::from(id)).map_err(err("create"))?;
 
-        let mut cpuid = kvm
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(err("get supported CPUID"))?;
+        let mut cpuid = supported.clone();
         cpuid::filter(&mut cpuid, id, count, pvm).map_err(|_| VcpuError::Kvm {
             id,
             what: "build CPUID",
