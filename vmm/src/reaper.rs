@@ -48,8 +48,7 @@ pub enum Error {
 
 /// What the reaper reads, in memory it shares with minivm.
 struct Args {
-    /// The VM's file and the pipe's reading end: the fds it keeps.
-    keep: [RawFd; 2],
+    /// The VM's file and the pipe's reading end: the only fds it keeps.
     vm: RawFd,
     pipe: RawFd,
     /// Its filters, installed in this order.
@@ -61,7 +60,7 @@ struct Args {
 }
 
 /// A running reaper that holds one VM. Dropping it releases the VM now;
-/// [`Reaper::release_at_exit`] leaves that to minivm's exit.
+/// [`ParkedVm::release_at_exit`] leaves that to minivm's exit.
 pub struct Reaper {
     pid: libc::pid_t,
     /// The pipe's writing end: the reaper ends when it closes.
@@ -93,10 +92,7 @@ impl Reaper {
         let mut mask: libc::sigset_t = unsafe { std::mem::zeroed() };
         // SAFETY: `mask` is a sigset_t owned by this frame.
         unsafe { libc::sigfillset(&mut mask) };
-        let mut keep = [vm, read.as_raw_fd()];
-        keep.sort_unstable();
         let args = Box::into_raw(Box::new(Args {
-            keep,
             vm,
             pipe: read.as_raw_fd(),
             filters,
@@ -196,7 +192,10 @@ extern "C" fn reaper_main(arg: *mut libc::c_void) -> libc::c_int {
         libc::syscall(libc::SYS_prctl, libc::PR_SET_NAME, NAME.as_ptr());
         // Every fd but the two kept: console, disk, taps and sockets are
         // minivm's to release when it exits.
-        let [lo, hi] = a.keep.map(|fd| fd as libc::c_uint);
+        let (lo, hi) = (
+            a.vm.min(a.pipe) as libc::c_uint,
+            a.vm.max(a.pipe) as libc::c_uint,
+        );
         let mut closed = 0;
         if lo > 0 {
             closed |= libc::syscall(libc::SYS_close_range, 0, lo - 1, 0);

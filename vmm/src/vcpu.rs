@@ -87,11 +87,12 @@ fn set_lvt_mode(lapic: &mut kvm_lapic_state, reg: usize, mode: u32) {
 }
 
 impl Vcpu {
-    /// Creates vCPU `id` and sets CPUID (KVM's `supported`, filtered), MSRs, LAPIC, FPU and (for the boot
-    /// vCPU) the registers for the 64-bit kernel entry at `entry`.
+    /// Creates vCPU `id` and sets CPUID (KVM's supported set `cpuid`, filtered
+    /// for this vCPU), MSRs, LAPIC, FPU and (for the boot vCPU) the registers
+    /// for the 64-bit kernel entry at `entry`.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        supported: &CpuId,
+        mut cpuid: CpuId,
         vm: &VmFd,
         mem: &GuestMemory,
         id: u8,
@@ -104,7 +105,6 @@ impl Vcpu {
         let err = |what| move |source| VcpuError::Kvm { id, what, source };
         let fd = vm.create_vcpu(u64::from(id)).map_err(err("create"))?;
 
-        let mut cpuid = supported.clone();
         cpuid::filter(&mut cpuid, id, count, pvm).map_err(|_| VcpuError::Kvm {
             id,
             what: "build CPUID",

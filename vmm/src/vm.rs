@@ -501,19 +501,15 @@ pub fn boot(
         pio: Arc::new(devs.pio),
         mmio: Arc::new(devs.mmio),
     };
-    let supported = match kernel {
-        Some(_) => Some(session.supported_cpuid().map_err(|source| VcpuError::Kvm {
-            id: 0,
-            what: "get supported CPUID",
-            source,
-        })?),
-        None => None,
-    };
     let mut vcpus = Vec::new();
     for id in 0..config.cpus {
-        vcpus.push(match (&kernel, &config.restore, &supported) {
-            (Some(kernel), _, Some(supported)) => Vcpu::new(
-                supported,
+        vcpus.push(match (&kernel, &config.restore) {
+            (Some(kernel), _) => Vcpu::new(
+                session.supported_cpuid().map_err(|source| VcpuError::Kvm {
+                    id,
+                    what: "get supported CPUID",
+                    source,
+                })?,
                 &vm,
                 &mem,
                 id,
@@ -523,14 +519,14 @@ pub fn boot(
                 buses.clone(),
                 exit.clone(),
             )?,
-            (None, Some(l), _) => {
+            (None, Some(l)) => {
                 let state = &l.snapshot.vcpus[usize::from(id)];
                 let v = Vcpu::restored(&vm, id, state, buses.clone(), exit.clone())
                     .map_err(VmError::Snapshot)?;
                 crate::snapshot::match_tsc(l, v.fd()).map_err(VmError::Snapshot)?;
                 v
             }
-            _ => unreachable!("a VM without a kernel is a restored one"),
+            (None, None) => unreachable!("a VM without a kernel is a restored one"),
         });
     }
     phases::mark("vCPUs created");
